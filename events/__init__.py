@@ -1,0 +1,1 @@
+"""Event schemas (frozen pydantic models) and the bus that carries them."""

@@ -1,0 +1,25 @@
+"""The Dramatiq broker on Redis, built the same way in every process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from dramatiq import Middleware
+from dramatiq.brokers.redis import RedisBroker
+
+from tunelab.settings import Settings
+
+
+def build_broker(settings: Settings, middleware: Iterable[Middleware] = ()) -> RedisBroker:
+    if not settings.redis_url:
+        raise RuntimeError(
+            "TUNELAB_REDIS_URL is not set; `tunelab up` starts a Redis server and sets it"
+        )
+    broker = RedisBroker(url=settings.redis_url)
+    for extra in middleware:
+        broker.add_middleware(extra)
+    return broker
+
+
+def queue_name(settings: Settings, worker: str) -> str:
+    return {"cpu": settings.cpu_queue, "gpu": settings.gpu_queue}[worker]

@@ -1,0 +1,81 @@
+"""Publishing: record the event, then hand it to every actor that consumes it.
+
+Recording first means `GET /api/v1/events` and webhooks see every event even if no
+actor consumes it; a repeated publish of the same event id records nothing new.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from dramatiq import Broker, Message
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from tunelab.db import Database
+from tunelab.db.models import EventRecord, Webhook, WebhookDelivery
+from tunelab.events.catalog import ROUTES
+from tunelab.events.envelope import Event
+from tunelab.metrics import EVENTS_PUBLISHED
+
+DELIVER_WEBHOOK_ACTOR = "deliver_webhook"
+
+
+class EventBus:
+    def __init__(self, broker: Broker, db: Database, queue_for: Callable[[str], str]) -> None:
+        self.broker = broker
+        self.db = db
+        self.queue_for = queue_for
+
+    def publish(self, event: Event) -> None:
+        deliveries = self._record(event)
+        body = event.to_message()
+        for route in ROUTES.get(event.type, ()):
+            self._send(route.worker, route.actor, body)
+        for delivery_id in deliveries:
+            self._send("cpu", DELIVER_WEBHOOK_ACTOR, delivery_id)
+        EVENTS_PUBLISHED.labels(event.type).inc()
+
+    def _send(self, worker: str, actor: str, arg: object) -> None:
+        self.broker.enqueue(
+            Message(
+                queue_name=self.queue_for(worker),
+                actor_name=actor,
+                args=(arg,),
+                kwargs={},
+                options={},
+            )
+        )
+
+    def _record(self, event: Event) -> list[str]:
+        """Store the event and its webhook deliveries; returns the new delivery ids."""
+        try:
+            with self.db.session() as session:
+                session.add(
+                    EventRecord(
+                        id=event.id,
+                        workspace_id=event.workspace,
+                        type=event.type,
+                        source=event.source,
+                        subject=event.subject,
+                        time=event.time,
+                        data=event.to_message()["data"],
+                    )
+                )
+                session.flush()
+                if event.workspace is None:
+                    return []
+                hooks = session.scalars(
+                    select(Webhook).where(Webhook.workspace_id == event.workspace)
+                ).all()
+                new = [
+                    WebhookDelivery(webhook_id=h.id, event_id=event.id, event_type=event.type)
+                    for h in hooks
+                    if event.type in h.events or "*" in h.events
+                ]
+                session.add_all(new)
+                session.flush()
+                return [d.id for d in new]
+        except IntegrityError:
+            # Published before (a redelivery): its deliveries were queued the first time.
+            return []

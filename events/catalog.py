@@ -1,0 +1,47 @@
+"""Every event type, parsed through one discriminated union, and who consumes each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, TypeAdapter
+
+from tunelab.events.dataset import DatasetFailed, DatasetUploaded, DatasetValidated
+from tunelab.events.envelope import Event
+from tunelab.events.system import MessageDead, Ping, Pong
+
+AnyEvent = Annotated[
+    DatasetUploaded | DatasetValidated | DatasetFailed | Ping | Pong | MessageDead,
+    Field(discriminator="type"),
+]
+_adapter: TypeAdapter[Any] = TypeAdapter(AnyEvent)
+
+EVENT_TYPES: tuple[str, ...] = tuple(
+    cls.model_fields["type"].default
+    for cls in (DatasetUploaded, DatasetValidated, DatasetFailed, Ping, Pong, MessageDead)
+)
+
+
+def parse_event(obj: dict[str, Any] | str | bytes) -> Event:
+    """Parse a message body into its event class; raises pydantic.ValidationError."""
+    if isinstance(obj, dict):
+        return _adapter.validate_python(obj)  # type: ignore[no-any-return]
+    return _adapter.validate_json(obj)  # type: ignore[no-any-return]
+
+
+WorkerKind = Literal["cpu", "gpu"]
+
+
+@dataclass(frozen=True)
+class Route:
+    actor: str
+    worker: WorkerKind
+
+
+# Which actors consume which event. Kept as data so the HTTP functions can publish
+# without importing worker code; `workers.registry` refuses an actor that is not listed.
+ROUTES: dict[str, tuple[Route, ...]] = {
+    "dataset.uploaded": (Route("ingest_dataset", "cpu"),),
+    "system.ping": (Route("answer_ping_cpu", "cpu"), Route("answer_ping_gpu", "gpu")),
+}

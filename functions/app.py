@@ -1,0 +1,110 @@
+"""The Starlette app: every HTTP trigger, wired to its clients in one lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from dramatiq import Broker
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from tunelab.db import Database
+from tunelab.errors import MethodNotAllowed, NotFound, TunelabError
+from tunelab.events.broker import build_broker, queue_name
+from tunelab.events.bus import EventBus
+from tunelab.functions import datasets, events_api, ops, system, webhooks
+from tunelab.functions.middleware import BearerAuth, Idempotency, RequestMetrics
+from tunelab.settings import Settings, get_settings
+from tunelab.store import ObjectStore, open_store
+
+log = logging.getLogger("tunelab.api")
+
+API = "/api/v1"
+
+ROUTES = [
+    Route("/healthz", ops.healthz),
+    Route("/readyz", ops.readyz),
+    Route("/metrics", ops.metrics),
+    Route(f"{API}/datasets", datasets.create_dataset, methods=["POST"]),
+    Route(f"{API}/datasets", datasets.list_datasets, methods=["GET"]),
+    Route(f"{API}/datasets/{{name}}", datasets.get_dataset, methods=["GET"]),
+    Route(f"{API}/datasets/{{name}}", datasets.delete_dataset, methods=["DELETE"]),
+    Route(f"{API}/datasets/{{name}}/preview", datasets.preview_dataset, methods=["GET"]),
+    Route(f"{API}/events", events_api.list_events, methods=["GET"]),
+    Route(f"{API}/events/stream", events_api.stream_events, methods=["GET"]),
+    Route(f"{API}/webhooks", webhooks.create_webhook, methods=["POST"]),
+    Route(f"{API}/webhooks", webhooks.list_webhooks, methods=["GET"]),
+    Route(f"{API}/webhooks/{{name}}", webhooks.get_webhook, methods=["GET"]),
+    Route(f"{API}/webhooks/{{name}}", webhooks.delete_webhook, methods=["DELETE"]),
+    Route(f"{API}/webhooks/{{name}}/deliveries", webhooks.list_deliveries, methods=["GET"]),
+    Route(f"{API}/system/ping", system.ping, methods=["POST"]),
+    Route(f"{API}/dead-letters", system.list_dead_letters, methods=["GET"]),
+]
+
+
+async def tunelab_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, TunelabError)
+    return JSONResponse(exc.to_json(), status_code=exc.status)
+
+
+async def http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    error: TunelabError
+    if exc.status_code == 404:
+        error = NotFound(f"No route {request.method} {request.url.path}; see API.md.")
+    elif exc.status_code == 405:
+        error = MethodNotAllowed(f"{request.url.path} does not accept {request.method}.")
+    else:
+        error = TunelabError(str(exc.detail))
+        error.status, error.code = exc.status_code, "http_error"
+    return JSONResponse(error.to_json(), status_code=error.status, headers=exc.headers)
+
+
+async def server_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"error": {"code": "internal_error",
+                                   "message": "The server failed; the error is in its log."}},
+                        status_code=500)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    db: Database | None = None,
+    store: ObjectStore | None = None,
+    broker: Broker | None = None,
+) -> Starlette:
+    """Build the app; clients not passed in are made from settings at start-up."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        conf = settings or get_settings()
+        app.state.settings = conf
+        app.state.db = db or Database(conf.effective_database_url)
+        app.state.db.migrate()
+        app.state.store = store or open_store(conf)
+        app.state.broker = broker or build_broker(conf)
+        app.state.bus = EventBus(app.state.broker, app.state.db,
+                                 lambda worker: queue_name(conf, worker))
+        app.state.queue_metrics = ops.queue_registry(
+            app.state.broker.client, [conf.cpu_queue, conf.gpu_queue])
+        yield
+        if db is None:
+            app.state.db.dispose()
+
+    return Starlette(
+        routes=ROUTES,
+        middleware=[Middleware(RequestMetrics), Middleware(BearerAuth), Middleware(Idempotency)],
+        exception_handlers={
+            TunelabError: tunelab_error,
+            HTTPException: http_error,
+            Exception: server_error,
+        },
+        lifespan=lifespan,
+    )

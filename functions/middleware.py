@@ -1,0 +1,186 @@
+"""ASGI middleware: request metrics, bearer-token auth, Idempotency-Key replay."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import time
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tunelab.auth import resolve_token
+from tunelab.db import Database
+from tunelab.db.models import IdempotencyKey
+from tunelab.errors import Conflict, Invalid, TunelabError, Unauthorized
+from tunelab.metrics import HTTP_LATENCY, HTTP_REQUESTS
+
+PROTECTED_PREFIXES = ("/api/", "/v1/")
+
+
+def _error(exc: TunelabError) -> JSONResponse:
+    return JSONResponse(exc.to_json(), status_code=exc.status)
+
+
+class RequestMetrics:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            HTTP_REQUESTS.labels(scope["method"], route, str(status)).inc()
+            HTTP_LATENCY.labels(scope["method"], route).observe(time.perf_counter() - started)
+
+
+class BearerAuth:
+    """Puts the token's workspace in scope["workspace"]; 401 for a missing or bad token."""
+
+    def __init__(self, app: ASGIApp, db: Database | None = None) -> None:
+        self.app = app
+        self.db = db
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        db = self.db or scope["app"].state.db
+        scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            response = _error(Unauthorized("Send 'Authorization: Bearer <token>'."))
+            await response(scope, receive, send)
+            return
+        workspace = await run_in_threadpool(resolve_token, db, token.strip())
+        if workspace is None:
+            response = _error(Unauthorized("The token is not valid; create one with "
+                                           "'tunelab token create --workspace NAME'."))
+            await response(scope, receive, send)
+            return
+        scope["workspace"] = workspace
+        await self.app(scope, receive, send)
+
+
+class Idempotency:
+    """A POST repeated with the same Idempotency-Key and body gets the first response.
+
+    The body is spooled to disk while it is hashed, so a 50 MB upload is never held in
+    memory; the same key with another body is 422, and while the first request is still
+    running a repeat is 409. Responses of 5xx are not kept, so the client may retry.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or "workspace" not in scope:
+            await self.app(scope, receive, send)
+            return
+        key = Headers(scope=scope).get("idempotency-key")
+        if not key:
+            await self.app(scope, receive, send)
+            return
+        db: Database = scope["app"].state.db
+        workspace_id = scope["workspace"].id
+        with tempfile.SpooledTemporaryFile(max_size=1 << 20) as spool:
+            digest = hashlib.sha256(f"{scope['method']} {scope['path']}?".encode())
+            digest.update(scope.get("query_string", b""))
+            more = True
+            while more:
+                message = await receive()
+                chunk = message.get("body", b"")
+                digest.update(chunk)
+                spool.write(chunk)
+                more = message.get("more_body", False)
+            request_hash = digest.hexdigest()
+
+            replay = await run_in_threadpool(_claim, db, workspace_id, key, request_hash)
+            if replay is not None:
+                await replay(scope, receive, send)
+                return
+
+            spool.seek(0)
+
+            async def replay_body() -> Message:
+                chunk = spool.read(1 << 16)
+                return {"type": "http.request", "body": chunk, "more_body": bool(chunk)}
+
+            captured: dict[str, Any] = {"status": 500, "body": b"", "type": None}
+
+            async def capture(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    captured["status"] = message["status"]
+                    captured["type"] = Headers(raw=message["headers"]).get("content-type")
+                elif message["type"] == "http.response.body":
+                    captured["body"] += message.get("body", b"")
+                await send(message)
+
+            try:
+                await self.app(scope, replay_body, capture)
+            except BaseException:
+                await run_in_threadpool(_release, db, workspace_id, key)
+                raise
+            if captured["status"] >= 500:
+                await run_in_threadpool(_release, db, workspace_id, key)
+            else:
+                await run_in_threadpool(_complete, db, workspace_id, key, captured)
+
+
+def _claim(db: Database, workspace_id: str, key: str, request_hash: str) -> Response | None:
+    """Claim the key for this request, or return the response a repeat must get."""
+    try:
+        with db.session() as session:
+            row = session.scalar(
+                select(IdempotencyKey).where(
+                    IdempotencyKey.workspace_id == workspace_id, IdempotencyKey.key == key
+                )
+            )
+            if row is None:
+                session.add(IdempotencyKey(workspace_id=workspace_id, key=key,
+                                           request_hash=request_hash))
+                return None
+    except IntegrityError:
+        return _error(Conflict("A request with this Idempotency-Key is still in progress."))
+    if row.request_hash != request_hash:
+        return _error(Invalid("This Idempotency-Key was used with another request body; "
+                              "use a new key for a new request.",
+                              [{"field": "Idempotency-Key", "message": "reused"}]))
+    if row.status_code is None:
+        return _error(Conflict("A request with this Idempotency-Key is still in progress."))
+    headers = {"idempotent-replayed": "true"}
+    return Response(row.response_body, status_code=row.status_code,
+                    media_type=row.content_type, headers=headers)
+
+
+def _complete(db: Database, workspace_id: str, key: str, captured: dict[str, Any]) -> None:
+    with db.session() as session:
+        row = session.scalar(select(IdempotencyKey).where(
+            IdempotencyKey.workspace_id == workspace_id, IdempotencyKey.key == key))
+        if row is not None:
+            row.status_code = captured["status"]
+            row.response_body = captured["body"]
+            row.content_type = captured["type"]
+
+
+def _release(db: Database, workspace_id: str, key: str) -> None:
+    with db.session() as session:
+        session.execute(delete(IdempotencyKey).where(
+            IdempotencyKey.workspace_id == workspace_id, IdempotencyKey.key == key))

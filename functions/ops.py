@@ -1,0 +1,70 @@
+"""Operations: liveness, readiness of every dependency, Prometheus metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from tunelab.metrics import render
+
+
+def healthz(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+def readyz(request: Request) -> JSONResponse:
+    state = request.app.state
+    checks: dict[str, str] = {}
+    probes = {
+        "broker": lambda: state.broker.client.ping(),
+        "database": state.db.ping,
+        "object_store": state.store.ping,
+    }
+    for name, probe in probes.items():
+        try:
+            probe()
+            checks[name] = "ok"
+        except Exception as exc:  # any failure means "not ready"; say which and why
+            checks[name] = f"{type(exc).__name__}: {exc}"[:300]
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks},
+                        status_code=200 if ready else 503)
+
+
+class QueueDepth(Collector):
+    """Reads Dramatiq's Redis keys at scrape time: waiting, delayed and dead messages."""
+
+    def __init__(self, redis: Any, queues: list[str]) -> None:
+        self.redis = redis
+        self.queues = queues
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        gauge = GaugeMetricFamily("tunelab_queue_depth", "Messages in a queue",
+                                  labels=["queue", "state"])
+        pipe = self.redis.pipeline()
+        for queue in self.queues:
+            pipe.llen(f"dramatiq:{queue}")
+            pipe.llen(f"dramatiq:{queue}.DQ")
+            pipe.zcard(f"dramatiq:{queue}.XQ")
+        counts = iter(pipe.execute())
+        for queue in self.queues:
+            for state in ("waiting", "delayed", "dead"):
+                gauge.add_metric([queue, state], next(counts))
+        yield gauge
+
+
+def queue_registry(redis: Any, queues: list[str]) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(QueueDepth(redis, queues))
+    return registry
+
+
+def metrics(request: Request) -> Response:
+    return Response(render(request.app.state.queue_metrics),
+                    media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,33 @@
+"""Pipeline checks: ping every worker kind; list messages that died."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from tunelab.db.models import DeadLetter
+from tunelab.events.system import Ping, PingData
+from tunelab.functions.http import iso, respond, workspace_id
+
+
+async def ping(request: Request) -> JSONResponse:
+    """Publishes `system.ping`; each worker kind answers with `system.pong`."""
+    event = Ping(workspace=workspace_id(request), subject="system",
+                 data=PingData(sent_at=time.time()))
+    await run_in_threadpool(request.app.state.bus.publish, event)
+    return respond({"event_id": event.id}, 202)
+
+
+def list_dead_letters(request: Request) -> JSONResponse:
+    with request.app.state.db.session() as session:
+        rows = session.scalars(select(DeadLetter).where(
+            DeadLetter.workspace_id == workspace_id(request))
+            .order_by(DeadLetter.created_at.desc()).limit(500))
+        items = [{"message_id": d.message_id, "queue": d.queue, "actor": d.actor,
+                  "event_id": d.event_id, "event_type": d.event_type, "retries": d.retries,
+                  "error": d.error, "created_at": iso(d.created_at)} for d in rows]
+    return respond({"items": items})

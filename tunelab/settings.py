@@ -1,0 +1,82 @@
+"""The one typed settings object of a tunelab process, read from `TUNELAB_*` variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "tunelab"
+
+
+class Settings(BaseSettings):
+    """Everything a process needs to find its database, broker and object store."""
+
+    model_config = SettingsConfigDict(env_prefix="TUNELAB_", extra="ignore", frozen=True)
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    """Where the embedded defaults keep their files (SQLite, objects, Redis)."""
+
+    database_url: str | None = None
+    """SQLAlchemy URL; None means SQLite in `data_dir`."""
+
+    redis_url: str | None = None
+    """Broker URL; None means `tunelab up` starts a Redis server of its own."""
+
+    store: Literal["local", "s3"] = "local"
+    s3_endpoint: str | None = None
+    s3_bucket: str = "tunelab"
+    s3_region: str = "us-east-1"
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+
+    cpu_queue: str = "tunelab-cpu"
+    gpu_queue: str = "tunelab-gpu"
+    cpu_worker_threads: int = Field(default=4, ge=1, le=64)
+    gpu_worker_threads: int = Field(default=1, ge=1, le=16)
+    worker_poll_ms: int = Field(default=10, ge=1, le=5000)
+    """How often an idle worker polls Redis; Dramatiq's default of 1 s is too slow."""
+
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=0, le=65535)
+
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_max_retries: int = Field(default=8, ge=0)
+    webhook_min_backoff_ms: int = Field(default=1000, ge=1)
+    webhook_max_backoff_ms: int = Field(default=600_000, ge=1)
+
+    @model_validator(mode="after")
+    def _s3_needs_endpoint_or_aws(self) -> Settings:
+        if self.store == "s3" and not self.s3_bucket:
+            raise ValueError("TUNELAB_S3_BUCKET is required when TUNELAB_STORE=s3")
+        return self
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'tunelab.db'}"
+
+
+class SettingsError(RuntimeError):
+    """A TUNELAB_* variable is missing or malformed."""
+
+
+def load_settings() -> Settings:
+    """Read the environment; raise SettingsError naming each bad variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"TUNELAB_{'_'.join(str(p) for p in err['loc']).upper() or '?'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise SettingsError(f"invalid settings: {problems}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

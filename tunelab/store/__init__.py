@@ -1,0 +1,93 @@
+"""Object store: one small interface, an S3 and a local-directory implementation.
+
+Keys are derived from resource ids (see `keys`), so a retried write overwrites the
+object it wrote before instead of adding a second one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from tunelab.settings import Settings
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+    sha256: str
+
+
+class ObjectStore(Protocol):
+    scheme: str
+
+    def put_stream(self, key: str, stream: IO[bytes]) -> StoredObject: ...
+    def put_bytes(self, key: str, data: bytes) -> StoredObject: ...
+    def open(self, key: str) -> IO[bytes]: ...
+    def read_bytes(self, key: str) -> bytes: ...
+    def exists(self, key: str) -> bool: ...
+    def delete(self, key: str) -> None: ...
+    def delete_prefix(self, prefix: str) -> None: ...
+    def presigned_url(self, key: str, method: str = "GET", expires_s: int = 3600) -> str: ...
+    def uri(self, key: str) -> str: ...
+    def ping(self) -> None: ...
+
+
+class ObjectNotFound(KeyError):
+    """No object under that key."""
+
+
+class PresignUnsupported(RuntimeError):
+    """This backend cannot hand out presigned URLs."""
+
+
+class HashingReader:
+    """Wraps a stream and hashes and counts what is read through it."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self._stream.read(n)
+        self.digest.update(chunk)
+        self.size += len(chunk)
+        return chunk
+
+
+def key_from_uri(uri: str) -> str:
+    """The key part of `s3://bucket/key` or `local://key`."""
+    scheme, _, rest = uri.partition("://")
+    if scheme == "s3":
+        return rest.partition("/")[2]
+    return rest
+
+
+def open_store(settings: Settings) -> ObjectStore:
+    if settings.store == "s3":
+        from tunelab.store.s3 import S3Store
+
+        return S3Store(
+            bucket=settings.s3_bucket,
+            endpoint=settings.s3_endpoint,
+            region=settings.s3_region,
+            access_key=settings.s3_access_key,
+            secret_key=settings.s3_secret_key,
+        )
+    from tunelab.store.local import LocalStore
+
+    return LocalStore(settings.data_dir / "objects")
+
+
+class keys:  # noqa: N801 - a namespace of key builders, read as `keys.dataset_file(...)`
+    @staticmethod
+    def dataset_staging(dataset_id: str, split: str = "train") -> str:
+        return f"staging/datasets/{dataset_id}/{split}.csv"
+
+    @staticmethod
+    def dataset_file(dataset_id: str, split: str = "train") -> str:
+        return f"datasets/{dataset_id}/{split}.csv"

@@ -1,0 +1,114 @@
+"""S3 (or any S3-compatible server) through boto3."""
+
+from __future__ import annotations
+
+import io
+from typing import IO, Any
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from tunelab.store import HashingReader, ObjectNotFound, StoredObject
+
+# Files over this size go up in parts, so a 50 MB dataset or a multi-GB checkpoint never
+# needs one huge request; boto3 streams each part from the source.
+TRANSFER = TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=8 << 20)
+
+
+class S3Store:
+    scheme = "s3"
+
+    def __init__(
+        self,
+        bucket: str,
+        endpoint: str | None = None,
+        region: str = "us-east-1",
+        access_key: str | None = None,
+        secret_key: str | None = None,
+    ) -> None:
+        self.bucket = bucket
+        self.client: Any = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name=region,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+        )
+
+    def ensure_bucket(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            self.client.create_bucket(Bucket=self.bucket)
+
+    def put_stream(self, key: str, stream: IO[bytes]) -> StoredObject:
+        reader = HashingReader(stream)
+        self.client.upload_fileobj(
+            reader,
+            self.bucket,
+            key,
+            Config=TRANSFER,
+            ExtraArgs={"ChecksumAlgorithm": "SHA256"},
+        )
+        sha = reader.digest.hexdigest()
+        # The hash is known only once the stream is read; record it where readers find it.
+        self.client.put_object_tagging(
+            Bucket=self.bucket, Key=key, Tagging={"TagSet": [{"Key": "sha256", "Value": sha}]}
+        )
+        return StoredObject(key, reader.size, sha)
+
+    def put_bytes(self, key: str, data: bytes) -> StoredObject:
+        return self.put_stream(key, io.BytesIO(data))
+
+    def open(self, key: str) -> IO[bytes]:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in {"NoSuchKey", "404"}:
+                raise ObjectNotFound(key) from None
+            raise
+        return body  # type: ignore[no-any-return]
+
+    def read_bytes(self, key: str) -> bytes:
+        with self.open(key) as body:
+            return body.read()
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in {"NoSuchKey", "404"}:
+                return False
+            raise
+        return True
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def delete_prefix(self, prefix: str) -> None:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            objects = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if objects:
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects})
+
+    def presigned_url(self, key: str, method: str = "GET", expires_s: int = 3600) -> str:
+        operation = {"GET": "get_object", "PUT": "put_object"}[method]
+        return str(
+            self.client.generate_presigned_url(
+                operation, Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s
+            )
+        )
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def sha256(self, key: str) -> str:
+        tags = self.client.get_object_tagging(Bucket=self.bucket, Key=key)["TagSet"]
+        return next(t["Value"] for t in tags if t["Key"] == "sha256")
+
+    def ping(self) -> None:
+        self.client.head_bucket(Bucket=self.bucket)

@@ -1,0 +1,89 @@
+"""Worker middleware: dead letters are recorded and announced; consumption is counted."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from dramatiq import Broker, Middleware
+from dramatiq.broker import MessageProxy
+from sqlalchemy.exc import IntegrityError
+
+from tunelab.db import Database
+from tunelab.db.models import DeadLetter
+from tunelab.events.system import MessageDead, MessageDeadData
+from tunelab.metrics import EVENTS_CONSUMED
+
+log = logging.getLogger(__name__)
+
+
+def _event_of(message: MessageProxy) -> dict[str, Any]:
+    arg = message.args[0] if message.args else None
+    return arg if isinstance(arg, dict) and "type" in arg else {}
+
+
+class DeadLetters(Middleware):
+    """Records a message that failed for good (must run after Retries)."""
+
+    def __init__(self, db: Database, publish: Any) -> None:
+        self.db = db
+        self.publish = publish
+
+    def after_process_message(
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        if exception is None or not message.failed:
+            return
+        event = _event_of(message)
+        error = f"{type(exception).__name__}: {exception}"
+        retries = int(message.options.get("retries", 0))
+        try:
+            with self.db.session() as session:
+                session.add(
+                    DeadLetter(
+                        message_id=message.message_id,
+                        workspace_id=event.get("workspace"),
+                        queue=message.queue_name,
+                        actor=message.actor_name,
+                        event_id=event.get("id"),
+                        event_type=event.get("type"),
+                        retries=retries,
+                        error=error[:4000],
+                    )
+                )
+        except IntegrityError:
+            return  # recorded on an earlier delivery
+        log.error("message %s to %s is dead: %s", message.message_id, message.actor_name, error)
+        self.publish(
+            MessageDead(
+                workspace=event.get("workspace"),
+                subject=f"actors/{message.actor_name}",
+                data=MessageDeadData(
+                    message_id=message.message_id,
+                    actor=message.actor_name,
+                    queue=message.queue_name,
+                    retries=retries,
+                    error=error[:4000],
+                    event_id=event.get("id"),
+                    event_type=event.get("type"),
+                ),
+            )
+        )
+
+
+class ConsumedMetrics(Middleware):
+    def after_process_message(
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        outcome = "ok" if exception is None else "error"
+        EVENTS_CONSUMED.labels(message.actor_name, outcome).inc()

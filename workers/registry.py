@@ -1,0 +1,62 @@
+"""Declaring actors: event subscribers and plain command actors.
+
+Actors bind to the broker installed by `workers.setup` (or a test's StubBroker); an
+event subscriber must be listed in `events.catalog.ROUTES`, so what publishers send
+and what workers consume cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import dramatiq
+
+from tunelab.events.broker import queue_name
+from tunelab.events.catalog import ROUTES, WorkerKind, parse_event
+from tunelab.events.envelope import Event
+from tunelab.settings import get_settings
+
+E = TypeVar("E", bound=Event)
+
+
+def _require_broker() -> None:
+    if dramatiq.broker.global_broker is None:
+        raise RuntimeError("install a broker (workers.setup) before importing actor modules")
+
+
+def command(
+    worker: WorkerKind, **options: Any
+) -> Callable[[Callable[..., None]], dramatiq.Actor[Any, Any]]:
+    """A plain actor on the given worker kind's queue."""
+    _require_broker()
+
+    def wrap(fn: Callable[..., None]) -> dramatiq.Actor[Any, Any]:
+        return dramatiq.actor(
+            fn, actor_name=fn.__name__, queue_name=queue_name(get_settings(), worker), **options
+        )
+
+    return wrap
+
+
+def subscriber(
+    event_type: str, worker: WorkerKind, **options: Any
+) -> Callable[[Callable[[Any], None]], dramatiq.Actor[Any, Any]]:
+    """An actor that receives `event_type` events, parsed, on `worker`'s queue."""
+
+    def wrap(fn: Callable[[Any], None]) -> dramatiq.Actor[Any, Any]:
+        routed = {(r.actor, r.worker) for r in ROUTES.get(event_type, ())}
+        if (fn.__name__, worker) not in routed:
+            raise RuntimeError(
+                f"actor {fn.__name__!r} on {worker} is not routed for {event_type!r} "
+                "in events.catalog.ROUTES"
+            )
+
+        def receive(message: dict[str, Any]) -> None:
+            fn(parse_event(message))
+
+        receive.__name__ = fn.__name__
+        receive.__doc__ = fn.__doc__
+        return command(worker, **options)(receive)
+
+    return wrap

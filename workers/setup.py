@@ -1,0 +1,76 @@
+"""Wiring for worker processes: the broker, the actors' context, the run loop.
+
+Import order matters with Dramatiq: the broker is installed here before any actor
+module is imported, because actors bind to the global broker when they are declared.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import signal
+import threading
+
+import dramatiq
+from dramatiq import Broker, Worker
+
+from tunelab.db import Database
+from tunelab.events.broker import build_broker, queue_name
+from tunelab.events.bus import EventBus
+from tunelab.events.catalog import WorkerKind
+from tunelab.settings import Settings
+from tunelab.store import open_store
+from tunelab.workers import context
+from tunelab.workers.middleware import ConsumedMetrics, DeadLetters
+
+ACTOR_MODULES: dict[WorkerKind, tuple[str, ...]] = {
+    "cpu": (
+        "tunelab.workers.cpu.datasets",
+        "tunelab.workers.cpu.webhooks",
+        "tunelab.workers.cpu.system",
+    ),
+    "gpu": ("tunelab.workers.gpu.system",),
+}
+
+log = logging.getLogger("tunelab.worker")
+
+
+def install(settings: Settings, broker: Broker | None = None) -> context.WorkerContext:
+    """Install the broker and the actors' context; returns the context."""
+    db = Database(settings.effective_database_url)
+    broker = broker or build_broker(settings)
+    bus = EventBus(broker, db, lambda worker: queue_name(settings, worker))
+    # After Retries (a default middleware), so `message.failed` is final when we look.
+    broker.add_middleware(DeadLetters(db, bus.publish))
+    broker.add_middleware(ConsumedMetrics())
+    dramatiq.set_broker(broker)
+    ctx = context.WorkerContext(settings=settings, db=db, store=open_store(settings), bus=bus)
+    context.install(ctx)
+    return ctx
+
+
+def import_actors(kind: WorkerKind) -> None:
+    for module in ACTOR_MODULES[kind]:
+        importlib.import_module(module)
+
+
+def run(settings: Settings, kind: WorkerKind) -> None:
+    """Consume `kind`'s queue until SIGINT or SIGTERM, then finish in-flight work."""
+    ctx = install(settings)
+    import_actors(kind)
+    threads = settings.cpu_worker_threads if kind == "cpu" else settings.gpu_worker_threads
+    worker = Worker(
+        dramatiq.get_broker(),
+        queues={queue_name(settings, kind)},
+        worker_threads=threads,
+        worker_timeout=settings.worker_poll_ms,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    worker.start()
+    log.info("%s worker consuming %s with %d threads", kind, queue_name(settings, kind), threads)
+    stop.wait()
+    log.info("%s worker stopping", kind)
+    worker.stop(timeout=30_000)
+    ctx.db.dispose()
