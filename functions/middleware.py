@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import time
-from typing import Any
+from typing import IO, Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
@@ -101,16 +101,12 @@ class Idempotency:
         db: Database = scope["app"].state.db
         workspace_id = scope["workspace"].id
         with tempfile.SpooledTemporaryFile(max_size=1 << 20) as spool:
-            digest = hashlib.sha256(f"{scope['method']} {scope['path']}?".encode())
-            digest.update(scope.get("query_string", b""))
             more = True
             while more:
                 message = await receive()
-                chunk = message.get("body", b"")
-                digest.update(chunk)
-                spool.write(chunk)
+                spool.write(message.get("body", b""))
                 more = message.get("more_body", False)
-            request_hash = digest.hexdigest()
+            request_hash = _request_hash(scope, spool)
 
             replay = await run_in_threadpool(_claim, db, workspace_id, key, request_hash)
             if replay is not None:
@@ -142,6 +138,23 @@ class Idempotency:
                 await run_in_threadpool(_release, db, workspace_id, key)
             else:
                 await run_in_threadpool(_complete, db, workspace_id, key, captured)
+
+
+def _request_hash(scope: Scope, spool: IO[bytes]) -> str:
+    """Hash of method, path, query and body, blind to a multipart body's random boundary."""
+    digest = hashlib.sha256(f"{scope['method']} {scope['path']}?".encode())
+    digest.update(scope.get("query_string", b""))
+    _, _, boundary = Headers(scope=scope).get("content-type", "").partition("boundary=")
+    marker = boundary.strip('"').encode()
+    spool.seek(0)
+    keep = max(len(marker) - 1, 0)  # a marker may be split across two chunks
+    carry = b""
+    while chunk := spool.read(1 << 16):
+        data = (carry + chunk).replace(marker, b"") if marker else chunk
+        carry, data = (data[-keep:], data[:-keep]) if keep else (b"", data)
+        digest.update(data)
+    digest.update(carry)
+    return digest.hexdigest()
 
 
 def _claim(db: Database, workspace_id: str, key: str, request_hash: str) -> Response | None:

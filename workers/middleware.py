@@ -9,10 +9,10 @@ from dramatiq import Broker, Middleware
 from dramatiq.broker import MessageProxy
 from sqlalchemy.exc import IntegrityError
 
-from tunelab.db import Database
 from tunelab.db.models import DeadLetter
 from tunelab.events.system import MessageDead, MessageDeadData
 from tunelab.metrics import EVENTS_CONSUMED
+from tunelab.workers.context import current
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +23,7 @@ def _event_of(message: MessageProxy) -> dict[str, Any]:
 
 
 class DeadLetters(Middleware):
-    """Records a message that failed for good (must run after Retries)."""
-
-    def __init__(self, db: Database, publish: Any) -> None:
-        self.db = db
-        self.publish = publish
+    """Records a message that failed for good (its after-hook must run after Retries')."""
 
     def after_process_message(
         self,
@@ -42,8 +38,9 @@ class DeadLetters(Middleware):
         event = _event_of(message)
         error = f"{type(exception).__name__}: {exception}"
         retries = int(message.options.get("retries", 0))
+        ctx = current()
         try:
-            with self.db.session() as session:
+            with ctx.db.session() as session:
                 session.add(
                     DeadLetter(
                         message_id=message.message_id,
@@ -59,7 +56,7 @@ class DeadLetters(Middleware):
         except IntegrityError:
             return  # recorded on an earlier delivery
         log.error("message %s to %s is dead: %s", message.message_id, message.actor_name, error)
-        self.publish(
+        ctx.bus.publish(
             MessageDead(
                 workspace=event.get("workspace"),
                 subject=f"actors/{message.actor_name}",

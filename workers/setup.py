@@ -13,6 +13,7 @@ import threading
 
 import dramatiq
 from dramatiq import Broker, Worker
+from dramatiq.middleware import Retries
 
 from tunelab.db import Database
 from tunelab.events.broker import build_broker, queue_name
@@ -35,18 +36,20 @@ ACTOR_MODULES: dict[WorkerKind, tuple[str, ...]] = {
 log = logging.getLogger("tunelab.worker")
 
 
-def install(settings: Settings, broker: Broker | None = None) -> context.WorkerContext:
-    """Install the broker and the actors' context; returns the context."""
-    db = Database(settings.effective_database_url)
-    broker = broker or build_broker(settings)
-    bus = EventBus(broker, db, lambda worker: queue_name(settings, worker))
-    # After Retries (a default middleware), so `message.failed` is final when we look.
-    broker.add_middleware(DeadLetters(db, bus.publish))
+def install_broker(broker: Broker) -> Broker:
+    """Make `broker` the one actors bind to, with tunelab's middleware."""
+    # `after_*` hooks run in reverse order: placed before Retries, DeadLetters runs after
+    # it, when `message.failed` is final.
+    broker.add_middleware(DeadLetters(), before=Retries)
     broker.add_middleware(ConsumedMetrics())
     dramatiq.set_broker(broker)
-    ctx = context.WorkerContext(settings=settings, db=db, store=open_store(settings), bus=bus)
-    context.install(ctx)
-    return ctx
+    return broker
+
+
+def make_context(settings: Settings, broker: Broker) -> context.WorkerContext:
+    db = Database(settings.effective_database_url)
+    bus = EventBus(broker, db, lambda worker: queue_name(settings, worker))
+    return context.WorkerContext(settings=settings, db=db, store=open_store(settings), bus=bus)
 
 
 def import_actors(kind: WorkerKind) -> None:
@@ -56,11 +59,13 @@ def import_actors(kind: WorkerKind) -> None:
 
 def run(settings: Settings, kind: WorkerKind) -> None:
     """Consume `kind`'s queue until SIGINT or SIGTERM, then finish in-flight work."""
-    ctx = install(settings)
+    broker = install_broker(build_broker(settings))
+    ctx = make_context(settings, broker)
+    context.install(ctx)
     import_actors(kind)
     threads = settings.cpu_worker_threads if kind == "cpu" else settings.gpu_worker_threads
     worker = Worker(
-        dramatiq.get_broker(),
+        broker,
         queues={queue_name(settings, kind)},
         worker_threads=threads,
         worker_timeout=settings.worker_poll_ms,

@@ -1,16 +1,11 @@
-"""Dataset ingestion: read the staged file, check it, store the validated copy."""
+"""The ingestion actor: `dataset.uploaded` in, `dataset.validated` or `.failed` out."""
 
 from __future__ import annotations
 
-import csv
-import io
-import tempfile
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from tunelab.db.models import Dataset
-from tunelab.errors import PermanentFailure
 from tunelab.events.dataset import (
     DatasetFailed,
     DatasetFailedData,
@@ -18,68 +13,10 @@ from tunelab.events.dataset import (
     DatasetValidated,
     DatasetValidatedData,
 )
-from tunelab.store import ObjectStore, key_from_uri, keys
+from tunelab.store import key_from_uri
 from tunelab.workers.context import current
+from tunelab.workers.cpu.ingest import DatasetInvalid, ingest
 from tunelab.workers.registry import subscriber
-
-
-class DatasetInvalid(PermanentFailure):
-    """The dataset file cannot be used; `details` say where."""
-
-    code = "dataset_invalid"
-
-
-@dataclass(frozen=True)
-class IngestReport:
-    stats: dict[str, Any]
-    files: dict[str, str]
-
-
-def ingest(
-    dataset_id: str, source_key: str, mapping: dict[str, str], store: ObjectStore
-) -> IngestReport:
-    """Check the staged CSV and store it as question/answer rows under the dataset's key.
-
-    Raises DatasetInvalid naming the line and field of the first problem.
-    """
-    question, answer = mapping["question"], mapping["answer"]
-    with (
-        store.open(source_key) as raw,
-        tempfile.SpooledTemporaryFile(max_size=8 << 20) as out,
-    ):
-        text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
-        reader = csv.DictReader(text)
-        header = reader.fieldnames or []
-        missing = [(field, col) for field, col in mapping.items() if col not in header]
-        if missing:
-            raise DatasetInvalid(
-                "The file's header lacks the mapped columns.",
-                [
-                    {"field": f"feature_mapping.{field}", "line": 1,
-                     "message": f"column {col!r} not in header {header}"}
-                    for field, col in missing
-                ],
-            )
-        sink = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
-        writer = csv.writer(sink)
-        writer.writerow(["question", "answer"])
-        rows = 0
-        try:
-            for row in reader:
-                writer.writerow([row[question], row[answer]])
-                rows += 1
-        except (UnicodeDecodeError, csv.Error) as exc:
-            raise DatasetInvalid(
-                "The file is not readable UTF-8 CSV.",
-                [{"field": "file", "line": reader.line_num + 1, "message": str(exc)}],
-            ) from None
-        sink.detach()
-        out.seek(0)
-        stored = store.put_stream(keys.dataset_file(dataset_id), out)
-    return IngestReport(
-        stats={"rows": rows, "bytes": stored.size, "sha256": stored.sha256},
-        files={"train": store.uri(stored.key)},
-    )
 
 
 @subscriber("dataset.uploaded", "cpu", max_retries=5)

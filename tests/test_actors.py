@@ -1,0 +1,190 @@
+"""Actors through a StubBroker and an in-thread Worker: no Redis, real logic."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dramatiq import Worker
+from sqlalchemy import func, select
+from standardwebhooks.webhooks import Webhook as Verifier
+
+from tests.receiver import webhook_receiver
+from tunelab.auth import ensure_workspace
+from tunelab.db import Database
+from tunelab.db.models import Dataset, DeadLetter, EventRecord, Webhook, WebhookDelivery
+from tunelab.events.broker import queue_name
+from tunelab.events.bus import EventBus
+from tunelab.events.dataset import DatasetUploaded, DatasetUploadedData
+from tunelab.settings import get_settings
+from tunelab.store import keys
+from tunelab.store.local import LocalStore
+from tunelab.workers import context
+from tunelab.workers.cpu.ingest import DatasetInvalid, ingest
+
+GOOD_CSV = b"question,answer\nWhat is 2+2?,4\nCapital of France?,Paris\n"
+
+
+@pytest.fixture
+def ctx(stub_broker: Any, tmp_path: Path) -> Iterator[context.WorkerContext]:
+    settings = get_settings()
+    db = Database(f"sqlite:///{tmp_path / 'meta.db'}")
+    db.migrate()
+    bus = EventBus(stub_broker, db, lambda worker: queue_name(settings, worker))
+    worker_context = context.WorkerContext(settings, db, LocalStore(tmp_path / "objects"), bus)
+    context.install(worker_context)
+    worker = Worker(stub_broker, worker_timeout=10)
+    worker.start()
+    yield worker_context
+    worker.stop()
+    stub_broker.flush_all()
+    db.dispose()
+
+
+def drain(ctx: context.WorkerContext) -> None:
+    broker: Any = ctx.bus.broker
+    for queue in (ctx.settings.cpu_queue, ctx.settings.gpu_queue):
+        broker.join(queue, fail_fast=True)
+
+
+def stage_dataset(ctx: context.WorkerContext, body: bytes, mapping: dict[str, str] | None = None
+                  ) -> DatasetUploaded:
+    with ctx.db.session() as session:
+        workspace = ensure_workspace(session, "acme")
+        dataset = Dataset(workspace_id=workspace.id, name="faq", metadata_={},
+                          source={"type": "upload"})
+        session.add(dataset)
+    staged = ctx.store.put_bytes(keys.dataset_staging(dataset.id), body)
+    return DatasetUploaded(
+        workspace=workspace.id, subject="datasets/faq",
+        data=DatasetUploadedData(dataset_id=dataset.id, name="faq",
+                                 source_uri=ctx.store.uri(staged.key),
+                                 feature_mapping=mapping or {"question": "question",
+                                                             "answer": "answer"}))
+
+
+def events_of(ctx: context.WorkerContext, type_: str) -> list[EventRecord]:
+    with ctx.db.session() as session:
+        return list(session.scalars(select(EventRecord).where(EventRecord.type == type_)))
+
+
+def test_ingest_stores_question_answer_rows_under_the_dataset_key(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    store.put_bytes("staged.csv", b"q,a,extra\nhi,hello,x\nbye,ciao,y\n")
+    report = ingest("d1", "staged.csv", {"question": "q", "answer": "a"}, store)
+    assert report.stats["rows"] == 2
+    assert report.files == {"train": "local://datasets/d1/train.csv"}
+    assert store.read_bytes("datasets/d1/train.csv") == b"question,answer\r\nhi,hello\r\nbye,ciao\r\n"
+
+
+def test_ingest_names_the_missing_mapped_column(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    store.put_bytes("staged.csv", b"prompt,answer\nhi,hello\n")
+    with pytest.raises(DatasetInvalid) as raised:
+        ingest("d1", "staged.csv", {"question": "question", "answer": "answer"}, store)
+    assert raised.value.details == [{"field": "feature_mapping.question", "line": 1,
+                                     "message": "column 'question' not in header "
+                                                "['prompt', 'answer']"}]
+
+
+def test_an_uploaded_dataset_becomes_ready_and_is_announced(ctx: context.WorkerContext) -> None:
+    event = stage_dataset(ctx, GOOD_CSV)
+    ctx.bus.publish(event)
+    drain(ctx)
+    with ctx.db.session() as session:
+        dataset = session.get(Dataset, event.data.dataset_id)
+        assert dataset is not None and dataset.status == "ready"
+        assert dataset.stats is not None and dataset.stats["rows"] == 2
+    assert ctx.store.exists(keys.dataset_file(event.data.dataset_id))
+    assert [e.data["dataset_id"] for e in events_of(ctx, "dataset.validated")] == [
+        event.data.dataset_id]
+
+
+def test_a_redelivered_upload_publishes_the_same_outcome_once(ctx: context.WorkerContext) -> None:
+    event = stage_dataset(ctx, GOOD_CSV)
+    ctx.bus.publish(event)
+    drain(ctx)
+    ctx.bus.broker.enqueue(ctx.bus.broker.get_actor("ingest_dataset").message(event.to_message()))
+    drain(ctx)
+    assert len(events_of(ctx, "dataset.validated")) == 1
+
+
+def test_a_bad_file_fails_the_dataset_with_line_and_field(ctx: context.WorkerContext) -> None:
+    event = stage_dataset(ctx, b"prompt,reply\nhi,hello\n")
+    ctx.bus.publish(event)
+    drain(ctx)
+    with ctx.db.session() as session:
+        dataset = session.get(Dataset, event.data.dataset_id)
+        assert dataset is not None and dataset.status == "failed"
+        assert dataset.error is not None
+        assert dataset.error["details"][0]["field"] == "feature_mapping.question"
+    failed = events_of(ctx, "dataset.failed")
+    assert failed[0].data["error"]["code"] == "dataset_invalid"
+
+
+def test_a_message_that_fails_all_retries_is_recorded_as_dead(ctx: context.WorkerContext) -> None:
+    event = stage_dataset(ctx, GOOD_CSV)
+    ctx.store.delete(keys.dataset_staging(event.data.dataset_id))  # the file vanished
+    actor = ctx.bus.broker.get_actor("ingest_dataset")
+    actor.send_with_options(args=(event.to_message(),), max_retries=0)
+    with pytest.raises(KeyError):
+        drain(ctx)
+    with ctx.db.session() as session:
+        dead = session.scalars(select(DeadLetter)).one()
+    assert (dead.actor, dead.event_type, dead.workspace_id) == (
+        "ingest_dataset", "dataset.uploaded", event.workspace)
+    assert "ObjectNotFound" in dead.error
+    assert events_of(ctx, "message.dead")[0].data["message_id"] == dead.message_id
+
+
+def test_webhooks_are_signed_retried_and_logged(ctx: context.WorkerContext) -> None:
+    with webhook_receiver(statuses=[500]) as receiver:
+        with ctx.db.session() as session:
+            workspace = ensure_workspace(session, "acme")
+            hook = Webhook(workspace_id=workspace.id, name="ops", url=receiver.url,
+                           events=["dataset.validated"], secret="whsec_" + "c2VjcmV0" * 4)
+            session.add(hook)
+        ctx.bus.publish(stage_dataset(ctx, GOOD_CSV))
+        drain(ctx)
+    assert len(receiver.requests) == 2  # a 500, then the retry that succeeded
+    ids = {headers["webhook-id"] for headers, _ in receiver.requests}
+    assert len(ids) == 1, "a retry keeps its webhook-id so receivers can de-duplicate"
+    headers, body = receiver.requests[-1]
+    payload = Verifier(hook.secret).verify(body, headers)
+    assert payload["type"] == "dataset.validated"
+    with ctx.db.session() as session:
+        delivery = session.scalars(select(WebhookDelivery)).one()
+        assert delivery.status == "delivered"
+        assert [a["status_code"] for a in delivery.attempts] == [500, 200]
+        assert session.scalar(select(func.count()).select_from(WebhookDelivery)) == 1
+    json.loads(body)  # the body is the event's JSON envelope
+
+
+def test_a_webhook_that_never_answers_ends_failed_and_dead(ctx: context.WorkerContext) -> None:
+    with ctx.db.session() as session:
+        workspace = ensure_workspace(session, "acme")
+        session.add(Webhook(workspace_id=workspace.id, name="gone", url="http://127.0.0.1:9/x",
+                            events=["*"], secret="whsec_" + "c2VjcmV0" * 4))
+    ctx.bus.publish(stage_dataset(ctx, GOOD_CSV))
+    with pytest.raises(Exception, match="delivery"):
+        drain(ctx)
+    drain_until_idle(ctx)
+    with ctx.db.session() as session:
+        statuses = {d.event_type: d.status for d in session.scalars(select(WebhookDelivery))}
+        dead = session.scalars(select(DeadLetter)).all()
+    assert statuses == {"dataset.uploaded": "failed", "dataset.validated": "failed"}
+    assert [d.actor for d in dead] == ["deliver_webhook", "deliver_webhook"]
+
+
+def drain_until_idle(ctx: context.WorkerContext) -> None:
+    """Join again after a fail-fast join re-raised, until no retry is left."""
+    broker: Any = ctx.bus.broker
+    for _ in range(20):
+        try:
+            broker.join(ctx.settings.cpu_queue, fail_fast=True)
+            return
+        except Exception:
+            continue

@@ -1,0 +1,70 @@
+"""Event schemas: one union parses every type; envelopes are frozen and well-named."""
+
+from __future__ import annotations
+
+import pydantic
+import pytest
+
+from tunelab.events.catalog import EVENT_TYPES, ROUTES, parse_event
+from tunelab.events.dataset import DatasetUploaded, DatasetUploadedData, DatasetValidated
+from tunelab.events.system import Ping, PingData, Pong
+
+
+def uploaded() -> DatasetUploaded:
+    return DatasetUploaded(
+        workspace="w1",
+        subject="datasets/faq",
+        data=DatasetUploadedData(dataset_id="d1", name="faq", source_uri="local://x.csv",
+                                 feature_mapping={"question": "q", "answer": "a"}),
+    )
+
+
+def test_an_event_survives_a_round_trip_through_its_message_body() -> None:
+    event = uploaded()
+    parsed = parse_event(event.to_message())
+    assert parsed == event
+    assert isinstance(parsed, DatasetUploaded)
+
+
+def test_the_envelope_uses_cloudevents_attribute_names() -> None:
+    body = uploaded().to_message()
+    assert {"specversion", "id", "source", "type", "time", "subject", "data"} <= body.keys()
+    assert body["type"] == "dataset.uploaded"
+
+
+def test_events_are_frozen() -> None:
+    with pytest.raises(pydantic.ValidationError):
+        uploaded().subject = "other"  # type: ignore[misc]
+
+
+def test_an_unknown_event_type_is_refused() -> None:
+    body = uploaded().to_message() | {"type": "dataset.exploded"}
+    with pytest.raises(pydantic.ValidationError, match="dataset.exploded"):
+        parse_event(body)
+
+
+def test_a_payload_with_a_wrong_field_is_refused() -> None:
+    body = uploaded().to_message()
+    body["data"]["dataset_id"] = None
+    with pytest.raises(pydantic.ValidationError, match="dataset_id"):
+        parse_event(body)
+
+
+def test_a_follow_up_event_has_the_same_id_on_every_redelivery() -> None:
+    cause = uploaded()
+    data = {"dataset_id": "d1", "name": "faq", "stats": {}, "files": {}}
+    first = DatasetValidated.following(cause, data=data)
+    again = DatasetValidated.following(cause, data=data)
+    assert first.id == again.id != cause.id
+    assert first.workspace == "w1" and first.subject == "datasets/faq"
+
+
+def test_a_pong_reports_how_long_its_ping_waited() -> None:
+    ping = Ping(data=PingData(sent_at=0.0))
+    pong = Pong.answering(ping, "gpu")
+    assert pong.data.ping_id == ping.id and pong.data.worker == "gpu"
+    assert pong.data.latency_ms > 0
+
+
+def test_every_routed_event_type_is_a_known_type() -> None:
+    assert set(ROUTES) <= set(EVENT_TYPES)

@@ -1,0 +1,213 @@
+"""The HTTP functions in-process (real Redis broker, SQLite, local store): the contract's
+conventions, and that a refused request stores nothing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from starlette.testclient import TestClient
+
+from tunelab.auth import create_token
+from tunelab.db import Database
+from tunelab.db.models import Dataset, EventRecord, IdempotencyKey, Webhook
+from tunelab.functions.app import create_app
+from tunelab.settings import Settings
+
+CSV = b"question,answer\nWhat is 2+2?,4\n"
+
+
+def upload(client: TestClient, metadata: Any, token: str, body: bytes = CSV,
+           headers: dict[str, str] | None = None) -> Any:
+    return client.post(
+        "/api/v1/datasets",
+        files={"file": ("faq.csv", body, "text/csv")},
+        data={"metadata": metadata if isinstance(metadata, str) else json.dumps(metadata)},
+        headers={"authorization": f"Bearer {token}", **(headers or {})},
+    )
+
+
+class Api:
+    def __init__(self, client: TestClient, db: Database, tokens: dict[str, str],
+                 objects: Path) -> None:
+        self.client, self.db, self.tokens, self.objects = client, db, tokens, objects
+
+    def auth(self, workspace: str = "acme") -> dict[str, str]:
+        return {"authorization": f"Bearer {self.tokens[workspace]}"}
+
+    def count(self, model: Any) -> int:
+        with self.db.session() as session:
+            return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+    def stored_objects(self) -> list[Path]:
+        return [p for p in self.objects.rglob("*") if p.is_file()]
+
+
+def make_settings(tmp_path: Path, redis_url: str, queues: dict[str, str]) -> Settings:
+    return Settings(data_dir=tmp_path, redis_url=redis_url, cpu_queue=queues["cpu"],
+                    gpu_queue=queues["gpu"])
+
+
+@pytest.fixture
+def api(tmp_path: Path, redis_url: str, queues: dict[str, str]) -> Iterator[Api]:
+    settings = make_settings(tmp_path, redis_url, queues)
+    db = Database(settings.effective_database_url)
+    db.migrate()
+    tokens = {name: create_token(db, name) for name in ("acme", "globex")}
+    with TestClient(create_app(settings, db=db)) as client:
+        yield Api(client, db, tokens, tmp_path / "objects")
+    db.dispose()
+
+
+def assert_error(response: Any, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"]["code"] == code
+    assert body["error"]["message"]
+    return body["error"]  # type: ignore[no-any-return]
+
+
+def test_an_unknown_route_is_a_404_in_the_contract_shape(api: Api) -> None:
+    assert_error(api.client.get("/api/v1/nothing", headers=api.auth()), 404, "not_found")
+    assert_error(api.client.get("/nowhere"), 404, "not_found")
+
+
+def test_a_wrong_method_is_a_405_in_the_contract_shape(api: Api) -> None:
+    assert_error(api.client.put("/api/v1/datasets", headers=api.auth()), 405,
+                 "method_not_allowed")
+
+
+def test_no_token_or_a_wrong_one_is_401(api: Api) -> None:
+    assert_error(api.client.get("/api/v1/datasets"), 401, "unauthorized")
+    assert_error(api.client.get("/api/v1/datasets", headers={"authorization": "Bearer nope"}),
+                 401, "unauthorized")
+    assert_error(api.client.get("/api/v1/datasets", headers={"authorization": "Basic x"}),
+                 401, "unauthorized")
+
+
+def test_malformed_json_is_400_and_stores_nothing(api: Api) -> None:
+    response = api.client.post("/api/v1/webhooks", content=b"{not json",
+                               headers={**api.auth(), "content-type": "application/json"})
+    assert_error(response, 400, "bad_request")
+    response = api.client.post("/api/v1/webhooks", json=["a", "list"], headers=api.auth())
+    assert_error(response, 400, "bad_request")
+    assert api.count(Webhook) == 0
+
+
+def test_invalid_metadata_is_422_naming_the_field_and_stores_nothing(api: Api) -> None:
+    response = upload(api.client, {"name": "Bad_Name", "language": "fr"}, api.tokens["acme"])
+    error = assert_error(response, 422, "invalid")
+    assert {d["field"] for d in error["details"]} == {"name", "language"}
+    assert_error(upload(api.client, "{oops", api.tokens["acme"]), 400, "bad_request")
+    assert api.count(Dataset) == 0 and api.count(EventRecord) == 0
+    assert api.stored_objects() == []
+
+
+def test_an_upload_is_accepted_staged_and_announced(api: Api) -> None:
+    response = upload(api.client, {"name": "faq", "labels": {"team": "support"}},
+                      api.tokens["acme"])
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert (body["name"], body["status"], body["labels"]) == ("faq", "pending",
+                                                              {"team": "support"})
+    assert body["feature_mapping"] == {"question": "question", "answer": "answer"}
+    events = api.client.get("/api/v1/events", headers=api.auth()).json()["items"]
+    assert [e["type"] for e in events] == ["dataset.uploaded"]
+    assert len(api.stored_objects()) == 1
+
+
+def test_a_taken_name_is_409(api: Api) -> None:
+    assert upload(api.client, {"name": "faq"}, api.tokens["acme"]).status_code == 202
+    assert_error(upload(api.client, {"name": "faq"}, api.tokens["acme"]), 409, "conflict")
+    assert api.count(Dataset) == 1 and len(api.stored_objects()) == 1
+
+
+def test_another_workspaces_dataset_is_404(api: Api) -> None:
+    assert upload(api.client, {"name": "faq"}, api.tokens["acme"]).status_code == 202
+    assert_error(api.client.get("/api/v1/datasets/faq", headers=api.auth("globex")),
+                 404, "not_found")
+    assert api.client.get("/api/v1/datasets", headers=api.auth("globex")).json() == {"items": []}
+    assert api.client.get("/api/v1/events", headers=api.auth("globex")).json()["items"] == []
+
+
+def test_a_repeated_idempotency_key_replays_the_first_response(api: Api) -> None:
+    key = {"idempotency-key": "upload-1"}
+    first = upload(api.client, {"name": "faq"}, api.tokens["acme"], headers=key)
+    again = upload(api.client, {"name": "faq"}, api.tokens["acme"], headers=key)
+    assert first.status_code == again.status_code == 202
+    assert again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    assert api.count(Dataset) == 1 and api.count(EventRecord) == 1
+
+
+def test_an_idempotency_key_reused_with_another_body_is_422(api: Api) -> None:
+    key = {"idempotency-key": "upload-1"}
+    assert upload(api.client, {"name": "faq"}, api.tokens["acme"], headers=key).status_code == 202
+    other = upload(api.client, {"name": "other"}, api.tokens["acme"], headers=key)
+    assert_error(other, 422, "invalid")
+    assert api.count(Dataset) == 1 and api.count(IdempotencyKey) == 1
+
+
+def test_a_refused_request_does_not_use_up_its_idempotency_key(api: Api) -> None:
+    key = {"idempotency-key": "k"}
+    assert upload(api.client, {"name": "BAD"}, api.tokens["acme"], headers=key).status_code == 422
+    replay = upload(api.client, {"name": "BAD"}, api.tokens["acme"], headers=key)
+    assert replay.status_code == 422 and replay.headers["idempotent-replayed"] == "true"
+    assert api.count(Dataset) == 0
+
+
+def test_a_webhook_gets_a_secret_once_and_refuses_unknown_event_types(api: Api) -> None:
+    created = api.client.post("/api/v1/webhooks", headers=api.auth(), json={
+        "name": "ops", "url": "http://127.0.0.1:9/hook", "events": ["dataset.validated"]})
+    assert created.status_code == 201
+    assert created.json()["secret"].startswith("whsec_")
+    assert "secret" not in api.client.get("/api/v1/webhooks/ops", headers=api.auth()).json()
+    refused = api.client.post("/api/v1/webhooks", headers=api.auth(), json={
+        "url": "http://127.0.0.1:9/hook", "events": ["dataset.exploded"]})
+    assert assert_error(refused, 422, "invalid")["details"][0]["field"] == "events"
+    assert api.client.get("/api/v1/webhooks/ops/deliveries",
+                          headers=api.auth()).json() == {"items": []}
+    assert api.count(Webhook) == 1
+
+
+def test_events_page_forward_from_a_cursor(api: Api) -> None:
+    for name in ("a1", "a2", "a3"):
+        upload(api.client, {"name": name}, api.tokens["acme"])
+    newest_first = api.client.get("/api/v1/events", headers=api.auth()).json()["items"]
+    assert [e["data"]["name"] for e in newest_first] == ["a3", "a2", "a1"]
+    oldest = newest_first[-1]["id"]
+    page = api.client.get(f"/api/v1/events?after={oldest}&limit=1", headers=api.auth()).json()
+    assert [e["data"]["name"] for e in page["items"]] == ["a2"] and page["has_more"]
+    assert_error(api.client.get("/api/v1/events?limit=0", headers=api.auth()), 422, "invalid")
+    assert_error(api.client.get("/api/v1/events?after=nope", headers=api.auth()), 404,
+                 "not_found")
+
+
+def test_health_readiness_and_metrics(api: Api) -> None:
+    assert api.client.get("/healthz").json() == {"status": "ok"}
+    ready = api.client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"broker": "ok", "database": "ok", "object_store": "ok"}
+    upload(api.client, {"name": "faq"}, api.tokens["acme"])
+    text = api.client.get("/metrics").text
+    assert 'tunelab_http_requests_total{method="POST",route="/api/v1/datasets",status="202"}' \
+        in text
+    assert 'tunelab_events_published_total{type="dataset.uploaded"}' in text
+    assert "tunelab_queue_depth{" in text
+
+
+def test_readiness_names_the_dependency_that_is_down(tmp_path: Path, queues: dict[str, str]
+                                                     ) -> None:
+    from tests.services import free_port
+
+    settings = make_settings(tmp_path, f"redis://127.0.0.1:{free_port()}/0", queues)
+    with TestClient(create_app(settings)) as client:
+        response = client.get("/readyz")
+    assert response.status_code == 503
+    checks = response.json()["checks"]
+    assert checks["database"] == "ok" and checks["object_store"] == "ok"
+    assert "ConnectionError" in checks["broker"]
