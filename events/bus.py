@@ -32,18 +32,22 @@ class EventBus:
         body = event.to_message()
         for route in ROUTES.get(event.type, ()):
             self._send(route.worker, route.actor, body)
+        # A delivery message carries only its id; the options say which event it is
+        # for, so a dead delivery is still shown in the right workspace.
+        about = {"workspace": event.workspace, "event_id": event.id, "event_type": event.type}
         for delivery_id in deliveries:
-            self._send("cpu", DELIVER_WEBHOOK_ACTOR, delivery_id)
+            self._send("cpu", DELIVER_WEBHOOK_ACTOR, delivery_id, about)
         EVENTS_PUBLISHED.labels(event.type).inc()
 
-    def _send(self, worker: str, actor: str, arg: object) -> None:
+    def _send(self, worker: str, actor: str, arg: object,
+              about: dict[str, str | None] | None = None) -> None:
         self.broker.enqueue(
             Message(
                 queue_name=self.queue_for(worker),
                 actor_name=actor,
                 args=(arg,),
                 kwargs={},
-                options={},
+                options={"about": about} if about else {},
             )
         )
 
@@ -63,7 +67,7 @@ class EventBus:
                     )
                 )
                 session.flush()
-                if event.workspace is None:
+                if event.workspace is None or not event.to_webhooks():
                     return []
                 hooks = session.scalars(
                     select(Webhook).where(Webhook.workspace_id == event.workspace)

@@ -37,13 +37,20 @@ class Event(BaseModel):
     data: Any
 
     @classmethod
-    def following(cls, cause: Event, **fields: Any) -> Self:
-        """A new event caused by `cause`, with an id that is the same on every redelivery."""
+    def following(cls, cause: Event, *, by: str = "", **fields: Any) -> Self:
+        """A new event caused by `cause`, with an id that is the same on every redelivery.
+
+        `by` tells apart several consumers that each answer the same cause.
+        """
         event_type = cls.model_fields["type"].default
-        event_id = uuid.uuid5(_FOLLOW_NS, f"{cause.id}/{event_type}").hex
+        event_id = uuid.uuid5(_FOLLOW_NS, f"{cause.id}/{event_type}/{by}").hex
         fields.setdefault("workspace", cause.workspace)
         fields.setdefault("subject", cause.subject)
         return cls(id=event_id, **fields)
+
+    def to_webhooks(self) -> bool:
+        """Whether webhooks receive this event."""
+        return True
 
     def to_message(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

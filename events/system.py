@@ -36,7 +36,7 @@ class Pong(Event):
     def answering(cls, ping: Ping, worker: Literal["cpu", "gpu"]) -> Pong:
         latency_ms = (time.time() - ping.data.sent_at) * 1000
         return cls.following(
-            ping, data=PongData(ping_id=ping.id, worker=worker, latency_ms=round(latency_ms, 3))
+            ping, by=worker, data=PongData(ping_id=ping.id, worker=worker, latency_ms=round(latency_ms, 3))
         )
 
 
@@ -55,3 +55,7 @@ class MessageDead(Event):
 
     type: Literal["message.dead"] = "message.dead"
     data: MessageDeadData
+
+    def to_webhooks(self) -> bool:
+        # A dead webhook delivery sent on to webhooks could fail and die in turn, forever.
+        return self.data.actor != "deliver_webhook"

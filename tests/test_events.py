@@ -64,6 +64,7 @@ def test_a_pong_reports_how_long_its_ping_waited() -> None:
     pong = Pong.answering(ping, "gpu")
     assert pong.data.ping_id == ping.id and pong.data.worker == "gpu"
     assert pong.data.latency_ms > 0
+    assert Pong.answering(ping, "cpu").id != pong.id, "each worker kind's answer is recorded"
 
 
 def test_every_routed_event_type_is_a_known_type() -> None:

@@ -18,8 +18,13 @@ log = logging.getLogger(__name__)
 
 
 def _event_of(message: MessageProxy) -> dict[str, Any]:
+    """Workspace, id and type of the event a message is about."""
     arg = message.args[0] if message.args else None
-    return arg if isinstance(arg, dict) and "type" in arg else {}
+    if isinstance(arg, dict) and "type" in arg:
+        return arg
+    about = message.options.get("about") or {}
+    return {"workspace": about.get("workspace"), "id": about.get("event_id"),
+            "type": about.get("event_type")}
 
 
 class DeadLetters(Middleware):

@@ -17,6 +17,35 @@ from tunelab.store import HashingReader, ObjectNotFound, StoredObject
 TRANSFER = TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=8 << 20)
 
 
+class _Body(io.RawIOBase):
+    """A GetObject body that reads b"" after its end instead of failing.
+
+    urllib3 closes the response once it is exhausted, and readers such as
+    TextIOWrapper read once more after the end, which then raises on a closed file.
+    """
+
+    def __init__(self, body: Any) -> None:
+        self._body = body
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._done:
+            return 0
+        data = self._body.read(len(buffer))
+        if not data:
+            self._done = True
+            return 0
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._body.close()
+        super().close()
+
+
 class S3Store:
     scheme = "s3"
 
@@ -70,7 +99,7 @@ class S3Store:
             if exc.response["Error"]["Code"] in {"NoSuchKey", "404"}:
                 raise ObjectNotFound(key) from None
             raise
-        return body  # type: ignore[no-any-return]
+        return io.BufferedReader(_Body(body), buffer_size=1 << 16)
 
     def read_bytes(self, key: str) -> bytes:
         with self.open(key) as body:
