@@ -15,7 +15,7 @@ def build_broker(settings: Settings, middleware: Iterable[Middleware] = ()) -> R
         raise RuntimeError(
             "TUNELAB_REDIS_URL is not set; `tunelab up` starts a Redis server and sets it"
         )
-    broker = RedisBroker(url=settings.redis_url)
+    broker = RedisBroker(url=settings.redis_url)  # type: ignore[no-untyped-call]
     for extra in middleware:
         broker.add_middleware(extra)
     return broker

@@ -39,8 +39,9 @@ class EventBus:
             self._send("cpu", DELIVER_WEBHOOK_ACTOR, delivery_id, about)
         EVENTS_PUBLISHED.labels(event.type).inc()
 
-    def _send(self, worker: str, actor: str, arg: object,
-              about: dict[str, str | None] | None = None) -> None:
+    def _send(
+        self, worker: str, actor: str, arg: object, about: dict[str, str | None] | None = None
+    ) -> None:
         self.broker.enqueue(
             Message(
                 queue_name=self.queue_for(worker),

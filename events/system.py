@@ -36,7 +36,9 @@ class Pong(Event):
     def answering(cls, ping: Ping, worker: Literal["cpu", "gpu"]) -> Pong:
         latency_ms = (time.time() - ping.data.sent_at) * 1000
         return cls.following(
-            ping, by=worker, data=PongData(ping_id=ping.id, worker=worker, latency_ms=round(latency_ms, 3))
+            ping,
+            by=worker,
+            data=PongData(ping_id=ping.id, worker=worker, latency_ms=round(latency_ms, 3)),
         )
 
 

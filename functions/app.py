@@ -68,9 +68,15 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def server_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return JSONResponse({"error": {"code": "internal_error",
-                                   "message": "The server failed; the error is in its log."}},
-                        status_code=500)
+    return JSONResponse(
+        {
+            "error": {
+                "code": "internal_error",
+                "message": "The server failed; the error is in its log.",
+            }
+        },
+        status_code=500,
+    )
 
 
 def create_app(
@@ -90,10 +96,12 @@ def create_app(
         app.state.db.migrate()
         app.state.store = store or open_store(conf)
         app.state.broker = broker or build_broker(conf)
-        app.state.bus = EventBus(app.state.broker, app.state.db,
-                                 lambda worker: queue_name(conf, worker))
+        app.state.bus = EventBus(
+            app.state.broker, app.state.db, lambda worker: queue_name(conf, worker)
+        )
         app.state.queue_metrics = ops.queue_registry(
-            app.state.broker.client, [conf.cpu_queue, conf.gpu_queue])
+            app.state.broker.client, [conf.cpu_queue, conf.gpu_queue]
+        )
         yield
         if db is None:
             app.state.db.dispose()

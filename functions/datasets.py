@@ -11,15 +11,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from tunelab.functions.http import iso, parse, respond, workspace_id
 from tunelab.db.models import Dataset, new_id
 from tunelab.errors import BadRequest, Conflict, Invalid, NotFound, TooLarge
 from tunelab.events.dataset import DatasetUploaded, DatasetUploadedData
+from tunelab.functions.http import iso, parse, respond, workspace_id
 from tunelab.names import Name
 from tunelab.store import key_from_uri, keys
 
@@ -65,7 +66,7 @@ def to_json(dataset: Dataset) -> dict[str, Any]:
     }
 
 
-def find(session: Any, workspace: str, name: str) -> Dataset:
+def find(session: Session, workspace: str, name: str) -> Dataset:
     dataset = session.scalar(
         select(Dataset).where(Dataset.workspace_id == workspace, Dataset.name == name)
     )
@@ -84,12 +85,15 @@ async def create_dataset(request: Request) -> JSONResponse:
     async with request.form(max_files=1, max_fields=4) as form:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
-            raise Invalid("The upload has no 'file' part.",
-                          [{"field": "file", "message": "required"}])
+            raise Invalid(
+                "The upload has no 'file' part.", [{"field": "file", "message": "required"}]
+            )
         raw_metadata = form.get("metadata")
         if not isinstance(raw_metadata, str):
-            raise Invalid("The upload has no 'metadata' part.",
-                          [{"field": "metadata", "message": "required (a JSON object)"}])
+            raise Invalid(
+                "The upload has no 'metadata' part.",
+                [{"field": "metadata", "message": "required (a JSON object)"}],
+            )
         try:
             metadata_json = json.loads(raw_metadata)
         except json.JSONDecodeError as exc:
@@ -101,15 +105,19 @@ async def create_dataset(request: Request) -> JSONResponse:
     return respond(body, 202)
 
 
-def _stage_and_announce(request: Request, metadata: DatasetMetadata,
-                        upload: UploadFile) -> dict[str, Any]:
+def _stage_and_announce(
+    request: Request, metadata: DatasetMetadata, upload: UploadFile
+) -> dict[str, Any]:
     state = request.app.state
     workspace = workspace_id(request)
     dataset_id = new_id()
     staged = keys.dataset_staging(dataset_id)
     with state.db.session() as session:
-        if session.scalar(select(Dataset.id).where(Dataset.workspace_id == workspace,
-                                                   Dataset.name == metadata.name)):
+        if session.scalar(
+            select(Dataset.id).where(
+                Dataset.workspace_id == workspace, Dataset.name == metadata.name
+            )
+        ):
             raise Conflict(f"A dataset named {metadata.name!r} already exists.")
     upload.file.seek(0)
     state.store.put_stream(staged, upload.file)
@@ -124,16 +132,18 @@ def _stage_and_announce(request: Request, metadata: DatasetMetadata,
                 source=source,
             )
             session.add(dataset)
-        state.bus.publish(DatasetUploaded(
-            workspace=workspace,
-            subject=f"datasets/{metadata.name}",
-            data=DatasetUploadedData(
-                dataset_id=dataset_id,
-                name=metadata.name,
-                source_uri=state.store.uri(staged),
-                feature_mapping=metadata.feature_mapping.model_dump(),
-            ),
-        ))
+        state.bus.publish(
+            DatasetUploaded(
+                workspace=workspace,
+                subject=f"datasets/{metadata.name}",
+                data=DatasetUploadedData(
+                    dataset_id=dataset_id,
+                    name=metadata.name,
+                    source_uri=state.store.uri(staged),
+                    feature_mapping=metadata.feature_mapping.model_dump(),
+                ),
+            )
+        )
     except IntegrityError:
         state.store.delete(staged)
         raise Conflict(f"A dataset named {metadata.name!r} already exists.") from None
@@ -158,24 +168,23 @@ def list_datasets(request: Request) -> JSONResponse:
 
 def get_dataset(request: Request) -> JSONResponse:
     with request.app.state.db.session() as session:
-        return respond(to_json(find(session, workspace_id(request),
-                                    request.path_params["name"])))
+        return respond(to_json(find(session, workspace_id(request), request.path_params["name"])))
 
 
 def preview_dataset(request: Request) -> JSONResponse:
     try:
         limit = min(max(int(request.query_params.get("limit", "20")), 1), 1000)
     except ValueError:
-        raise Invalid("limit must be an integer.",
-                      [{"field": "limit", "message": "not an integer"}]) from None
+        raise Invalid(
+            "limit must be an integer.", [{"field": "limit", "message": "not an integer"}]
+        ) from None
     with request.app.state.db.session() as session:
         dataset = find(session, workspace_id(request), request.path_params["name"])
     if dataset.status != "ready" or not dataset.files:
         raise Conflict(f"Dataset {dataset.name!r} is {dataset.status}, not ready.")
     with request.app.state.store.open(key_from_uri(dataset.files["train"])) as raw:
         reader = csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8", newline=""))
-        rows = [{"question": r["question"], "answer": r["answer"]}
-                for r in islice(reader, limit)]
+        rows = [{"question": r["question"], "answer": r["answer"]} for r in islice(reader, limit)]
     return respond({"rows": rows})
 
 

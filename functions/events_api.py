@@ -39,15 +39,19 @@ def _cursor(db: Database, workspace: str, event_id: str | None) -> int:
     if not event_id:
         return 0
     with db.session() as session:
-        seq = session.scalar(select(EventRecord.seq).where(
-            EventRecord.id == event_id, EventRecord.workspace_id == workspace))
+        seq = session.scalar(
+            select(EventRecord.seq).where(
+                EventRecord.id == event_id, EventRecord.workspace_id == workspace
+            )
+        )
     if seq is None:
         raise NotFound(f"No event with id {event_id!r} in this workspace.")
     return seq
 
 
-def _after(db: Database, workspace: str | None, seq: int, limit: int,
-           types: list[str]) -> list[EventRecord]:
+def _after(
+    db: Database, workspace: str | None, seq: int, limit: int, types: list[str]
+) -> list[EventRecord]:
     """Events after `seq`, oldest first; of every workspace when `workspace` is None."""
     query = select(EventRecord).where(EventRecord.seq > seq)
     if workspace is not None:
@@ -79,8 +83,10 @@ def list_events(request: Request) -> JSONResponse:
     except ValueError:
         limit = -1
     if not 1 <= limit <= 1000:
-        raise Invalid("limit must be an integer from 1 to 1000.",
-                      [{"field": "limit", "message": "out of range"}])
+        raise Invalid(
+            "limit must be an integer from 1 to 1000.",
+            [{"field": "limit", "message": "out of range"}],
+        )
     types = [t for t in params.get("type", "").split(",") if t]
     db, workspace = request.app.state.db, workspace_id(request)
     if "after" in params:

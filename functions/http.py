@@ -32,8 +32,9 @@ def details_of(exc: ValidationError, prefix: str = "") -> list[dict[str, Any]]:
     for err in exc.errors():
         field = ".".join(str(part) for part in err["loc"])
         message = err["msg"].removeprefix("Value error, ")
-        details.append({"field": f"{prefix}{field}" if field else prefix.rstrip("."),
-                        "message": message})
+        details.append(
+            {"field": f"{prefix}{field}" if field else prefix.rstrip("."), "message": message}
+        )
     return details
 
 

@@ -71,8 +71,12 @@ class BearerAuth:
             return
         workspace = await run_in_threadpool(resolve_token, db, token.strip())
         if workspace is None:
-            response = _error(Unauthorized("The token is not valid; create one with "
-                                           "'tunelab token create --workspace NAME'."))
+            response = _error(
+                Unauthorized(
+                    "The token is not valid; create one with "
+                    "'tunelab token create --workspace NAME'."
+                )
+            )
             await response(scope, receive, send)
             return
         scope["workspace"] = workspace
@@ -167,26 +171,35 @@ def _claim(db: Database, workspace_id: str, key: str, request_hash: str) -> Resp
                 )
             )
             if row is None:
-                session.add(IdempotencyKey(workspace_id=workspace_id, key=key,
-                                           request_hash=request_hash))
+                session.add(
+                    IdempotencyKey(workspace_id=workspace_id, key=key, request_hash=request_hash)
+                )
                 return None
     except IntegrityError:
         return _error(Conflict("A request with this Idempotency-Key is still in progress."))
     if row.request_hash != request_hash:
-        return _error(Invalid("This Idempotency-Key was used with another request body; "
-                              "use a new key for a new request.",
-                              [{"field": "Idempotency-Key", "message": "reused"}]))
+        return _error(
+            Invalid(
+                "This Idempotency-Key was used with another request body; "
+                "use a new key for a new request.",
+                [{"field": "Idempotency-Key", "message": "reused"}],
+            )
+        )
     if row.status_code is None:
         return _error(Conflict("A request with this Idempotency-Key is still in progress."))
     headers = {"idempotent-replayed": "true"}
-    return Response(row.response_body, status_code=row.status_code,
-                    media_type=row.content_type, headers=headers)
+    return Response(
+        row.response_body, status_code=row.status_code, media_type=row.content_type, headers=headers
+    )
 
 
 def _complete(db: Database, workspace_id: str, key: str, captured: dict[str, Any]) -> None:
     with db.session() as session:
-        row = session.scalar(select(IdempotencyKey).where(
-            IdempotencyKey.workspace_id == workspace_id, IdempotencyKey.key == key))
+        row = session.scalar(
+            select(IdempotencyKey).where(
+                IdempotencyKey.workspace_id == workspace_id, IdempotencyKey.key == key
+            )
+        )
         if row is not None:
             row.status_code = captured["status"]
             row.response_body = captured["body"]
@@ -195,5 +208,8 @@ def _complete(db: Database, workspace_id: str, key: str, captured: dict[str, Any
 
 def _release(db: Database, workspace_id: str, key: str) -> None:
     with db.session() as session:
-        session.execute(delete(IdempotencyKey).where(
-            IdempotencyKey.workspace_id == workspace_id, IdempotencyKey.key == key))
+        session.execute(
+            delete(IdempotencyKey).where(
+                IdempotencyKey.workspace_id == workspace_id, IdempotencyKey.key == key
+            )
+        )

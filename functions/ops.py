@@ -33,8 +33,10 @@ def readyz(request: Request) -> JSONResponse:
         except Exception as exc:  # any failure means "not ready"; say which and why
             checks[name] = f"{type(exc).__name__}: {exc}"[:300]
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks},
-                        status_code=200 if ready else 503)
+    return JSONResponse(
+        {"status": "ready" if ready else "not_ready", "checks": checks},
+        status_code=200 if ready else 503,
+    )
 
 
 class QueueDepth(Collector):
@@ -45,8 +47,9 @@ class QueueDepth(Collector):
         self.queues = queues
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        gauge = GaugeMetricFamily("tunelab_queue_depth", "Messages in a queue",
-                                  labels=["queue", "state"])
+        gauge = GaugeMetricFamily(
+            "tunelab_queue_depth", "Messages in a queue", labels=["queue", "state"]
+        )
         pipe = self.redis.pipeline()
         for queue in self.queues:
             pipe.llen(f"dramatiq:{queue}")
@@ -66,5 +69,7 @@ def queue_registry(redis: Any, queues: list[str]) -> CollectorRegistry:
 
 
 def metrics(request: Request) -> Response:
-    return Response(render(request.app.state.queue_metrics),
-                    media_type="text/plain; version=0.0.4; charset=utf-8")
+    return Response(
+        render(request.app.state.queue_metrics),
+        media_type="text/plain; version=0.0.4; charset=utf-8",
+    )

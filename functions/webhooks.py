@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -36,16 +37,21 @@ class WebhookSpec(BaseModel):
 
 
 def to_json(hook: Webhook, with_secret: bool = False) -> dict[str, Any]:
-    body = {"name": hook.name, "url": hook.url, "events": hook.events,
-            "created_at": iso(hook.created_at)}
+    body = {
+        "name": hook.name,
+        "url": hook.url,
+        "events": hook.events,
+        "created_at": iso(hook.created_at),
+    }
     if with_secret:
         body["secret"] = hook.secret
     return body
 
 
-def _find(session: Any, workspace: str, name: str) -> Webhook:
-    hook = session.scalar(select(Webhook).where(Webhook.workspace_id == workspace,
-                                                Webhook.name == name))
+def _find(session: Session, workspace: str, name: str) -> Webhook:
+    hook = session.scalar(
+        select(Webhook).where(Webhook.workspace_id == workspace, Webhook.name == name)
+    )
     if hook is None:
         raise NotFound(f"No webhook named {name!r} in this workspace.")
     return hook
@@ -74,15 +80,17 @@ def _create(request: Request, spec: WebhookSpec) -> dict[str, Any]:
 
 def list_webhooks(request: Request) -> JSONResponse:
     with request.app.state.db.session() as session:
-        rows = session.scalars(select(Webhook).where(
-            Webhook.workspace_id == workspace_id(request)).order_by(Webhook.created_at.desc()))
+        rows = session.scalars(
+            select(Webhook)
+            .where(Webhook.workspace_id == workspace_id(request))
+            .order_by(Webhook.created_at.desc())
+        )
         return respond({"items": [to_json(h) for h in rows]})
 
 
 def get_webhook(request: Request) -> JSONResponse:
     with request.app.state.db.session() as session:
-        return respond(to_json(_find(session, workspace_id(request),
-                                     request.path_params["name"])))
+        return respond(to_json(_find(session, workspace_id(request), request.path_params["name"])))
 
 
 def delete_webhook(request: Request) -> JSONResponse:
@@ -95,9 +103,20 @@ def delete_webhook(request: Request) -> JSONResponse:
 def list_deliveries(request: Request) -> JSONResponse:
     with request.app.state.db.session() as session:
         hook = _find(session, workspace_id(request), request.path_params["name"])
-        rows = session.scalars(select(WebhookDelivery).where(
-            WebhookDelivery.webhook_id == hook.id).order_by(WebhookDelivery.created_at.desc()))
-        items = [{"id": d.id, "event_id": d.event_id, "event_type": d.event_type,
-                  "status": d.status, "attempts": d.attempts, "created_at": iso(d.created_at)}
-                 for d in rows]
+        rows = session.scalars(
+            select(WebhookDelivery)
+            .where(WebhookDelivery.webhook_id == hook.id)
+            .order_by(WebhookDelivery.created_at.desc())
+        )
+        items = [
+            {
+                "id": d.id,
+                "event_id": d.event_id,
+                "event_type": d.event_type,
+                "status": d.status,
+                "attempts": d.attempts,
+                "created_at": iso(d.created_at),
+            }
+            for d in rows
+        ]
     return respond({"items": items})

@@ -18,8 +18,9 @@ def tunelab(*args: str) -> list[str]:
     return [sys.executable, "-m", "tunelab.cli", *args]
 
 
-def wait_until(check: Callable[[], Any], what: str, timeout: float = 30,
-               interval: float = 0.05) -> Any:
+def wait_until(
+    check: Callable[[], Any], what: str, timeout: float = 30, interval: float = 0.05
+) -> Any:
     """Poll `check` until it returns something truthy; fail naming `what`."""
     deadline = time.monotonic() + timeout
     while True:
@@ -42,8 +43,9 @@ class Processes:
 
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         with (self.logs / f"{name}.log").open("ab") as log:  # the child keeps its own handle
-            self.children[name] = subprocess.Popen(tunelab(*args), env=dict(self.env),
-                                                   stdout=log, stderr=subprocess.STDOUT)
+            self.children[name] = subprocess.Popen(
+                tunelab(*args), env=dict(self.env), stdout=log, stderr=subprocess.STDOUT
+            )
         return self.children[name]
 
     def stop(self) -> None:

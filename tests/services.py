@@ -104,28 +104,52 @@ def ensure_postgres() -> Started:
     clusters = glob.glob("/etc/postgresql/*/main")
     if clusters and shutil.which("pg_ctlcluster"):
         version = Path(clusters[0]).parent.name
-        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"],
-                       check=False, capture_output=True)
+        subprocess.run(
+            ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"],
+            check=False,
+            capture_output=True,
+        )
         if _pg_reachable(url):
             return Started(url)
     initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
     if not (initdb and pg_ctl):
-        raise ServiceUnavailable("PostgreSQL is not reachable and initdb/pg_ctl are not "
-                                 "installed (apt-get install postgresql)")
+        raise ServiceUnavailable(
+            "PostgreSQL is not reachable and initdb/pg_ctl are not "
+            "installed (apt-get install postgresql)"
+        )
     data = tempfile.mkdtemp(prefix="tunelab-pg-")
     shutil.chown(data, "postgres") if os.geteuid() == 0 else None
-    subprocess.run(_as_postgres([initdb, "-D", data, "-U", "postgres", "--auth=trust"]),
-                   check=True, capture_output=True)
+    subprocess.run(
+        _as_postgres([initdb, "-D", data, "-U", "postgres", "--auth=trust"]),
+        check=True,
+        capture_output=True,
+    )
     port = free_port()
-    subprocess.run(_as_postgres([pg_ctl, "-D", data, "-l", f"{data}/log", "-o",
-                                 f"-c listen_addresses=127.0.0.1 -p {port} -k {data} "
-                                 "-c fsync=off", "start"]), check=True, capture_output=True)
+    subprocess.run(
+        _as_postgres(
+            [
+                pg_ctl,
+                "-D",
+                data,
+                "-l",
+                f"{data}/log",
+                "-o",
+                f"-c listen_addresses=127.0.0.1 -p {port} -k {data} -c fsync=off",
+                "start",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+    )
     url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
     wait_for(lambda: psycopg.connect(url).close(), "PostgreSQL")
 
     def stop() -> None:
-        subprocess.run(_as_postgres([pg_ctl, "-D", data, "-m", "fast", "stop"]),
-                       check=False, capture_output=True)
+        subprocess.run(
+            _as_postgres([pg_ctl, "-D", data, "-m", "fast", "stop"]),
+            check=False,
+            capture_output=True,
+        )
         shutil.rmtree(data, ignore_errors=True)
 
     return Started(url, stop)
@@ -135,8 +159,11 @@ def start_s3() -> Started:
     """A fresh moto S3 server (moto keeps state in memory, so always a new one)."""
     port = free_port()
     moto = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
-    process = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [moto, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     import httpx
 

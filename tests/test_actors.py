@@ -50,20 +50,26 @@ def drain(ctx: context.WorkerContext) -> None:
         broker.join(queue, fail_fast=True)
 
 
-def stage_dataset(ctx: context.WorkerContext, body: bytes, mapping: dict[str, str] | None = None
-                  ) -> DatasetUploaded:
+def stage_dataset(
+    ctx: context.WorkerContext, body: bytes, mapping: dict[str, str] | None = None
+) -> DatasetUploaded:
     with ctx.db.session() as session:
         workspace = ensure_workspace(session, "acme")
-        dataset = Dataset(workspace_id=workspace.id, name="faq", metadata_={},
-                          source={"type": "upload"})
+        dataset = Dataset(
+            workspace_id=workspace.id, name="faq", metadata_={}, source={"type": "upload"}
+        )
         session.add(dataset)
     staged = ctx.store.put_bytes(keys.dataset_staging(dataset.id), body)
     return DatasetUploaded(
-        workspace=workspace.id, subject="datasets/faq",
-        data=DatasetUploadedData(dataset_id=dataset.id, name="faq",
-                                 source_uri=ctx.store.uri(staged.key),
-                                 feature_mapping=mapping or {"question": "question",
-                                                             "answer": "answer"}))
+        workspace=workspace.id,
+        subject="datasets/faq",
+        data=DatasetUploadedData(
+            dataset_id=dataset.id,
+            name="faq",
+            source_uri=ctx.store.uri(staged.key),
+            feature_mapping=mapping or {"question": "question", "answer": "answer"},
+        ),
+    )
 
 
 def events_of(ctx: context.WorkerContext, type_: str) -> list[EventRecord]:
@@ -77,7 +83,8 @@ def test_ingest_stores_question_answer_rows_under_the_dataset_key(tmp_path: Path
     report = ingest("d1", "staged.csv", {"question": "q", "answer": "a"}, store)
     assert report.stats["rows"] == 2
     assert report.files == {"train": "local://datasets/d1/train.csv"}
-    assert store.read_bytes("datasets/d1/train.csv") == b"question,answer\r\nhi,hello\r\nbye,ciao\r\n"
+    stored = store.read_bytes("datasets/d1/train.csv")
+    assert stored == b"question,answer\r\nhi,hello\r\nbye,ciao\r\n"
 
 
 def test_ingest_names_the_missing_mapped_column(tmp_path: Path) -> None:
@@ -85,9 +92,13 @@ def test_ingest_names_the_missing_mapped_column(tmp_path: Path) -> None:
     store.put_bytes("staged.csv", b"prompt,answer\nhi,hello\n")
     with pytest.raises(DatasetInvalid) as raised:
         ingest("d1", "staged.csv", {"question": "question", "answer": "answer"}, store)
-    assert raised.value.details == [{"field": "feature_mapping.question", "line": 1,
-                                     "message": "column 'question' not in header "
-                                                "['prompt', 'answer']"}]
+    assert raised.value.details == [
+        {
+            "field": "feature_mapping.question",
+            "line": 1,
+            "message": "column 'question' not in header ['prompt', 'answer']",
+        }
+    ]
 
 
 def test_an_uploaded_dataset_becomes_ready_and_is_announced(ctx: context.WorkerContext) -> None:
@@ -100,7 +111,8 @@ def test_an_uploaded_dataset_becomes_ready_and_is_announced(ctx: context.WorkerC
         assert dataset.stats is not None and dataset.stats["rows"] == 2
     assert ctx.store.exists(keys.dataset_file(event.data.dataset_id))
     assert [e.data["dataset_id"] for e in events_of(ctx, "dataset.validated")] == [
-        event.data.dataset_id]
+        event.data.dataset_id
+    ]
 
 
 def test_a_redelivered_upload_publishes_the_same_outcome_once(ctx: context.WorkerContext) -> None:
@@ -135,7 +147,10 @@ def test_a_message_that_fails_all_retries_is_recorded_as_dead(ctx: context.Worke
     with ctx.db.session() as session:
         dead = session.scalars(select(DeadLetter)).one()
     assert (dead.actor, dead.event_type, dead.workspace_id) == (
-        "ingest_dataset", "dataset.uploaded", event.workspace)
+        "ingest_dataset",
+        "dataset.uploaded",
+        event.workspace,
+    )
     assert "ObjectNotFound" in dead.error
     assert events_of(ctx, "message.dead")[0].data["message_id"] == dead.message_id
 
@@ -144,8 +159,13 @@ def test_webhooks_are_signed_retried_and_logged(ctx: context.WorkerContext) -> N
     with webhook_receiver(statuses=[500]) as receiver:
         with ctx.db.session() as session:
             workspace = ensure_workspace(session, "acme")
-            hook = Webhook(workspace_id=workspace.id, name="ops", url=receiver.url,
-                           events=["dataset.validated"], secret="whsec_" + "c2VjcmV0" * 4)
+            hook = Webhook(
+                workspace_id=workspace.id,
+                name="ops",
+                url=receiver.url,
+                events=["dataset.validated"],
+                secret="whsec_" + "c2VjcmV0" * 4,
+            )
             session.add(hook)
         ctx.bus.publish(stage_dataset(ctx, GOOD_CSV))
         drain(ctx)
@@ -166,8 +186,15 @@ def test_webhooks_are_signed_retried_and_logged(ctx: context.WorkerContext) -> N
 def test_a_webhook_that_never_answers_ends_failed_and_dead(ctx: context.WorkerContext) -> None:
     with ctx.db.session() as session:
         workspace = ensure_workspace(session, "acme")
-        session.add(Webhook(workspace_id=workspace.id, name="gone", url="http://127.0.0.1:9/x",
-                            events=["*"], secret="whsec_" + "c2VjcmV0" * 4))
+        session.add(
+            Webhook(
+                workspace_id=workspace.id,
+                name="gone",
+                url="http://127.0.0.1:9/x",
+                events=["*"],
+                secret="whsec_" + "c2VjcmV0" * 4,
+            )
+        )
     ctx.bus.publish(stage_dataset(ctx, GOOD_CSV))
     with pytest.raises(Exception, match="delivery"):
         drain(ctx)

@@ -21,8 +21,13 @@ from tunelab.settings import Settings
 CSV = b"question,answer\nWhat is 2+2?,4\n"
 
 
-def upload(client: TestClient, metadata: Any, token: str, body: bytes = CSV,
-           headers: dict[str, str] | None = None) -> Any:
+def upload(
+    client: TestClient,
+    metadata: Any,
+    token: str,
+    body: bytes = CSV,
+    headers: dict[str, str] | None = None,
+) -> Any:
     return client.post(
         "/api/v1/datasets",
         files={"file": ("faq.csv", body, "text/csv")},
@@ -32,8 +37,9 @@ def upload(client: TestClient, metadata: Any, token: str, body: bytes = CSV,
 
 
 class Api:
-    def __init__(self, client: TestClient, db: Database, tokens: dict[str, str],
-                 objects: Path) -> None:
+    def __init__(
+        self, client: TestClient, db: Database, tokens: dict[str, str], objects: Path
+    ) -> None:
         self.client, self.db, self.tokens, self.objects = client, db, tokens, objects
 
     def auth(self, workspace: str = "acme") -> dict[str, str]:
@@ -48,8 +54,9 @@ class Api:
 
 
 def make_settings(tmp_path: Path, redis_url: str, queues: dict[str, str]) -> Settings:
-    return Settings(data_dir=tmp_path, redis_url=redis_url, cpu_queue=queues["cpu"],
-                    gpu_queue=queues["gpu"])
+    return Settings(
+        data_dir=tmp_path, redis_url=redis_url, cpu_queue=queues["cpu"], gpu_queue=queues["gpu"]
+    )
 
 
 @pytest.fixture
@@ -77,21 +84,29 @@ def test_an_unknown_route_is_a_404_in_the_contract_shape(api: Api) -> None:
 
 
 def test_a_wrong_method_is_a_405_in_the_contract_shape(api: Api) -> None:
-    assert_error(api.client.put("/api/v1/datasets", headers=api.auth()), 405,
-                 "method_not_allowed")
+    assert_error(api.client.put("/api/v1/datasets", headers=api.auth()), 405, "method_not_allowed")
 
 
 def test_no_token_or_a_wrong_one_is_401(api: Api) -> None:
     assert_error(api.client.get("/api/v1/datasets"), 401, "unauthorized")
-    assert_error(api.client.get("/api/v1/datasets", headers={"authorization": "Bearer nope"}),
-                 401, "unauthorized")
-    assert_error(api.client.get("/api/v1/datasets", headers={"authorization": "Basic x"}),
-                 401, "unauthorized")
+    assert_error(
+        api.client.get("/api/v1/datasets", headers={"authorization": "Bearer nope"}),
+        401,
+        "unauthorized",
+    )
+    assert_error(
+        api.client.get("/api/v1/datasets", headers={"authorization": "Basic x"}),
+        401,
+        "unauthorized",
+    )
 
 
 def test_malformed_json_is_400_and_stores_nothing(api: Api) -> None:
-    response = api.client.post("/api/v1/webhooks", content=b"{not json",
-                               headers={**api.auth(), "content-type": "application/json"})
+    response = api.client.post(
+        "/api/v1/webhooks",
+        content=b"{not json",
+        headers={**api.auth(), "content-type": "application/json"},
+    )
     assert_error(response, 400, "bad_request")
     response = api.client.post("/api/v1/webhooks", json=["a", "list"], headers=api.auth())
     assert_error(response, 400, "bad_request")
@@ -108,12 +123,12 @@ def test_invalid_metadata_is_422_naming_the_field_and_stores_nothing(api: Api) -
 
 
 def test_an_upload_is_accepted_staged_and_announced(api: Api) -> None:
-    response = upload(api.client, {"name": "faq", "labels": {"team": "support"}},
-                      api.tokens["acme"])
+    response = upload(
+        api.client, {"name": "faq", "labels": {"team": "support"}}, api.tokens["acme"]
+    )
     assert response.status_code == 202, response.text
     body = response.json()
-    assert (body["name"], body["status"], body["labels"]) == ("faq", "pending",
-                                                              {"team": "support"})
+    assert (body["name"], body["status"], body["labels"]) == ("faq", "pending", {"team": "support"})
     assert body["feature_mapping"] == {"question": "question", "answer": "answer"}
     events = api.client.get("/api/v1/events", headers=api.auth()).json()["items"]
     assert [e["type"] for e in events] == ["dataset.uploaded"]
@@ -128,8 +143,9 @@ def test_a_taken_name_is_409(api: Api) -> None:
 
 def test_another_workspaces_dataset_is_404(api: Api) -> None:
     assert upload(api.client, {"name": "faq"}, api.tokens["acme"]).status_code == 202
-    assert_error(api.client.get("/api/v1/datasets/faq", headers=api.auth("globex")),
-                 404, "not_found")
+    assert_error(
+        api.client.get("/api/v1/datasets/faq", headers=api.auth("globex")), 404, "not_found"
+    )
     assert api.client.get("/api/v1/datasets", headers=api.auth("globex")).json() == {"items": []}
     assert api.client.get("/api/v1/events", headers=api.auth("globex")).json()["items"] == []
 
@@ -161,16 +177,23 @@ def test_a_refused_request_does_not_use_up_its_idempotency_key(api: Api) -> None
 
 
 def test_a_webhook_gets_a_secret_once_and_refuses_unknown_event_types(api: Api) -> None:
-    created = api.client.post("/api/v1/webhooks", headers=api.auth(), json={
-        "name": "ops", "url": "http://127.0.0.1:9/hook", "events": ["dataset.validated"]})
+    created = api.client.post(
+        "/api/v1/webhooks",
+        headers=api.auth(),
+        json={"name": "ops", "url": "http://127.0.0.1:9/hook", "events": ["dataset.validated"]},
+    )
     assert created.status_code == 201
     assert created.json()["secret"].startswith("whsec_")
     assert "secret" not in api.client.get("/api/v1/webhooks/ops", headers=api.auth()).json()
-    refused = api.client.post("/api/v1/webhooks", headers=api.auth(), json={
-        "url": "http://127.0.0.1:9/hook", "events": ["dataset.exploded"]})
+    refused = api.client.post(
+        "/api/v1/webhooks",
+        headers=api.auth(),
+        json={"url": "http://127.0.0.1:9/hook", "events": ["dataset.exploded"]},
+    )
     assert assert_error(refused, 422, "invalid")["details"][0]["field"] == "events"
-    assert api.client.get("/api/v1/webhooks/ops/deliveries",
-                          headers=api.auth()).json() == {"items": []}
+    assert api.client.get("/api/v1/webhooks/ops/deliveries", headers=api.auth()).json() == {
+        "items": []
+    }
     assert api.count(Webhook) == 1
 
 
@@ -183,8 +206,7 @@ def test_events_page_forward_from_a_cursor(api: Api) -> None:
     page = api.client.get(f"/api/v1/events?after={oldest}&limit=1", headers=api.auth()).json()
     assert [e["data"]["name"] for e in page["items"]] == ["a2"] and page["has_more"]
     assert_error(api.client.get("/api/v1/events?limit=0", headers=api.auth()), 422, "invalid")
-    assert_error(api.client.get("/api/v1/events?after=nope", headers=api.auth()), 404,
-                 "not_found")
+    assert_error(api.client.get("/api/v1/events?after=nope", headers=api.auth()), 404, "not_found")
 
 
 def test_health_readiness_and_metrics(api: Api) -> None:
@@ -194,14 +216,16 @@ def test_health_readiness_and_metrics(api: Api) -> None:
     assert ready.json()["checks"] == {"broker": "ok", "database": "ok", "object_store": "ok"}
     upload(api.client, {"name": "faq"}, api.tokens["acme"])
     text = api.client.get("/metrics").text
-    assert 'tunelab_http_requests_total{method="POST",route="/api/v1/datasets",status="202"}' \
-        in text
+    assert (
+        'tunelab_http_requests_total{method="POST",route="/api/v1/datasets",status="202"}' in text
+    )
     assert 'tunelab_events_published_total{type="dataset.uploaded"}' in text
     assert "tunelab_queue_depth{" in text
 
 
-def test_readiness_names_the_dependency_that_is_down(tmp_path: Path, queues: dict[str, str]
-                                                     ) -> None:
+def test_readiness_names_the_dependency_that_is_down(
+    tmp_path: Path, queues: dict[str, str]
+) -> None:
     from tests.services import free_port
 
     settings = make_settings(tmp_path, f"redis://127.0.0.1:{free_port()}/0", queues)

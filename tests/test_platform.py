@@ -36,8 +36,11 @@ class Platform:
     s3_endpoint: str
 
     def upload(self, name: str, csv: str = CSV) -> httpx.Response:
-        return self.client.post("/api/v1/datasets", files={"file": ("faq.csv", csv.encode())},
-                                data={"metadata": json.dumps({"name": name})})
+        return self.client.post(
+            "/api/v1/datasets",
+            files={"file": ("faq.csv", csv.encode())},
+            data={"metadata": json.dumps({"name": name})},
+        )
 
     def wait_for_dataset(self, name: str, *states: str) -> dict[str, Any]:
         def settled() -> dict[str, Any] | None:
@@ -51,31 +54,48 @@ class Platform:
 
 
 @pytest.fixture(scope="module")
-def platform(redis_url: str, pg_admin_url: str, s3_endpoint: str,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+def platform(
+    redis_url: str, pg_admin_url: str, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Platform]:
     tmp = tmp_path_factory.mktemp("platform")
     database = f"tunelab_platform_{secrets.token_hex(4)}"
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{database}"')
     bucket = f"tunelab-{secrets.token_hex(4)}"
-    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
-                 aws_access_key_id="test", aws_secret_access_key="test").create_bucket(
-        Bucket=bucket)
+    boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    ).create_bucket(Bucket=bucket)
     port = free_port()
     tag = secrets.token_hex(3)
     (tmp / "metrics").mkdir()
     env = child_env(
         TUNELAB_DATABASE_URL=pg_admin_url.rsplit("/", 1)[0].replace(
-            "postgresql://", "postgresql+psycopg://") + f"/{database}",
+            "postgresql://", "postgresql+psycopg://"
+        )
+        + f"/{database}",
         TUNELAB_REDIS_URL=redis_url,
-        TUNELAB_STORE="s3", TUNELAB_S3_ENDPOINT=s3_endpoint, TUNELAB_S3_BUCKET=bucket,
-        TUNELAB_S3_ACCESS_KEY="test", TUNELAB_S3_SECRET_KEY="test",
-        TUNELAB_API_PORT=str(port), TUNELAB_DATA_DIR=str(tmp),
-        TUNELAB_CPU_QUEUE=f"it-{tag}-cpu", TUNELAB_GPU_QUEUE=f"it-{tag}-gpu",
+        TUNELAB_STORE="s3",
+        TUNELAB_S3_ENDPOINT=s3_endpoint,
+        TUNELAB_S3_BUCKET=bucket,
+        TUNELAB_S3_ACCESS_KEY="test",
+        TUNELAB_S3_SECRET_KEY="test",
+        TUNELAB_API_PORT=str(port),
+        TUNELAB_DATA_DIR=str(tmp),
+        TUNELAB_CPU_QUEUE=f"it-{tag}-cpu",
+        TUNELAB_GPU_QUEUE=f"it-{tag}-gpu",
         PROMETHEUS_MULTIPROC_DIR=str(tmp / "metrics"),
     )
-    token = subprocess.run(tunelab("token", "create", "--workspace", "acme"), env=env,
-                           check=True, capture_output=True, text=True).stdout.strip()
+    token = subprocess.run(
+        tunelab("token", "create", "--workspace", "acme"),
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     processes = Processes(env, tmp)
     processes.start("api", "api")
     processes.start("cpu-worker", "worker", "cpu")
@@ -83,8 +103,9 @@ def platform(redis_url: str, pg_admin_url: str, s3_endpoint: str,
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, "the API to be ready")
-        with httpx.Client(base_url=url, headers={"authorization": f"Bearer {token}"},
-                          timeout=10) as client:
+        with httpx.Client(
+            base_url=url, headers={"authorization": f"Bearer {token}"}, timeout=10
+        ) as client:
             yield Platform(url, token, client, bucket, s3_endpoint)
     finally:
         processes.stop()
@@ -105,22 +126,30 @@ def test_an_uploaded_dataset_flows_to_ready_through_the_cpu_worker(platform: Pla
     types = [e["type"] for e in platform.events() if e["subject"] == "datasets/faq"]
     assert types == ["dataset.validated", "dataset.uploaded"]
     preview = platform.client.get("/api/v1/datasets/faq/preview?limit=2").json()
-    assert preview["rows"] == [{"question": "What is 2+2?", "answer": "4"},
-                               {"question": "Capital of France?", "answer": "Paris"}]
-    s3 = boto3.client("s3", endpoint_url=platform.s3_endpoint, region_name="us-east-1",
-                      aws_access_key_id="test", aws_secret_access_key="test")
+    assert preview["rows"] == [
+        {"question": "What is 2+2?", "answer": "4"},
+        {"question": "Capital of France?", "answer": "Paris"},
+    ]
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=platform.s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=platform.bucket)["Contents"]]
     assert any(k.startswith("datasets/") and k.endswith("/train.csv") for k in keys)
 
 
-def test_a_file_without_the_mapped_columns_fails_with_line_and_field(platform: Platform
-                                                                     ) -> None:
+def test_a_file_without_the_mapped_columns_fails_with_line_and_field(platform: Platform) -> None:
     platform.upload("broken", "prompt,reply\nhi,hello\n")
     dataset = platform.wait_for_dataset("broken", "ready", "failed")
     assert dataset["status"] == "failed"
     assert dataset["error"]["details"][0] == {
-        "field": "feature_mapping.question", "line": 1,
-        "message": "column 'question' not in header ['prompt', 'reply']"}
+        "field": "feature_mapping.question",
+        "line": 1,
+        "message": "column 'question' not in header ['prompt', 'reply']",
+    }
 
 
 def test_both_worker_kinds_answer_a_ping_seen_on_the_live_stream(platform: Platform) -> None:
@@ -128,9 +157,14 @@ def test_both_worker_kinds_answer_a_ping_seen_on_the_live_stream(platform: Platf
     connected = threading.Event()
 
     def listen() -> None:
-        with httpx.Client(base_url=platform.url, timeout=20,
-                          headers={"authorization": f"Bearer {platform.token}"}) as client, \
-                client.stream("GET", "/api/v1/events/stream") as stream:
+        with (
+            httpx.Client(
+                base_url=platform.url,
+                timeout=20,
+                headers={"authorization": f"Bearer {platform.token}"},
+            ) as client,
+            client.stream("GET", "/api/v1/events/stream") as stream,
+        ):
             connected.set()
             for line in stream.iter_lines():
                 if line.startswith("data:"):
@@ -150,8 +184,10 @@ def test_both_worker_kinds_answer_a_ping_seen_on_the_live_stream(platform: Platf
 
 def test_webhooks_arrive_signed_once_per_id_after_a_retry(platform: Platform) -> None:
     with webhook_receiver(statuses=[503]) as receiver:
-        created = platform.client.post("/api/v1/webhooks", json={
-            "name": "ops", "url": receiver.url, "events": ["dataset.validated"]}).json()
+        created = platform.client.post(
+            "/api/v1/webhooks",
+            json={"name": "ops", "url": receiver.url, "events": ["dataset.validated"]},
+        ).json()
         platform.upload("hooked")
         platform.wait_for_dataset("hooked", "ready")
 
@@ -170,8 +206,10 @@ def test_webhooks_arrive_signed_once_per_id_after_a_retry(platform: Platform) ->
 
 
 def test_a_delivery_that_fails_every_retry_is_shown_as_dead(platform: Platform) -> None:
-    platform.client.post("/api/v1/webhooks", json={
-        "name": "void", "url": f"http://127.0.0.1:{free_port()}/", "events": ["system.ping"]})
+    platform.client.post(
+        "/api/v1/webhooks",
+        json={"name": "void", "url": f"http://127.0.0.1:{free_port()}/", "events": ["system.ping"]},
+    )
     platform.client.post("/api/v1/system/ping")
 
     def dead() -> list[dict[str, Any]]:
@@ -197,8 +235,10 @@ def test_metrics_count_what_the_workers_consumed(platform: Platform) -> None:
 
 def test_readiness_checks_every_dependency(platform: Platform) -> None:
     body = httpx.get(f"{platform.url}/readyz").json()
-    assert body == {"status": "ready",
-                    "checks": {"broker": "ok", "database": "ok", "object_store": "ok"}}
+    assert body == {
+        "status": "ready",
+        "checks": {"broker": "ok", "database": "ok", "object_store": "ok"},
+    }
 
 
 def test_a_token_is_stored_only_as_a_hash(platform: Platform, tmp_path: Path) -> None:

@@ -18,8 +18,12 @@ from tunelab.store.s3 import S3Store
 
 @pytest.fixture
 def s3(s3_endpoint: str) -> Iterator[S3Store]:
-    store = S3Store(bucket=f"t-{os.urandom(4).hex()}", endpoint=s3_endpoint,
-                    access_key="test", secret_key="test")
+    store = S3Store(
+        bucket=f"t-{os.urandom(4).hex()}",
+        endpoint=s3_endpoint,
+        access_key="test",
+        secret_key="test",
+    )
     store.ensure_bucket()
     yield store
 

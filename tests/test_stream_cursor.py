@@ -22,8 +22,7 @@ def test_a_late_commit_below_the_newest_is_still_delivered() -> None:
     assert cursor.seq == 8
 
 
-def test_a_gap_that_never_fills_is_given_up_after_a_while(monkeypatch: pytest.MonkeyPatch
-                                                          ) -> None:
+def test_a_gap_that_never_fills_is_given_up_after_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = iter([0.0, 1.0, 5.0])
     monkeypatch.setattr("tunelab.functions.events_api.time.monotonic", lambda: next(clock))
     cursor = StreamCursor(0)

@@ -15,8 +15,13 @@ def _api(args: argparse.Namespace) -> None:
     from tunelab.functions.app import create_app
 
     settings = load_settings()
-    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port,
-                log_level="warning", lifespan="on")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level="warning",
+        lifespan="on",
+    )
 
 
 def _worker(args: argparse.Namespace) -> None:
@@ -50,8 +55,9 @@ def _up(args: argparse.Namespace) -> None:
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="tunelab", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
-    commands.add_parser("up", help="start Redis (if none is set), the API and both workers"
-                        ).set_defaults(run=_up)
+    commands.add_parser(
+        "up", help="start Redis (if none is set), the API and both workers"
+    ).set_defaults(run=_up)
     commands.add_parser("api", help="serve the HTTP API").set_defaults(run=_api)
     worker = commands.add_parser("worker", help="consume one worker kind's queue")
     worker.add_argument("kind", choices=["cpu", "gpu"])

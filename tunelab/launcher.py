@@ -22,11 +22,15 @@ from tunelab.auth import create_token, resolve_token
 from tunelab.db import Database
 from tunelab.settings import Settings
 
-CHILDREN = {
-    "api": ["api"],
-    "cpu-worker": ["worker", "cpu"],
-    "gpu-worker": ["worker", "gpu"],
-}
+
+def children(settings: Settings) -> dict[str, list[str]]:
+    """The processes `up` runs, by name, as `tunelab` sub-commands."""
+    cpu_workers = {
+        f"cpu-worker-{i + 1}": ["worker", "cpu"] for i in range(settings.cpu_worker_processes)
+    }
+    return {"api": ["api"], **cpu_workers, "gpu-worker": ["worker", "gpu"]}
+
+
 MAX_RESTARTS = 5
 
 
@@ -51,8 +55,21 @@ def start_redis(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     redis_dir = data_dir / "redis"
     redis_dir.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
-        [redis_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(redis_dir),
-         "--appendonly", "yes", "--save", "", "--logfile", str(redis_dir / "redis.log")],
+        [
+            redis_binary(),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(redis_dir),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--logfile",
+            str(redis_dir / "redis.log"),
+        ],
         start_new_session=True,  # Ctrl-C goes to us; we stop Redis last, after the workers
     )
     url = f"redis://127.0.0.1:{port}/0"
@@ -88,6 +105,8 @@ def up(settings: Settings) -> None:
     redis_process = None
     if not settings.redis_url:
         redis_process, env["TUNELAB_REDIS_URL"] = start_redis(data_dir)
+        # For tools run beside the platform (bench/events.py) to find this Redis.
+        (data_dir / "redis.url").write_text(env["TUNELAB_REDIS_URL"] + "\n")
     metrics_dir = data_dir / "metrics"
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir()
@@ -108,20 +127,26 @@ def up(settings: Settings) -> None:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
 
-    def spawn(name: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "tunelab.cli", *CHILDREN[name]],
-                                env=env, start_new_session=True)
+    commands = children(settings)
 
-    children = {name: spawn(name) for name in CHILDREN}
-    restarts = dict.fromkeys(CHILDREN, 0)
+    def spawn(name: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tunelab.cli", *commands[name]], env=env, start_new_session=True
+        )
+
+    running = {name: spawn(name) for name in commands}
+    restarts = dict.fromkeys(commands, 0)
     address = f"http://{settings.api_host}:{settings.api_port}"
-    print(f"\ntunelab is starting.\n  API:       {address}/api/v1\n"
-          f"  health:    {address}/readyz\n  workspace: default\n  token:     {token}\n"
-          f"  data:      {data_dir}\nPress Ctrl-C to stop.\n", flush=True)
+    print(
+        f"\ntunelab is starting.\n  API:       {address}/api/v1\n"
+        f"  health:    {address}/readyz\n  workspace: default\n  token:     {token}\n"
+        f"  data:      {data_dir}\nPress Ctrl-C to stop.\n",
+        flush=True,
+    )
     try:
         while not stopping:
             time.sleep(0.5)
-            for name, child in children.items():
+            for name, child in running.items():
                 code = child.poll()
                 if code is None or stopping:
                     continue
@@ -131,12 +156,12 @@ def up(settings: Settings) -> None:
                     break
                 restarts[name] += 1
                 print(f"tunelab: {name} exited with {code}; restarting", flush=True)
-                children[name] = spawn(name)
+                running[name] = spawn(name)
     finally:
-        for child in children.values():
+        for child in running.values():
             if child.poll() is None:
                 child.terminate()
-        for child in children.values():
+        for child in running.values():
             try:
                 child.wait(timeout=30)
             except subprocess.TimeoutExpired:

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
 
     cpu_queue: str = "tunelab-cpu"
     gpu_queue: str = "tunelab-gpu"
+    cpu_worker_processes: int = Field(default=2, ge=1, le=64)
+    """CPU worker processes `tunelab up` starts: each has one Dramatiq consumer, which
+    acks serially, so a second process roughly doubles no-op throughput."""
     cpu_worker_threads: int = Field(default=4, ge=1, le=64)
     gpu_worker_threads: int = Field(default=1, ge=1, le=16)
     worker_poll_ms: int = Field(default=10, ge=1, le=5000)

@@ -23,8 +23,11 @@ def _event_of(message: MessageProxy) -> dict[str, Any]:
     if isinstance(arg, dict) and "type" in arg:
         return arg
     about = message.options.get("about") or {}
-    return {"workspace": about.get("workspace"), "id": about.get("event_id"),
-            "type": about.get("event_type")}
+    return {
+        "workspace": about.get("workspace"),
+        "id": about.get("event_id"),
+        "type": about.get("event_type"),
+    }
 
 
 class DeadLetters(Middleware):

@@ -32,9 +32,10 @@ def command(
     _require_broker()
 
     def wrap(fn: Callable[..., None]) -> dramatiq.Actor[Any, Any]:
-        return dramatiq.actor(
-            fn, actor_name=fn.__name__, queue_name=queue_name(get_settings(), worker), **options
+        declare = dramatiq.actor(
+            actor_name=fn.__name__, queue_name=queue_name(get_settings(), worker), **options
         )
+        return declare(fn)
 
     return wrap
 

@@ -83,7 +83,7 @@ def open_store(settings: Settings) -> ObjectStore:
     return LocalStore(settings.data_dir / "objects")
 
 
-class keys:  # noqa: N801 - a namespace of key builders, read as `keys.dataset_file(...)`
+class keys:
     @staticmethod
     def dataset_staging(dataset_id: str, split: str = "train") -> str:
         return f"staging/datasets/{dataset_id}/{split}.csv"

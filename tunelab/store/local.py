@@ -72,7 +72,9 @@ class LocalStore:
             target.unlink(missing_ok=True)
 
     def presigned_url(self, key: str, method: str = "GET", expires_s: int = 3600) -> str:
-        raise PresignUnsupported("the local object store has no presigned URLs; use TUNELAB_STORE=s3")
+        raise PresignUnsupported(
+            "the local object store has no presigned URLs; use TUNELAB_STORE=s3"
+        )
 
     def uri(self, key: str) -> str:
         return f"local://{key}"

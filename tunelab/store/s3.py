@@ -137,7 +137,7 @@ class S3Store:
 
     def sha256(self, key: str) -> str:
         tags = self.client.get_object_tagging(Bucket=self.bucket, Key=key)["TagSet"]
-        return next(t["Value"] for t in tags if t["Key"] == "sha256")
+        return str(next(t["Value"] for t in tags if t["Key"] == "sha256"))
 
     def ping(self) -> None:
         self.client.head_bucket(Bucket=self.bucket)

@@ -34,8 +34,9 @@ def ingest_dataset(event: DatasetUploaded) -> None:
             outcome = None
     if outcome is None:
         try:
-            report = ingest(data.dataset_id, key_from_uri(data.source_uri),
-                            data.feature_mapping, ctx.store)
+            report = ingest(
+                data.dataset_id, key_from_uri(data.source_uri), data.feature_mapping, ctx.store
+            )
         except DatasetInvalid as exc:
             outcome = _finish(ctx, event, status="failed", error=exc.to_json()["error"])
         else:
@@ -56,7 +57,7 @@ def _outcome(event: DatasetUploaded, dataset: Dataset) -> DatasetValidated | Dat
     ref = {"dataset_id": dataset.id, "name": dataset.name}
     if dataset.status == "ready":
         return DatasetValidated.following(
-            event, data=DatasetValidatedData(**ref, stats=dataset.stats or {},
-                                             files=dataset.files or {})
+            event,
+            data=DatasetValidatedData(**ref, stats=dataset.stats or {}, files=dataset.files or {}),
         )
     return DatasetFailed.following(event, data=DatasetFailedData(**ref, error=dataset.error or {}))

@@ -44,8 +44,11 @@ def ingest(
             raise DatasetInvalid(
                 "The file's header lacks the mapped columns.",
                 [
-                    {"field": f"feature_mapping.{field}", "line": 1,
-                     "message": f"column {col!r} not in header {header}"}
+                    {
+                        "field": f"feature_mapping.{field}",
+                        "line": 1,
+                        "message": f"column {col!r} not in header {header}",
+                    }
                     for field, col in missing
                 ],
             )

@@ -72,13 +72,17 @@ def deliver_webhook(delivery_id: str) -> None:
         delivery = session.get(WebhookDelivery, delivery_id)
         if delivery is None or delivery.status == "delivered":
             return
-        hook = session.get(Webhook, delivery.webhook_id)
+        hook = session.get_one(Webhook, delivery.webhook_id)
         record = session.query(EventRecord).filter_by(id=delivery.event_id).one()
         url, secret, body = hook.url, hook.secret, json.dumps(envelope(record))
-    attempt = post(url, body, signed_headers(secret, delivery_id, body, datetime.now(UTC)),
-                   ctx.settings.webhook_timeout_s)
+    attempt = post(
+        url,
+        body,
+        signed_headers(secret, delivery_id, body, datetime.now(UTC)),
+        ctx.settings.webhook_timeout_s,
+    )
     with ctx.db.session() as session:
-        delivery = session.get(WebhookDelivery, delivery_id)
+        delivery = session.get_one(WebhookDelivery, delivery_id)
         delivery.attempts = [*delivery.attempts, attempt]
         if attempt["ok"]:
             delivery.status = "delivered"
@@ -88,4 +92,3 @@ def deliver_webhook(delivery_id: str) -> None:
             delivery.status = "retrying"
     if not attempt["ok"]:
         raise DeliveryFailed(f"delivery {delivery_id} to {url}: {attempt}")
-

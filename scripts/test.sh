@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Set up and run the whole test suite: lint, type check, then pytest. The tests use
+# Redis, PostgreSQL and an S3 server on loopback, starting those that are not
+# reachable (see tests/services.py). Extra arguments go to pytest.
+#   TUNELAB_VENV  virtualenv to use (default: .venv in the checkout)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${TUNELAB_VENV:-.venv}"
+python="${PYTHON:-python3}"
+
+# A machine without PostgreSQL's server binaries gets Debian's (root and apt only).
+if ! command -v pg_ctl >/dev/null && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 \
+    && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get install -y -q postgresql >/dev/null || { apt-get update -q && apt-get install -y -q postgresql; }
+fi
+
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
+
+echo "== ruff"
+"$venv/bin/ruff" check .
+"$venv/bin/ruff" format --check .
+
+echo "== mypy"
+# The import package `tunelab` is assembled from several top-level folders
+# (pyproject's package-dir); mypy cannot follow setuptools' editable finder, so it
+# checks a tree of links with the same shape.
+tree="$(mktemp -d)"
+trap 'rm -rf "$tree"' EXIT
+mkdir "$tree/tunelab"
+for entry in tunelab/*; do ln -s "$PWD/$entry" "$tree/tunelab/"; done
+for folder in functions events workers; do ln -s "$PWD/$folder" "$tree/tunelab/$folder"; done
+root="$PWD"
+venv_bin="$(cd "$venv/bin" && pwd)"
+(cd "$tree" && "$venv_bin/mypy" --config-file "$root/pyproject.toml" \
+  --cache-dir "$root/.mypy_cache" -p tunelab)
+
+echo "== pytest"
+"$venv/bin/python" -m pytest "$@"

