@@ -7,13 +7,13 @@ from collections.abc import Iterable
 from dramatiq import Middleware
 from dramatiq.brokers.redis import RedisBroker
 
-from tunelab.settings import Settings
+from tunelab.settings import Settings, SettingsError
 
 
 def build_broker(settings: Settings, middleware: Iterable[Middleware] = ()) -> RedisBroker:
     if not settings.redis_url:
-        raise RuntimeError(
-            "TUNELAB_REDIS_URL is not set; `tunelab up` starts a Redis server and sets it"
+        raise SettingsError(
+            "TUNELAB_REDIS_URL is required here; only `tunelab up` starts a Redis of its own"
         )
     broker = RedisBroker(url=settings.redis_url)  # type: ignore[no-untyped-call]
     for extra in middleware:

@@ -36,3 +36,11 @@ def test_the_cli_exits_with_the_bad_variable_named(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("TUNELAB_WORKER_POLL_MS", "0")
     with pytest.raises(SystemExit, match="TUNELAB_WORKER_POLL_MS"):
         main(["migrate"])
+
+
+def test_a_worker_without_a_broker_url_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunelab.cli import main
+
+    monkeypatch.delenv("TUNELAB_REDIS_URL", raising=False)
+    with pytest.raises(SystemExit, match="TUNELAB_REDIS_URL"):
+        main(["worker", "cpu"])
