@@ -12,10 +12,19 @@ class DatasetRef(Payload):
     name: str
 
 
+class PluginSource(Payload):
+    name: str
+    parameters: dict[str, Any]
+
+
 class DatasetUploadedData(DatasetRef):
-    source_uri: str
-    """Where the raw file waits for the CPU worker (object store or remote address)."""
+    sources: dict[str, str]
+    """Split (train, validate, test) to the file's URI: in the platform's store, or a
+    remote http(s)/s3 address the CPU worker fetches."""
+    plugin: PluginSource | None = None
     feature_mapping: dict[str, str]
+    language: str = "en"
+    size_category: str | None = None
 
 
 class DatasetUploaded(Event):

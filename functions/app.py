@@ -18,7 +18,15 @@ from tunelab.db import Database
 from tunelab.errors import MethodNotAllowed, NotFound, TunelabError
 from tunelab.events.broker import build_broker, queue_name
 from tunelab.events.bus import EventBus
-from tunelab.functions import datasets, events_api, ops, system, webhooks
+from tunelab.functions import (
+    dataset_rows,
+    datasets,
+    events_api,
+    ops,
+    system,
+    triggers,
+    webhooks,
+)
 from tunelab.functions.middleware import BearerAuth, Idempotency, RequestMetrics
 from tunelab.settings import Settings, get_settings
 from tunelab.store import ObjectStore, open_store
@@ -35,7 +43,10 @@ ROUTES = [
     Route(f"{API}/datasets", datasets.list_datasets, methods=["GET"]),
     Route(f"{API}/datasets/{{name}}", datasets.get_dataset, methods=["GET"]),
     Route(f"{API}/datasets/{{name}}", datasets.delete_dataset, methods=["DELETE"]),
-    Route(f"{API}/datasets/{{name}}/preview", datasets.preview_dataset, methods=["GET"]),
+    Route(f"{API}/datasets/uploads", datasets.create_upload, methods=["POST"]),
+    Route(f"{API}/datasets/{{name}}/preview", dataset_rows.preview_dataset, methods=["GET"]),
+    Route(f"{API}/datasets/{{name}}/export", dataset_rows.export_dataset, methods=["GET"]),
+    Route("/triggers/s3", triggers.s3_trigger, methods=["POST"]),
     Route(f"{API}/events", events_api.list_events, methods=["GET"]),
     Route(f"{API}/events/stream", events_api.stream_events, methods=["GET"]),
     Route(f"{API}/webhooks", webhooks.create_webhook, methods=["POST"]),

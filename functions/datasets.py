@@ -1,30 +1,31 @@
-"""Dataset triggers: accept an upload, stage it, announce `dataset.uploaded`."""
+"""Dataset triggers: every way a dataset comes in ends in `dataset.uploaded`."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-from itertools import islice
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from tunelab.db.models import Dataset, new_id
-from tunelab.errors import BadRequest, Conflict, Invalid, NotFound, TooLarge
-from tunelab.events.dataset import DatasetUploaded, DatasetUploadedData
-from tunelab.functions.http import iso, parse, respond, workspace_id
+from tunelab.db.models import Dataset, Experiment, new_id
+from tunelab.errors import BadRequest, Conflict, Invalid, NotFound
+from tunelab.events.dataset import DatasetUploaded, DatasetUploadedData, PluginSource
+from tunelab.functions import uploads
+from tunelab.functions.http import iso, parse, read_json, respond, workspace_id
 from tunelab.names import Name
-from tunelab.store import key_from_uri, keys
+from tunelab.store import PresignUnsupported, keys
+from tunelab.workers.cpu.csvcheck import SIZE_CATEGORIES
+from tunelab.workers.cpu.ingest import MAX_DATASET_BYTES
+from tunelab.workers.cpu.plugins import available as available_plugins
 
-MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+SPLIT_PARTS = {"file": "train", "validate": "validate", "test": "test"}
+ACTIVE_EXPERIMENT = ("queued", "running")
 
 
 class TaskSpec(BaseModel):
@@ -53,6 +54,53 @@ class DatasetMetadata(BaseModel):
     task: TaskSpec = Field(default_factory=TaskSpec)
     feature_mapping: FeatureMapping = Field(default_factory=FeatureMapping)
 
+    @field_validator("size_category")
+    @classmethod
+    def _known_category(cls, value: str | None) -> str | None:
+        if value is not None and value not in SIZE_CATEGORIES:
+            raise ValueError(f"must be one of {list(SIZE_CATEGORIES)}")
+        return value
+
+
+class RemoteSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["s3", "http"]
+    uri: str
+    validate_uri: str | None = None
+    test_uri: str | None = None
+
+    @field_validator("uri", "validate_uri", "test_uri")
+    @classmethod
+    def _scheme(cls, value: str | None, info: Any) -> str | None:
+        if value is None:
+            return value
+        wanted = ("s3://",) if info.data.get("type") == "s3" else ("http://", "https://")
+        if not value.startswith(wanted) or len(value) <= len(wanted[0]):
+            raise ValueError(f"must start with {' or '.join(wanted)}")
+        return value
+
+
+class PluginSourceSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["plugin"]
+    plugin: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("plugin")
+    @classmethod
+    def _installed(cls, value: str) -> str:
+        if value not in available_plugins():
+            raise ValueError(f"no plugin {value!r}; installed: {sorted(available_plugins())}")
+        return value
+
+
+class RemoteDataset(DatasetMetadata):
+    source: Annotated[RemoteSource | PluginSourceSpec, Field(discriminator="type")]
+
+
+class UploadRequest(DatasetMetadata):
+    filename: str = Field(default="train.csv", pattern=r"^[\w.\- ]{1,128}$")
+
 
 def to_json(dataset: Dataset) -> dict[str, Any]:
     return {
@@ -60,7 +108,9 @@ def to_json(dataset: Dataset) -> dict[str, Any]:
         "name": dataset.name,
         "status": dataset.status,
         "error": dataset.error,
-        "stats": dataset.stats,
+        "warnings": dataset.warnings or [],
+        "stats": (dataset.stats or {}).get("train") if dataset.stats else None,
+        "splits": {split: {"rows": s.get("rows")} for split, s in (dataset.stats or {}).items()},
         "source": dataset.source,
         "created_at": iso(dataset.created_at),
     }
@@ -75,85 +125,153 @@ def find(session: Session, workspace: str, name: str) -> Dataset:
     return dataset
 
 
-async def create_dataset(request: Request) -> JSONResponse:
-    content_type = request.headers.get("content-type", "")
-    if not content_type.startswith("multipart/form-data"):
-        raise BadRequest("Upload a dataset as multipart/form-data with 'file' and 'metadata'.")
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > MAX_UPLOAD_BYTES + (1 << 20):
-        raise TooLarge(f"A dataset file may be at most {MAX_UPLOAD_BYTES >> 20} MB.")
-    async with request.form(max_files=1, max_fields=4) as form:
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise Invalid(
-                "The upload has no 'file' part.", [{"field": "file", "message": "required"}]
-            )
-        raw_metadata = form.get("metadata")
-        if not isinstance(raw_metadata, str):
-            raise Invalid(
-                "The upload has no 'metadata' part.",
-                [{"field": "metadata", "message": "required (a JSON object)"}],
-            )
-        try:
-            metadata_json = json.loads(raw_metadata)
-        except json.JSONDecodeError as exc:
-            raise BadRequest(f"The 'metadata' part is not valid JSON: {exc}.") from None
-        metadata = parse(DatasetMetadata, metadata_json, "dataset metadata")
-        if (upload.size or 0) > MAX_UPLOAD_BYTES:
-            raise TooLarge(f"A dataset file may be at most {MAX_UPLOAD_BYTES >> 20} MB.")
-        body = await run_in_threadpool(_stage_and_announce, request, metadata, upload)
-    return respond(body, 202)
-
-
-def _stage_and_announce(
-    request: Request, metadata: DatasetMetadata, upload: UploadFile
-) -> dict[str, Any]:
-    state = request.app.state
-    workspace = workspace_id(request)
-    dataset_id = new_id()
-    staged = keys.dataset_staging(dataset_id)
+def _ensure_free(state: Any, workspace: str, name: str) -> None:
     with state.db.session() as session:
         if session.scalar(
-            select(Dataset.id).where(
-                Dataset.workspace_id == workspace, Dataset.name == metadata.name
-            )
+            select(Dataset.id).where(Dataset.workspace_id == workspace, Dataset.name == name)
         ):
-            raise Conflict(f"A dataset named {metadata.name!r} already exists.")
-    upload.file.seek(0)
-    state.store.put_stream(staged, upload.file)
-    source = {"type": "upload", "filename": upload.filename}
+            raise Conflict(f"A dataset named {name!r} already exists.")
+
+
+def register(
+    state: Any,
+    workspace: str,
+    dataset_id: str,
+    metadata: DatasetMetadata,
+    source: dict[str, Any],
+    sources: dict[str, str] | None,
+    plugin: PluginSource | None = None,
+) -> dict[str, Any]:
+    """Store the dataset row and, when its files are known, announce it.
+
+    With `sources` None the dataset waits (status awaiting_upload) for its file.
+    Raises Conflict when the name is taken; leaves nothing behind on any failure.
+    """
+    dataset = Dataset(
+        id=dataset_id,
+        workspace_id=workspace,
+        name=metadata.name,
+        metadata_=metadata.model_dump(
+            mode="json", include=set(DatasetMetadata.model_fields) - {"name"}
+        ),
+        source=source,
+        status="pending" if sources is not None else "awaiting_upload",
+    )
     try:
         with state.db.session() as session:
-            dataset = Dataset(
-                id=dataset_id,
-                workspace_id=workspace,
-                name=metadata.name,
-                metadata_=metadata.model_dump(mode="json", exclude={"name"}),
-                source=source,
-            )
             session.add(dataset)
-        state.bus.publish(
-            DatasetUploaded(
-                workspace=workspace,
-                subject=f"datasets/{metadata.name}",
-                data=DatasetUploadedData(
-                    dataset_id=dataset_id,
-                    name=metadata.name,
-                    source_uri=state.store.uri(staged),
-                    feature_mapping=metadata.feature_mapping.model_dump(),
-                ),
-            )
-        )
     except IntegrityError:
-        state.store.delete(staged)
         raise Conflict(f"A dataset named {metadata.name!r} already exists.") from None
-    except BaseException:
-        # Nothing half-stored: without its event the dataset would wait forever.
-        with state.db.session() as session:
-            session.query(Dataset).filter_by(id=dataset_id).delete()
-        state.store.delete(staged)
-        raise
+    if sources is not None:
+        try:
+            announce(state, dataset, sources, plugin)
+        except BaseException:
+            with state.db.session() as session:
+                session.query(Dataset).filter_by(id=dataset_id).delete()
+            raise
     return to_json(dataset)
+
+
+def announce(
+    state: Any, dataset: Dataset, sources: dict[str, str], plugin: PluginSource | None = None
+) -> None:
+    meta = dataset.metadata_
+    state.bus.publish(
+        DatasetUploaded(
+            workspace=dataset.workspace_id,
+            subject=f"datasets/{dataset.name}",
+            data=DatasetUploadedData(
+                dataset_id=dataset.id,
+                name=dataset.name,
+                sources=sources,
+                plugin=plugin,
+                feature_mapping=meta["feature_mapping"],
+                language=meta["language"],
+                size_category=meta.get("size_category"),
+            ),
+        )
+    )
+
+
+async def create_dataset(request: Request) -> JSONResponse:
+    if request.headers.get("content-type", "").startswith("application/json"):
+        spec = parse(RemoteDataset, await read_json(request), "dataset")
+        return respond(await run_in_threadpool(_create_remote, request, spec), 202)
+    state, dataset_id = request.app.state, new_id()
+    file_keys = {
+        part: keys.dataset_staging(dataset_id, split) for part, split in SPLIT_PARTS.items()
+    }
+    received = await uploads.receive(request, state.store, file_keys, MAX_DATASET_BYTES)
+    try:
+        return respond(
+            await run_in_threadpool(_create_uploaded, request, dataset_id, received), 202
+        )
+    except BaseException:
+        for stored in received.files.values():
+            await run_in_threadpool(state.store.delete, stored.key)
+        raise
+
+
+def _create_uploaded(
+    request: Request, dataset_id: str, received: uploads.Received
+) -> dict[str, Any]:
+    if "file" not in received.files:
+        raise Invalid(
+            "The upload has no 'file' part (the training CSV).",
+            [{"field": "file", "message": "required"}],
+        )
+    if "metadata" not in received.fields:
+        raise Invalid(
+            "The upload has no 'metadata' part.",
+            [{"field": "metadata", "message": "required (a JSON object)"}],
+        )
+    try:
+        raw = json.loads(received.fields["metadata"])
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"The 'metadata' part is not valid JSON: {exc}.") from None
+    metadata = parse(DatasetMetadata, raw, "dataset metadata")
+    state, workspace = request.app.state, workspace_id(request)
+    _ensure_free(state, workspace, metadata.name)
+    sources = {
+        SPLIT_PARTS[part]: state.store.uri(stored.key) for part, stored in received.files.items()
+    }
+    source = {"type": "upload", "files": {SPLIT_PARTS[p]: n for p, n in received.filenames.items()}}
+    return register(state, workspace, dataset_id, metadata, source, sources)
+
+
+def _create_remote(request: Request, spec: RemoteDataset) -> dict[str, Any]:
+    state, workspace = request.app.state, workspace_id(request)
+    _ensure_free(state, workspace, spec.name)
+    source = spec.source.model_dump(exclude_none=True)
+    if isinstance(spec.source, PluginSourceSpec):
+        plugin = PluginSource(name=spec.source.plugin, parameters=spec.source.parameters)
+        return register(state, workspace, new_id(), spec, source, {}, plugin)
+    sources = {"train": spec.source.uri}
+    for split in ("validate", "test"):
+        uri = getattr(spec.source, f"{split}_uri")
+        if uri:
+            sources[split] = uri
+    return register(state, workspace, new_id(), spec, source, sources)
+
+
+async def create_upload(request: Request) -> JSONResponse:
+    """A dataset whose file the client PUTs to a presigned URL; the bucket's
+    notification (`POST /triggers/s3`) then starts ingestion."""
+    spec = parse(UploadRequest, await read_json(request), "upload")
+    return respond(await run_in_threadpool(_create_upload, request, spec), 201)
+
+
+def _create_upload(request: Request, spec: UploadRequest) -> dict[str, Any]:
+    state, workspace = request.app.state, workspace_id(request)
+    _ensure_free(state, workspace, spec.name)
+    dataset_id = new_id()
+    key = f"uploads/{request.scope['workspace'].name}/{dataset_id}/{spec.filename}"
+    try:
+        url = state.store.presigned_url(key, "PUT", expires_s=3600)
+    except PresignUnsupported as exc:
+        raise Invalid(str(exc), [{"field": "store", "message": "presigned URLs need S3"}]) from None
+    body = register(state, workspace, dataset_id, spec, {"type": "s3-upload", "key": key}, None)
+    return {**body, "upload": {"method": "PUT", "url": url, "key": key, "expires_in": 3600}}
 
 
 def list_datasets(request: Request) -> JSONResponse:
@@ -162,7 +280,7 @@ def list_datasets(request: Request) -> JSONResponse:
             select(Dataset)
             .where(Dataset.workspace_id == workspace_id(request))
             .order_by(Dataset.created_at.desc())
-        ).all()
+        )
         return respond({"items": [to_json(d) for d in rows]})
 
 
@@ -171,28 +289,29 @@ def get_dataset(request: Request) -> JSONResponse:
         return respond(to_json(find(session, workspace_id(request), request.path_params["name"])))
 
 
-def preview_dataset(request: Request) -> JSONResponse:
-    try:
-        limit = min(max(int(request.query_params.get("limit", "20")), 1), 1000)
-    except ValueError:
-        raise Invalid(
-            "limit must be an integer.", [{"field": "limit", "message": "not an integer"}]
-        ) from None
-    with request.app.state.db.session() as session:
-        dataset = find(session, workspace_id(request), request.path_params["name"])
-    if dataset.status != "ready" or not dataset.files:
-        raise Conflict(f"Dataset {dataset.name!r} is {dataset.status}, not ready.")
-    with request.app.state.store.open(key_from_uri(dataset.files["train"])) as raw:
-        reader = csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8", newline=""))
-        rows = [{"question": r["question"], "answer": r["answer"]} for r in islice(reader, limit)]
-    return respond({"rows": rows})
-
-
 def delete_dataset(request: Request) -> JSONResponse:
-    state = request.app.state
+    state, workspace = request.app.state, workspace_id(request)
+    name = request.path_params["name"]
     with state.db.session() as session:
-        dataset = find(session, workspace_id(request), request.path_params["name"])
+        dataset = find(session, workspace, name)
+        users = [
+            e.name
+            for e in session.scalars(
+                select(Experiment).where(
+                    Experiment.workspace_id == workspace, Experiment.status.in_(ACTIVE_EXPERIMENT)
+                )
+            )
+            if any(t.get("dataset") == name for t in e.spec.get("tasks", []))
+        ]
+        if users:
+            raise Conflict(
+                f"Dataset {name!r} is used by running experiments {users}; "
+                "cancel them or wait until they finish."
+            )
         session.delete(dataset)
-    state.store.delete_prefix(f"datasets/{dataset.id}/")
-    state.store.delete_prefix(f"staging/datasets/{dataset.id}/")
+    for prefix in keys.dataset_prefixes(dataset.id):
+        state.store.delete_prefix(prefix)
+    source_key = (dataset.source or {}).get("key")
+    if source_key:
+        state.store.delete(source_key)
     return respond({"name": dataset.name, "deleted": True})

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 from dramatiq import Worker
 from sqlalchemy import func, select
@@ -23,9 +24,11 @@ from tunelab.settings import get_settings
 from tunelab.store import keys
 from tunelab.store.local import LocalStore
 from tunelab.workers import context
-from tunelab.workers.cpu.ingest import DatasetInvalid, ingest
+from tunelab.workers.cpu.ingest import ingest
 
-GOOD_CSV = b"question,answer\nWhat is 2+2?,4\nCapital of France?,Paris\n"
+GOOD_CSV = b"question,answer\n" + b"".join(
+    f"What is {i}+{i}?,{2 * i}\n".encode() for i in range(12)
+)
 
 
 @pytest.fixture
@@ -66,7 +69,7 @@ def stage_dataset(
         data=DatasetUploadedData(
             dataset_id=dataset.id,
             name="faq",
-            source_uri=ctx.store.uri(staged.key),
+            sources={"train": ctx.store.uri(staged.key)},
             feature_mapping=mapping or {"question": "question", "answer": "answer"},
         ),
     )
@@ -77,28 +80,38 @@ def events_of(ctx: context.WorkerContext, type_: str) -> list[EventRecord]:
         return list(session.scalars(select(EventRecord).where(EventRecord.type == type_)))
 
 
-def test_ingest_stores_question_answer_rows_under_the_dataset_key(tmp_path: Path) -> None:
+def test_ingest_stores_checked_rows_as_parquet_under_the_dataset_key(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
-    store.put_bytes("staged.csv", b"q,a,extra\nhi,hello,x\nbye,ciao,y\n")
-    report = ingest("d1", "staged.csv", {"question": "q", "answer": "a"}, store)
-    assert report.stats["rows"] == 2
-    assert report.files == {"train": "local://datasets/d1/train.csv"}
-    stored = store.read_bytes("datasets/d1/train.csv")
-    assert stored == b"question,answer\r\nhi,hello\r\nbye,ciao\r\n"
+    store.put_bytes(
+        "staged.csv",
+        b"q,a,extra\n" + b"".join(f"question {i}?,answer {i},x\n".encode() for i in range(12)),
+    )
+    result = ingest("d1", {"train": "staged.csv"}, {"question": "q", "answer": "a"}, store)
+    assert result.ok and result.stats["train"]["rows"] == 12
+    assert result.files == {"train": "local://datasets/d1/train.parquet"}
+    rows = pq.read_table(tmp_path / "datasets/d1/train.parquet").to_pylist()
+    assert rows[0] == {"question": "question 0?", "answer": "answer 0"}
 
 
-def test_ingest_names_the_missing_mapped_column(tmp_path: Path) -> None:
+def test_ingest_stores_nothing_when_a_split_fails(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
-    store.put_bytes("staged.csv", b"prompt,answer\nhi,hello\n")
-    with pytest.raises(DatasetInvalid) as raised:
-        ingest("d1", "staged.csv", {"question": "question", "answer": "answer"}, store)
-    assert raised.value.details == [
-        {
-            "field": "feature_mapping.question",
-            "line": 1,
-            "message": "column 'question' not in header ['prompt', 'answer']",
-        }
-    ]
+    store.put_bytes("train.csv", GOOD_CSV)
+    store.put_bytes("test.csv", b"prompt,answer\nhi,hello\n")
+    result = ingest(
+        "d1",
+        {"train": "train.csv", "test": "test.csv"},
+        {"question": "question", "answer": "answer"},
+        store,
+    )
+    assert not result.ok
+    assert result.errors[0] | {"message": ""} == {
+        "code": "column_missing",
+        "file": "test",
+        "line": 1,
+        "field": "feature_mapping.question",
+        "message": "",
+    }
+    assert not store.exists("datasets/d1/train.parquet")
 
 
 def test_an_uploaded_dataset_becomes_ready_and_is_announced(ctx: context.WorkerContext) -> None:
@@ -108,8 +121,8 @@ def test_an_uploaded_dataset_becomes_ready_and_is_announced(ctx: context.WorkerC
     with ctx.db.session() as session:
         dataset = session.get(Dataset, event.data.dataset_id)
         assert dataset is not None and dataset.status == "ready"
-        assert dataset.stats is not None and dataset.stats["rows"] == 2
-    assert ctx.store.exists(keys.dataset_file(event.data.dataset_id))
+        assert dataset.stats is not None and dataset.stats["train"]["rows"] == 12
+    assert ctx.store.exists(keys.dataset_parquet(event.data.dataset_id))
     assert [e.data["dataset_id"] for e in events_of(ctx, "dataset.validated")] == [
         event.data.dataset_id
     ]

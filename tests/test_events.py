@@ -17,7 +17,7 @@ def uploaded() -> DatasetUploaded:
         data=DatasetUploadedData(
             dataset_id="d1",
             name="faq",
-            source_uri="local://x.csv",
+            sources={"train": "local://x.csv"},
             feature_mapping={"question": "q", "answer": "a"},
         ),
     )

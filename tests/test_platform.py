@@ -24,7 +24,9 @@ from tests.services import free_port
 
 pytestmark = pytest.mark.integration
 
-CSV = "question,answer\nWhat is 2+2?,4\nCapital of France?,Paris\nColour of the sky?,Blue\n"
+CSV = "question,answer\nWhat is 2+2?,4\nCapital of France?,Paris\n" + "".join(
+    f"What is {i} squared?,{i * i}\n" for i in range(3, 13)
+)
 
 
 @dataclass
@@ -121,7 +123,7 @@ def test_an_uploaded_dataset_flows_to_ready_through_the_cpu_worker(platform: Pla
 
     dataset = platform.wait_for_dataset("faq", "ready", "failed")
     assert dataset["status"] == "ready", dataset
-    assert dataset["stats"]["rows"] == 3
+    assert dataset["stats"]["rows"] == 12
 
     types = [e["type"] for e in platform.events() if e["subject"] == "datasets/faq"]
     assert types == ["dataset.validated", "dataset.uploaded"]
@@ -138,18 +140,21 @@ def test_an_uploaded_dataset_flows_to_ready_through_the_cpu_worker(platform: Pla
         aws_secret_access_key="test",
     )
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=platform.bucket)["Contents"]]
-    assert any(k.startswith("datasets/") and k.endswith("/train.csv") for k in keys)
+    assert any(k.startswith("datasets/") and k.endswith("/train.parquet") for k in keys)
 
 
 def test_a_file_without_the_mapped_columns_fails_with_line_and_field(platform: Platform) -> None:
     platform.upload("broken", "prompt,reply\nhi,hello\n")
     dataset = platform.wait_for_dataset("broken", "ready", "failed")
     assert dataset["status"] == "failed"
-    assert dataset["error"]["details"][0] == {
-        "field": "feature_mapping.question",
-        "line": 1,
-        "message": "column 'question' not in header ['prompt', 'reply']",
-    }
+    assert dataset["error"]["total"] == 2
+    first = dataset["error"]["details"][0]
+    assert (first["code"], first["file"], first["line"], first["field"]) == (
+        "column_missing",
+        "train",
+        1,
+        "feature_mapping.question",
+    )
 
 
 def test_both_worker_kinds_answer_a_ping_seen_on_the_live_stream(platform: Platform) -> None:

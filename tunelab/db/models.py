@@ -89,6 +89,7 @@ class Dataset(Base):
     status: Mapped[str] = mapped_column(String(16), default="pending")
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     stats: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    warnings: Mapped[list[Any] | None] = mapped_column(JSON)
     files: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     """Object-store URIs of the validated files, by split."""
     created_at: Mapped[datetime] = _created()

@@ -21,9 +21,18 @@ class StoredObject:
     sha256: str
 
 
+class ObjectWriter(Protocol):
+    """An object written piece by piece; invisible until `commit`, gone after `abort`."""
+
+    def write(self, data: bytes) -> None: ...
+    def commit(self) -> StoredObject: ...
+    def abort(self) -> None: ...
+
+
 class ObjectStore(Protocol):
     scheme: str
 
+    def writer(self, key: str) -> ObjectWriter: ...
     def put_stream(self, key: str, stream: IO[bytes]) -> StoredObject: ...
     def put_bytes(self, key: str, data: bytes) -> StoredObject: ...
     def open(self, key: str) -> IO[bytes]: ...
@@ -89,5 +98,10 @@ class keys:
         return f"staging/datasets/{dataset_id}/{split}.csv"
 
     @staticmethod
-    def dataset_file(dataset_id: str, split: str = "train") -> str:
-        return f"datasets/{dataset_id}/{split}.csv"
+    def dataset_parquet(dataset_id: str, split: str = "train") -> str:
+        return f"datasets/{dataset_id}/{split}.parquet"
+
+    @staticmethod
+    def dataset_prefixes(dataset_id: str) -> tuple[str, ...]:
+        """Every prefix a dataset's objects live under (for deletion)."""
+        return (f"datasets/{dataset_id}/", f"staging/datasets/{dataset_id}/")

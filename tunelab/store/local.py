@@ -14,6 +14,29 @@ from tunelab.store import HashingReader, ObjectNotFound, PresignUnsupported, Sto
 CHUNK = 1 << 20
 
 
+class LocalWriter:
+    def __init__(self, key: str, path: Path) -> None:
+        self.key, self.path = key, path
+        fd, self.tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
+        self.file = os.fdopen(fd, "wb")
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.file.write(data)
+        self.digest.update(data)
+        self.size += len(data)
+
+    def commit(self) -> StoredObject:
+        self.file.close()
+        os.replace(self.tmp, self.path)
+        return StoredObject(self.key, self.size, self.digest.hexdigest())
+
+    def abort(self) -> None:
+        self.file.close()
+        Path(self.tmp).unlink(missing_ok=True)
+
+
 class LocalStore:
     scheme = "local"
 
@@ -42,6 +65,11 @@ class LocalStore:
             Path(tmp).unlink(missing_ok=True)
             raise
         return StoredObject(key, reader.size, reader.digest.hexdigest())
+
+    def writer(self, key: str) -> LocalWriter:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return LocalWriter(key, path)
 
     def put_bytes(self, key: str, data: bytes) -> StoredObject:
         import io

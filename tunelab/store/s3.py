@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from typing import IO, Any
 
@@ -46,6 +47,66 @@ class _Body(io.RawIOBase):
         super().close()
 
 
+class S3Writer:
+    """Sends parts of PART_BYTES as they fill; a small object goes up in one PUT."""
+
+    PART_BYTES = 8 << 20
+
+    def __init__(self, store: S3Store, key: str) -> None:
+        self.store, self.key = store, key
+        self.buffer = bytearray()
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.upload_id: str | None = None
+        self.parts: list[dict[str, Any]] = []
+
+    def write(self, data: bytes) -> None:
+        self.buffer += data
+        self.digest.update(data)
+        self.size += len(data)
+        if len(self.buffer) >= self.PART_BYTES:
+            self._send_part()
+
+    def _send_part(self) -> None:
+        client, bucket = self.store.client, self.store.bucket
+        if self.upload_id is None:
+            self.upload_id = client.create_multipart_upload(Bucket=bucket, Key=self.key)["UploadId"]
+        number = len(self.parts) + 1
+        etag = client.upload_part(
+            Bucket=bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
+            PartNumber=number,
+            Body=bytes(self.buffer),
+        )["ETag"]
+        self.parts.append({"PartNumber": number, "ETag": etag})
+        self.buffer.clear()
+
+    def commit(self) -> StoredObject:
+        client, bucket = self.store.client, self.store.bucket
+        if self.upload_id is None:
+            client.put_object(Bucket=bucket, Key=self.key, Body=bytes(self.buffer))
+        else:
+            if self.buffer:
+                self._send_part()
+            client.complete_multipart_upload(
+                Bucket=bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                MultipartUpload={"Parts": self.parts},
+            )
+        sha = self.digest.hexdigest()
+        self.store.tag_sha256(self.key, sha)
+        return StoredObject(self.key, self.size, sha)
+
+    def abort(self) -> None:
+        if self.upload_id is not None:
+            self.store.client.abort_multipart_upload(
+                Bucket=self.store.bucket, Key=self.key, UploadId=self.upload_id
+            )
+        self.buffer.clear()
+
+
 class S3Store:
     scheme = "s3"
 
@@ -83,11 +144,17 @@ class S3Store:
             ExtraArgs={"ChecksumAlgorithm": "SHA256"},
         )
         sha = reader.digest.hexdigest()
-        # The hash is known only once the stream is read; record it where readers find it.
+        self.tag_sha256(key, sha)
+        return StoredObject(key, reader.size, sha)
+
+    def tag_sha256(self, key: str, sha: str) -> None:
+        # The hash is known only once the data is read; record it where readers find it.
         self.client.put_object_tagging(
             Bucket=self.bucket, Key=key, Tagging={"TagSet": [{"Key": "sha256", "Value": sha}]}
         )
-        return StoredObject(key, reader.size, sha)
+
+    def writer(self, key: str) -> S3Writer:
+        return S3Writer(self, key)
 
     def put_bytes(self, key: str, data: bytes) -> StoredObject:
         return self.put_stream(key, io.BytesIO(data))

@@ -2,29 +2,111 @@
 
 from __future__ import annotations
 
+import io
+import tempfile
 from datetime import UTC, datetime
 from typing import Any
+
+import boto3
 
 from tunelab.db.models import Dataset
 from tunelab.events.dataset import (
     DatasetFailed,
     DatasetFailedData,
     DatasetUploaded,
+    DatasetUploadedData,
     DatasetValidated,
     DatasetValidatedData,
 )
-from tunelab.store import key_from_uri
-from tunelab.workers.context import current
-from tunelab.workers.cpu.ingest import DatasetInvalid, ingest
+from tunelab.store import key_from_uri, keys
+from tunelab.workers.context import WorkerContext, current
+from tunelab.workers.cpu import plugins
+from tunelab.workers.cpu.ingest import MAX_DATASET_BYTES, IngestResult, ingest, write_rows_csv
+from tunelab.workers.cpu.sources import SourceError, fetch_http, fetch_s3
 from tunelab.workers.registry import subscriber
 
 
-@subscriber("dataset.uploaded", "cpu", max_retries=5)
+def _s3_client(ctx: WorkerContext) -> Any:
+    own = getattr(ctx.store, "client", None)
+    if own is not None:
+        return own
+    s = ctx.settings
+    return boto3.client(
+        "s3",
+        endpoint_url=s.s3_endpoint,
+        region_name=s.s3_region,
+        aws_access_key_id=s.s3_access_key,
+        aws_secret_access_key=s.s3_secret_key,
+    )
+
+
+def fetch(ctx: WorkerContext, uri: str, sink: Any) -> int:
+    """Copy a remote http(s) or s3 address into `sink`, capped and checked."""
+    if uri.startswith("s3://"):
+        return fetch_s3(_s3_client(ctx), uri, sink, max_bytes=MAX_DATASET_BYTES)
+    return fetch_http(
+        uri,
+        sink,
+        max_bytes=MAX_DATASET_BYTES,
+        timeout_s=ctx.settings.source_timeout_s,
+        allow_private=ctx.settings.allow_private_sources,
+    )
+
+
+def stage(ctx: WorkerContext, data: DatasetUploadedData) -> dict[str, str]:
+    """Each split's object key in the platform's store, fetching what is remote."""
+    if data.plugin is not None:
+        plugin = plugins.load(data.plugin.name)
+
+        def fetch_bytes(uri: str) -> bytes:
+            buffer = io.BytesIO()
+            fetch(ctx, uri, buffer)
+            return buffer.getvalue()
+
+        key = keys.dataset_staging(data.dataset_id)
+        write_rows_csv(plugin.rows(data.plugin.parameters, fetch_bytes), ctx.store, key)
+        return {"train": key}
+    own = ctx.store.uri("")
+    staged = {}
+    for split, uri in data.sources.items():
+        if uri.startswith(own):
+            staged[split] = key_from_uri(uri)
+            continue
+        key = keys.dataset_staging(data.dataset_id, split)
+        with tempfile.SpooledTemporaryFile(max_size=8 << 20) as spool:
+            fetch(ctx, uri, spool)
+            spool.seek(0)
+            ctx.store.put_stream(key, spool)
+        staged[split] = key
+    return staged
+
+
+def run_ingestion(ctx: WorkerContext, data: DatasetUploadedData) -> IngestResult:
+    try:
+        staged = stage(ctx, data)
+    except (SourceError, plugins.PluginError) as exc:
+        result = IngestResult(error_total=1)
+        result.errors = [
+            {"code": exc.code, "file": "train", **detail} for detail in exc.details
+        ] or [{"code": exc.code, "file": "train", "message": exc.message}]
+        for detail in result.errors:
+            detail.setdefault("message", exc.message)
+        return result
+    return ingest(
+        data.dataset_id,
+        staged,
+        data.feature_mapping,
+        ctx.store,
+        language=data.language,
+        size_category=data.size_category,
+    )
+
+
+@subscriber("dataset.uploaded", "cpu", max_retries=5, time_limit=15 * 60_000)
 def ingest_dataset(event: DatasetUploaded) -> None:
     ctx = current()
-    data = event.data
     with ctx.db.session() as session:
-        dataset = session.get(Dataset, data.dataset_id)
+        dataset = session.get(Dataset, event.data.dataset_id)
         if dataset is None:
             return  # deleted before we got to it
         if dataset.status in ("ready", "failed"):
@@ -33,20 +115,33 @@ def ingest_dataset(event: DatasetUploaded) -> None:
             dataset.status = "validating"
             outcome = None
     if outcome is None:
-        try:
-            report = ingest(
-                data.dataset_id, key_from_uri(data.source_uri), data.feature_mapping, ctx.store
+        result = run_ingestion(ctx, event.data)
+        if result.ok:
+            outcome = _finish(
+                ctx,
+                event,
+                status="ready",
+                stats=result.stats,
+                files=result.files,
+                warnings=result.warnings,
             )
-        except DatasetInvalid as exc:
-            outcome = _finish(ctx, event, status="failed", error=exc.to_json()["error"])
         else:
-            outcome = _finish(ctx, event, status="ready", stats=report.stats, files=report.files)
+            outcome = _finish(
+                ctx,
+                event,
+                status="failed",
+                error=result.error_json(),
+                warnings=result.warnings,
+                stats=result.stats,
+            )
     ctx.bus.publish(outcome)
 
 
-def _finish(ctx: Any, event: DatasetUploaded, **fields: Any) -> DatasetValidated | DatasetFailed:
+def _finish(
+    ctx: WorkerContext, event: DatasetUploaded, **fields: Any
+) -> DatasetValidated | DatasetFailed:
     with ctx.db.session() as session:
-        dataset = session.get(Dataset, event.data.dataset_id)
+        dataset = session.get_one(Dataset, event.data.dataset_id)
         for name, value in fields.items():
             setattr(dataset, name, value)
         dataset.updated_at = datetime.now(UTC)

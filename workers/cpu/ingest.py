@@ -1,74 +1,113 @@
-"""Checking a staged dataset file and storing its validated copy: plain functions."""
+"""Ingestion as plain functions: stage every split, check it, store it as Parquet.
+
+Nothing normalised is stored unless every split passes; keys derive from the dataset
+id, so a redelivered event overwrites what an interrupted run left.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from tunelab.errors import PermanentFailure
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from tunelab.store import ObjectStore, keys
+from tunelab.workers.cpu.csvcheck import MAX_REPORTED, MIN_ROWS, check_file
+
+MAX_DATASET_BYTES = 50 << 20
 
 
-class DatasetInvalid(PermanentFailure):
-    """The dataset file cannot be used; `details` say where."""
+@dataclass
+class IngestResult:
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    error_total: int = 0
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
 
-    code = "dataset_invalid"
+    @property
+    def ok(self) -> bool:
+        return self.error_total == 0
+
+    def error_json(self) -> dict[str, Any]:
+        first = self.errors[0]["message"] if self.errors else ""
+        return {
+            "code": "dataset_invalid",
+            "message": f"The dataset has {self.error_total} problem(s); first: {first}",
+            "details": self.errors,
+            "total": self.error_total,
+        }
 
 
-@dataclass(frozen=True)
-class IngestReport:
-    stats: dict[str, Any]
-    files: dict[str, str]
+class ParquetSink:
+    """Collects checked rows into a local Parquet file, written as they arrive."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.writer: pq.ParquetWriter | None = None
+
+    def __call__(self, table: pa.Table) -> None:
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
+        self.writer.write_table(table)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def ingest(
-    dataset_id: str, source_key: str, mapping: dict[str, str], store: ObjectStore
-) -> IngestReport:
-    """Check the staged CSV and store it as question/answer rows under the dataset's key.
-
-    Raises DatasetInvalid naming the line and field of the first problem.
-    """
-    question, answer = mapping["question"], mapping["answer"]
-    with (
-        store.open(source_key) as raw,
-        tempfile.SpooledTemporaryFile(max_size=8 << 20) as out,
-    ):
-        text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
-        reader = csv.DictReader(text)
-        header = reader.fieldnames or []
-        missing = [(field, col) for field, col in mapping.items() if col not in header]
-        if missing:
-            raise DatasetInvalid(
-                "The file's header lacks the mapped columns.",
-                [
-                    {
-                        "field": f"feature_mapping.{field}",
-                        "line": 1,
-                        "message": f"column {col!r} not in header {header}",
-                    }
-                    for field, col in missing
-                ],
+    dataset_id: str,
+    staged: dict[str, str],
+    mapping: dict[str, str],
+    store: ObjectStore,
+    *,
+    language: str = "en",
+    size_category: str | None = None,
+) -> IngestResult:
+    """Check each staged split (key by split name) and store the normalised rows."""
+    result = IngestResult()
+    with tempfile.TemporaryDirectory(prefix="tunelab-ingest-") as tmp:
+        sinks = {}
+        for split, key in staged.items():
+            sink = sinks[split] = ParquetSink(Path(tmp) / f"{split}.parquet")
+            train = split == "train"
+            report = check_file(
+                lambda key=key: store.open(key),
+                mapping,
+                sink,
+                language=language,
+                declared_size=size_category if train else None,
+                min_rows=MIN_ROWS if train else 1,
             )
-        sink = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
-        writer = csv.writer(sink)
+            sink.close()
+            room = MAX_REPORTED - len(result.errors)
+            result.errors += [p.to_json(split) for p in report.errors[: max(room, 0)]]
+            result.error_total += report.error_total
+            result.warnings += [p.to_json(split) for p in report.warnings]
+            result.stats[split] = report.stats
+        if not result.ok:
+            return result
+        for split, sink in sinks.items():
+            with sink.path.open("rb") as data:
+                stored = store.put_stream(keys.dataset_parquet(dataset_id, split), data)
+            result.files[split] = store.uri(stored.key)
+            result.stats[split]["parquet_bytes"] = stored.size
+    return result
+
+
+def write_rows_csv(rows: Any, store: ObjectStore, key: str) -> None:
+    """Store (question, answer) pairs as a CSV file (a plugin's output, for checking)."""
+    with tempfile.SpooledTemporaryFile(max_size=8 << 20) as out:
+        text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
+        writer = csv.writer(text)
         writer.writerow(["question", "answer"])
-        rows = 0
-        try:
-            for row in reader:
-                writer.writerow([row[question], row[answer]])
-                rows += 1
-        except (UnicodeDecodeError, csv.Error) as exc:
-            raise DatasetInvalid(
-                "The file is not readable UTF-8 CSV.",
-                [{"field": "file", "line": reader.line_num + 1, "message": str(exc)}],
-            ) from None
-        sink.detach()
+        writer.writerows(rows)
+        text.detach()
         out.seek(0)
-        stored = store.put_stream(keys.dataset_file(dataset_id), out)
-    return IngestReport(
-        stats={"rows": rows, "bytes": stored.size, "sha256": stored.sha256},
-        files={"train": store.uri(stored.key)},
-    )
+        store.put_stream(key, out)

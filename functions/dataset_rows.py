@@ -1,0 +1,97 @@
+"""Reading a ready dataset's normalised rows: preview and CSV export."""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import IO, Any
+
+import pyarrow.parquet as pq
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+
+from tunelab.errors import Conflict, Invalid, NotFound
+from tunelab.functions.datasets import find
+from tunelab.functions.http import respond, workspace_id
+from tunelab.store import ObjectStore, key_from_uri
+from tunelab.workers.cpu.csvcheck import FORMULA_PREFIXES
+
+
+def neutralise(cell: str) -> str:
+    """Keep a spreadsheet from running a cell as a formula (OWASP's CSV injection advice)."""
+    return "'" + cell if cell.startswith(FORMULA_PREFIXES) else cell
+
+
+def _ready_file(request: Request, split: str) -> str:
+    with request.app.state.db.session() as session:
+        dataset = find(session, workspace_id(request), request.path_params["name"])
+    if dataset.status != "ready" or not dataset.files:
+        raise Conflict(f"Dataset {dataset.name!r} is {dataset.status}, not ready.")
+    if split not in dataset.files:
+        raise NotFound(
+            f"Dataset {dataset.name!r} has no {split!r} split; it has {sorted(dataset.files)}."
+        )
+    return key_from_uri(dataset.files[split])
+
+
+def _local_copy(store: ObjectStore, key: str) -> IO[bytes]:
+    """Parquet readers need to seek; an S3 body cannot."""
+    spool = tempfile.SpooledTemporaryFile(max_size=16 << 20)  # noqa: SIM115 - the caller closes it
+    with store.open(key) as body:
+        shutil.copyfileobj(body, spool)
+    spool.seek(0)
+    return spool
+
+
+def _int_param(request: Request, name: str, default: int, high: int) -> int:
+    try:
+        value = int(request.query_params.get(name, default))
+    except ValueError:
+        value = -1
+    if not 1 <= value <= high:
+        raise Invalid(
+            f"{name} must be an integer from 1 to {high}.",
+            [{"field": name, "message": "out of range"}],
+        )
+    return value
+
+
+def preview_dataset(request: Request) -> JSONResponse:
+    limit = _int_param(request, "limit", 20, 1000)
+    key = _ready_file(request, request.query_params.get("split", "train"))
+    with _local_copy(request.app.state.store, key) as data:
+        rows: list[dict[str, Any]] = []
+        for batch in pq.ParquetFile(data).iter_batches(batch_size=limit):
+            rows += batch.to_pylist()[: limit - len(rows)]
+            if len(rows) >= limit:
+                break
+    return respond({"rows": rows})
+
+
+def export_dataset(request: Request) -> StreamingResponse:
+    split = request.query_params.get("split", "train")
+    key = _ready_file(request, split)
+    data = _local_copy(request.app.state.store, key)
+
+    def lines() -> Iterator[bytes]:
+        with data:
+            buffer = io.StringIO()
+            writer = csv.writer(buffer)
+            writer.writerow(["question", "answer"])
+            for batch in pq.ParquetFile(data).iter_batches(batch_size=4096):
+                for row in batch.to_pylist():
+                    writer.writerow([neutralise(row["question"]), neutralise(row["answer"])])
+                yield buffer.getvalue().encode()
+                buffer.seek(0)
+                buffer.truncate()
+            yield buffer.getvalue().encode()
+
+    name = request.path_params["name"]
+    return StreamingResponse(
+        lines(),
+        media_type="text/csv; charset=utf-8",
+        headers={"content-disposition": f'attachment; filename="{name}-{split}.csv"'},
+    )
