@@ -5,12 +5,21 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 import redis
+from dramatiq import Worker
 
 from tests.services import ServiceUnavailable, Started, ensure_postgres, ensure_redis, start_s3
+from tunelab.db import Database
+from tunelab.events.broker import queue_name
+from tunelab.events.bus import EventBus
+from tunelab.settings import get_settings
+from tunelab.store.local import LocalStore
+from tunelab.workers import context
 
 # Retries in tests back off for milliseconds, not seconds. Set before settings are read.
 os.environ.setdefault("TUNELAB_WEBHOOK_MIN_BACKOFF_MS", "50")
@@ -81,3 +90,19 @@ def stub_broker() -> Iterator[object]:
     import_actors("gpu")
     yield broker
     broker.close()
+
+
+@pytest.fixture
+def ctx(stub_broker: Any, tmp_path: Path) -> Iterator[context.WorkerContext]:
+    settings = get_settings()
+    db = Database(f"sqlite:///{tmp_path / 'meta.db'}")
+    db.migrate()
+    bus = EventBus(stub_broker, db, lambda worker: queue_name(settings, worker))
+    worker_context = context.WorkerContext(settings, db, LocalStore(tmp_path / "objects"), bus)
+    context.install(worker_context)
+    worker = Worker(stub_broker, worker_timeout=10)
+    worker.start()
+    yield worker_context
+    worker.stop()
+    stub_broker.flush_all()
+    db.dispose()

@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from dramatiq import Worker
 from sqlalchemy import func, select
 from standardwebhooks.webhooks import Webhook as Verifier
 
+from tests.actors import drain
 from tests.receiver import webhook_receiver
 from tunelab.auth import ensure_workspace
-from tunelab.db import Database
 from tunelab.db.models import Dataset, DeadLetter, EventRecord, Webhook, WebhookDelivery
-from tunelab.events.broker import queue_name
-from tunelab.events.bus import EventBus
 from tunelab.events.dataset import DatasetUploaded, DatasetUploadedData
-from tunelab.settings import get_settings
 from tunelab.store import keys
 from tunelab.store.local import LocalStore
 from tunelab.workers import context
@@ -29,28 +24,6 @@ from tunelab.workers.cpu.ingest import ingest
 GOOD_CSV = b"question,answer\n" + b"".join(
     f"What is {i}+{i}?,{2 * i}\n".encode() for i in range(12)
 )
-
-
-@pytest.fixture
-def ctx(stub_broker: Any, tmp_path: Path) -> Iterator[context.WorkerContext]:
-    settings = get_settings()
-    db = Database(f"sqlite:///{tmp_path / 'meta.db'}")
-    db.migrate()
-    bus = EventBus(stub_broker, db, lambda worker: queue_name(settings, worker))
-    worker_context = context.WorkerContext(settings, db, LocalStore(tmp_path / "objects"), bus)
-    context.install(worker_context)
-    worker = Worker(stub_broker, worker_timeout=10)
-    worker.start()
-    yield worker_context
-    worker.stop()
-    stub_broker.flush_all()
-    db.dispose()
-
-
-def drain(ctx: context.WorkerContext) -> None:
-    broker: Any = ctx.bus.broker
-    for queue in (ctx.settings.cpu_queue, ctx.settings.gpu_queue):
-        broker.join(queue, fail_fast=True)
 
 
 def stage_dataset(

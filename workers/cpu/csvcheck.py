@@ -337,7 +337,14 @@ def _quote_problem(exc: csv.Error, line: int) -> Problem:
 def locate(stream: IO[bytes], width: int, wanted: set[int]) -> tuple[list[Problem], dict[int, int]]:
     """A Python `csv` pass: structural problems with their lines, and the start line of
     each wanted well-formed row (indexes as the vectorised pass counts them)."""
-    reader = csv.reader(io.TextIOWrapper(stream, encoding="utf-8-sig", newline=""), strict=True)
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+    try:
+        return _locate(csv.reader(text, strict=True), width, wanted)
+    finally:
+        text.detach()  # the caller closes the stream
+
+
+def _locate(reader: Any, width: int, wanted: set[int]) -> tuple[list[Problem], dict[int, int]]:
     problems: list[Problem] = []
     lines: dict[int, int] = {}
     index = 0
