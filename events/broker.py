@@ -15,7 +15,9 @@ def build_broker(settings: Settings, middleware: Iterable[Middleware] = ()) -> R
         raise SettingsError(
             "TUNELAB_REDIS_URL is required here; only `tunelab up` starts a Redis of its own"
         )
-    broker = RedisBroker(url=settings.redis_url)  # type: ignore[no-untyped-call]
+    broker = RedisBroker(  # type: ignore[no-untyped-call]
+        url=settings.redis_url, heartbeat_timeout=settings.broker_heartbeat_timeout_ms
+    )
     for extra in middleware:
         broker.add_middleware(extra)
     return broker

@@ -235,3 +235,74 @@ def test_readiness_names_the_dependency_that_is_down(
     checks = response.json()["checks"]
     assert checks["database"] == "ok" and checks["object_store"] == "ok"
     assert "ConnectionError" in checks["broker"]
+
+
+def test_a_file_over_50_mb_is_413_and_nothing_is_kept(api: Api) -> None:
+    chunk = b"question,answer\n" + b"x" * (1 << 20)
+    response = upload(api.client, {"name": "huge"}, api.tokens["acme"], body=chunk * 51)
+    assert_error(response, 413, "too_large")
+    assert api.stored_objects() == [] and api.count(Dataset) == 0
+
+
+def test_remote_sources_are_checked_before_anything_is_stored(api: Api) -> None:
+    def create(source: dict[str, Any]) -> Any:
+        return api.client.post(
+            "/api/v1/datasets", headers=api.auth(), json={"name": "remote", "source": source}
+        )
+
+    error = assert_error(create({"type": "http", "uri": "ftp://example.com/x.csv"}), 422, "invalid")
+    assert error["details"][0]["field"] == "source.http.uri"
+    error = assert_error(create({"type": "plugin", "plugin": "nope"}), 422, "invalid")
+    assert error["details"][0]["field"] == "source.plugin.plugin"
+    assert_error(create({"type": "carrier-pigeon"}), 422, "invalid")
+    assert api.count(Dataset) == 0
+
+
+def test_a_remote_source_is_accepted_and_announced(api: Api) -> None:
+    response = api.client.post(
+        "/api/v1/datasets",
+        headers=api.auth(),
+        json={
+            "name": "remote",
+            "language": "zh",
+            "source": {"type": "http", "uri": "https://example.com/faq.csv"},
+        },
+    )
+    assert response.status_code == 202, response.text
+    assert response.json()["source"] == {"type": "http", "uri": "https://example.com/faq.csv"}
+    event = api.client.get("/api/v1/events", headers=api.auth()).json()["items"][0]
+    assert event["data"]["sources"] == {"train": "https://example.com/faq.csv"}
+    assert event["data"]["language"] == "zh"
+
+
+def test_an_unknown_size_category_is_422(api: Api) -> None:
+    response = upload(api.client, {"name": "faq", "size_category": "huge"}, api.tokens["acme"])
+    assert assert_error(response, 422, "invalid")["details"][0]["field"] == "size_category"
+
+
+def test_presigned_uploads_need_the_s3_store(api: Api) -> None:
+    response = api.client.post("/api/v1/datasets/uploads", headers=api.auth(), json={"name": "faq"})
+    assert "TUNELAB_STORE=s3" in assert_error(response, 422, "invalid")["message"]
+    assert api.count(Dataset) == 0
+
+
+def test_a_dataset_in_use_by_a_running_experiment_cannot_be_deleted(api: Api) -> None:
+    from tunelab.db.models import Experiment
+
+    upload(api.client, {"name": "faq"}, api.tokens["acme"])
+    with api.db.session() as session:
+        workspace = session.scalars(select(Dataset)).one().workspace_id
+        session.add(
+            Experiment(
+                workspace_id=workspace,
+                name="exp",
+                status="running",
+                spec={"tasks": [{"name": "t1", "dataset": "faq"}]},
+            )
+        )
+    response = api.client.delete("/api/v1/datasets/faq", headers=api.auth())
+    assert "exp" in assert_error(response, 409, "conflict")["message"]
+    with api.db.session() as session:
+        session.scalars(select(Experiment)).one().status = "succeeded"
+    assert api.client.delete("/api/v1/datasets/faq", headers=api.auth()).status_code == 200
+    assert api.stored_objects() == []

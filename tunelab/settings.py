@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     acks serially, so a second process roughly doubles no-op throughput."""
     cpu_worker_threads: int = Field(default=4, ge=1, le=64)
     gpu_worker_threads: int = Field(default=1, ge=1, le=16)
+    broker_heartbeat_timeout_ms: int = Field(default=60_000, ge=1_000)
+    """How long a worker may stay silent before its unacked messages go to another."""
     worker_poll_ms: int = Field(default=10, ge=1, le=5000)
     """How often an idle worker polls Redis; Dramatiq's default of 1 s is too slow."""
 
