@@ -53,7 +53,7 @@ def records_of(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _created_key(record: dict[str, Any]) -> tuple[str, str] | None:
-    if not str(record.get("eventName", "")).lstrip("s3:").startswith("ObjectCreated"):
+    if not str(record.get("eventName", "")).removeprefix("s3:").startswith("ObjectCreated"):
         return None
     s3 = record.get("s3") or {}
     bucket = (s3.get("bucket") or {}).get("name", "")

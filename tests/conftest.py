@@ -21,6 +21,8 @@ from tunelab.settings import get_settings
 from tunelab.store.local import LocalStore
 from tunelab.workers import context
 
+pytest_plugins = ["tests.platform_fixture"]
+
 # Retries in tests back off for milliseconds, not seconds. Set before settings are read.
 os.environ.setdefault("TUNELAB_WEBHOOK_MIN_BACKOFF_MS", "50")
 os.environ.setdefault("TUNELAB_WEBHOOK_MAX_BACKOFF_MS", "200")

@@ -4,116 +4,21 @@ worker against real Redis, PostgreSQL and an S3 server."""
 from __future__ import annotations
 
 import json
-import secrets
-import subprocess
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import boto3
 import httpx
-import psycopg
 import pytest
 from standardwebhooks.webhooks import Webhook as Verifier
 
-from tests.platform import Processes, child_env, tunelab, wait_until
+from tests.platform import wait_until
+from tests.platform_fixture import Platform
 from tests.receiver import webhook_receiver
 from tests.services import free_port
 
 pytestmark = pytest.mark.integration
-
-CSV = "question,answer\nWhat is 2+2?,4\nCapital of France?,Paris\n" + "".join(
-    f"What is {i} squared?,{i * i}\n" for i in range(3, 13)
-)
-
-
-@dataclass
-class Platform:
-    url: str
-    token: str
-    client: httpx.Client
-    bucket: str
-    s3_endpoint: str
-
-    def upload(self, name: str, csv: str = CSV) -> httpx.Response:
-        return self.client.post(
-            "/api/v1/datasets",
-            files={"file": ("faq.csv", csv.encode())},
-            data={"metadata": json.dumps({"name": name})},
-        )
-
-    def wait_for_dataset(self, name: str, *states: str) -> dict[str, Any]:
-        def settled() -> dict[str, Any] | None:
-            body: dict[str, Any] = self.client.get(f"/api/v1/datasets/{name}").json()
-            return body if body["status"] in states else None
-
-        return wait_until(settled, f"dataset {name} to become {states}")  # type: ignore[no-any-return]
-
-    def events(self, **params: str) -> list[dict[str, Any]]:
-        return self.client.get("/api/v1/events", params=params).json()["items"]  # type: ignore[no-any-return]
-
-
-@pytest.fixture(scope="module")
-def platform(
-    redis_url: str, pg_admin_url: str, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Platform]:
-    tmp = tmp_path_factory.mktemp("platform")
-    database = f"tunelab_platform_{secrets.token_hex(4)}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{database}"')
-    bucket = f"tunelab-{secrets.token_hex(4)}"
-    boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    ).create_bucket(Bucket=bucket)
-    port = free_port()
-    tag = secrets.token_hex(3)
-    (tmp / "metrics").mkdir()
-    env = child_env(
-        TUNELAB_DATABASE_URL=pg_admin_url.rsplit("/", 1)[0].replace(
-            "postgresql://", "postgresql+psycopg://"
-        )
-        + f"/{database}",
-        TUNELAB_REDIS_URL=redis_url,
-        TUNELAB_STORE="s3",
-        TUNELAB_S3_ENDPOINT=s3_endpoint,
-        TUNELAB_S3_BUCKET=bucket,
-        TUNELAB_S3_ACCESS_KEY="test",
-        TUNELAB_S3_SECRET_KEY="test",
-        TUNELAB_API_PORT=str(port),
-        TUNELAB_DATA_DIR=str(tmp),
-        TUNELAB_CPU_QUEUE=f"it-{tag}-cpu",
-        TUNELAB_GPU_QUEUE=f"it-{tag}-gpu",
-        PROMETHEUS_MULTIPROC_DIR=str(tmp / "metrics"),
-    )
-    token = subprocess.run(
-        tunelab("token", "create", "--workspace", "acme"),
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    processes = Processes(env, tmp)
-    processes.start("api", "api")
-    processes.start("cpu-worker", "worker", "cpu")
-    processes.start("gpu-worker", "worker", "gpu")
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, "the API to be ready")
-        with httpx.Client(
-            base_url=url, headers={"authorization": f"Bearer {token}"}, timeout=10
-        ) as client:
-            yield Platform(url, token, client, bucket, s3_endpoint)
-    finally:
-        processes.stop()
-        print(processes.log_tails())
-        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 def test_an_uploaded_dataset_flows_to_ready_through_the_cpu_worker(platform: Platform) -> None:
