@@ -167,3 +167,34 @@ def test_a_redelivered_event_leaves_one_copy_of_the_rows(ctx: context.WorkerCont
     actor.send(DatasetUploaded(workspace=dataset.workspace_id, data=record).to_message())
     drain(ctx)
     assert sorted(p.name for p in (ctx.store.root / "datasets").rglob("*")) == objects  # type: ignore[attr-defined]
+
+
+def test_a_ready_dataset_has_token_length_statistics(ctx: context.WorkerContext) -> None:
+    dataset = ingest_file(ctx, "multiline.csv")
+    assert dataset.stats is not None
+    tokens = dataset.stats["train"]["tokens"]
+    assert (
+        0
+        < tokens["question"]["min"]
+        <= tokens["question"]["median"]
+        <= tokens["question"]["p95"]
+        <= tokens["question"]["max"]
+    )
+    assert tokens["block_size"] == 512 and tokens["rows_over_block_size"] == 0
+    assert tokens["sampled"] is False
+
+
+def test_rows_longer_than_the_block_size_are_counted(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tunelab.tokenizer import build_tiny_tokenizer
+    from tunelab.workers.cpu.ingest import token_stats
+
+    rows = {"question": ["short?"] * 8 + ["long " * 300], "answer": ["yes"] * 9}
+    pq.write_table(pa.table(rows), tmp_path / "t.parquet")
+    tokenizer = build_tiny_tokenizer(vocab_size=512)
+    stats = token_stats(tmp_path / "t.parquet", tokenizer, block_size=64)
+    assert stats["rows_over_block_size"] == 1
+    sampled = token_stats(tmp_path / "t.parquet", tokenizer, block_size=64, max_rows=3)
+    assert sampled["sampled"] is True and len(sampled) == len(stats)

@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
 
+    default_tokenizer: Path | None = None
+    """tokenizer.json of the default base model; unset: the built-in tiny tokenizer."""
+    default_block_size: int = Field(default=512, ge=16)
+    """Sequence length a question and its answer must fit in (the parameter default)."""
+
     allow_private_sources: bool = False
     """Let datasets be fetched from loopback and private networks (off: SSRF)."""
     source_timeout_s: float = Field(default=60.0, gt=0)

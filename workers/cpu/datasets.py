@@ -19,6 +19,7 @@ from tunelab.events.dataset import (
     DatasetValidatedData,
 )
 from tunelab.store import key_from_uri, keys
+from tunelab.tokenizer import default_tokenizer
 from tunelab.workers.context import WorkerContext, current
 from tunelab.workers.cpu import plugins
 from tunelab.workers.cpu.ingest import MAX_DATASET_BYTES, IngestResult, ingest, write_rows_csv
@@ -99,6 +100,8 @@ def run_ingestion(ctx: WorkerContext, data: DatasetUploadedData) -> IngestResult
         ctx.store,
         language=data.language,
         size_category=data.size_category,
+        tokenizer=default_tokenizer(ctx.settings),
+        block_size=ctx.settings.default_block_size,
     )
 
 
