@@ -26,7 +26,12 @@ MAX_REPORTED = 100
 MIN_ROWS = 10
 HEAD_BYTES = 64 << 10
 BLOCK_BYTES = 4 << 20
+LANGUAGE_SAMPLE_BYTES = 256 << 10
+# First bytes of every Unicode whitespace character in UTF-8 (ASCII space and controls,
+# U+0085/U+00A0, U+1680, U+2000-U+205F, U+3000).
+SPACE_LEAD_BYTES = np.frombuffer(b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\xc2\xe1\xe2\xe3", dtype=np.uint8)
 FORMULA_PREFIXES = ("=", "+", "-", "@")
+FORMULA_BYTES = np.frombuffer("".join(FORMULA_PREFIXES).encode(), dtype=np.uint8)
 SIZE_CATEGORIES = {
     "n<1K": (0, 1_000),
     "1K<n<10K": (1_000, 10_000),
@@ -34,7 +39,6 @@ SIZE_CATEGORIES = {
     "100K<n<1M": (100_000, 1_000_000),
     "n>1M": (1_000_000, None),
 }
-CJK = r"[\x{3400}-\x{4dbf}\x{4e00}-\x{9fff}\x{f900}-\x{faff}]"
 
 Opener = Callable[[], IO[bytes]]
 
@@ -239,9 +243,6 @@ class _Scan:
     formula_total: int = 0
     cjk_chars: int = 0
     chars: int = 0
-    lengths: dict[str, list[np.ndarray]] = field(
-        default_factory=lambda: {"question": [], "answer": []}
-    )
     parse_error: str | None = None
 
 
@@ -281,37 +282,58 @@ def _scan(stream: IO[bytes], mapping: dict[str, str], sink: Callable[[pa.Table],
     return scan
 
 
+def _utf8_bytes(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A string array's offsets and the bytes they index, without copying."""
+    _, offsets_buffer, data_buffer = values.buffers()
+    offsets = np.frombuffer(offsets_buffer, dtype=np.int32)[
+        values.offset : values.offset + len(values) + 1
+    ]
+    data = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer else np.zeros(0, np.uint8)
+    return offsets, data
+
+
 def _scan_batch(
     scan: _Scan, table: pa.Table, seen: set[int], sink: Callable[[pa.Table], None]
 ) -> None:
     offset, n = scan.rows, table.num_rows
     scan.rows += n
-    room = MAX_REPORTED
     for column in ("question", "answer"):
         values = table[column].combine_chunks()
-        empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(values)), 0)
-        scan.empty_total += pc.sum(empty).as_py() or 0
-        scan.empty += [(i, column) for i in _indexes(empty, offset, room)]
-        nul = pc.greater(pc.count_substring(values, "\x00"), 0)
-        scan.nul += [(i, column) for i in _indexes(nul, offset, room)]
-        formula = pc.starts_with(values, FORMULA_PREFIXES[0])
-        for prefix in FORMULA_PREFIXES[1:]:
-            formula = pc.or_(formula, pc.starts_with(values, prefix))
-        scan.formula_total += pc.sum(formula).as_py() or 0
-        scan.formula += [(i, column) for i in _indexes(formula, offset, 5)]
-        lengths = pc.utf8_length(values)
-        scan.chars += pc.sum(lengths).as_py() or 0
-        scan.cjk_chars += pc.sum(pc.count_substring_regex(values, CJK)).as_py() or 0
-        scan.lengths[column].append(lengths.to_numpy())
+        offsets, data = _utf8_bytes(values)
+        text = data[offsets[0] : offsets[-1]]
+        lengths = np.diff(offsets)
+        first = np.zeros(len(values), dtype=np.uint8)
+        first[lengths > 0] = data[offsets[:-1][lengths > 0]]
+        # Empty, or only whitespace: a whitespace-only cell starts with a byte that can
+        # begin whitespace, so only those few cells need the (slower) Unicode test.
+        empty = lengths == 0
+        maybe_space = np.flatnonzero(np.isin(first, SPACE_LEAD_BYTES))
+        if maybe_space.size:
+            spaces = pc.utf8_is_space(values.take(pa.array(maybe_space)))
+            empty[maybe_space[spaces.to_numpy(zero_copy_only=False)]] = True
+        scan.empty_total += int(empty.sum())
+        scan.empty += [(offset + int(i), column) for i in np.flatnonzero(empty)[:MAX_REPORTED]]
+        if text.size and not text.all():  # a zero byte somewhere: find its rows
+            nul = pc.greater(pc.count_substring(values, "\x00"), 0)
+            scan.nul += [(i, column) for i in _indexes(nul, offset, MAX_REPORTED)]
+        formula = np.isin(first, FORMULA_BYTES)
+        scan.formula_total += int(formula.sum())
+        scan.formula += [(offset + int(i), column) for i in np.flatnonzero(formula)[:5]]
+        # The language check needs a ratio, not a count: a sample of each block does.
+        # Characters are the bytes that do not continue a UTF-8 sequence; lead bytes
+        # E4-E9 start the code points U+4000-U+9FFF, the common CJK ideographs.
+        sample = text[:LANGUAGE_SAMPLE_BYTES]
+        scan.chars += int(np.count_nonzero((sample & 0xC0) != 0x80))
+        scan.cjk_chars += int(np.count_nonzero((sample >= 0xE4) & (sample <= 0xE9)))
     # Exact duplicate pairs: keep the first of each, across blocks.
     joined = pc.binary_join_element_wise(table["question"], table["answer"], "\x1f")
-    hashes = pd.util.hash_array(np.asarray(joined.to_numpy(zero_copy_only=False), dtype=object))
+    hashes = pd.util.hash_array(joined.to_numpy(zero_copy_only=False), categorize=False)
     keep = np.zeros(n, dtype=bool)
     for i, value in enumerate(hashes.tolist()):
         if value not in seen:
             seen.add(value)
             keep[i] = True
-    kept = table.filter(pa.array(keep))
+    kept = table if keep.all() else table.filter(pa.array(keep))
     scan.duplicates += n - kept.num_rows
     scan.kept += kept.num_rows
     sink(kept)
@@ -334,17 +356,26 @@ def _quote_problem(exc: csv.Error, line: int) -> Problem:
     )
 
 
-def locate(stream: IO[bytes], width: int, wanted: set[int]) -> tuple[list[Problem], dict[int, int]]:
+def locate(
+    stream: IO[bytes], width: int, wanted: set[int], whole: bool = True
+) -> tuple[list[Problem], dict[int, int]]:
     """A Python `csv` pass: structural problems with their lines, and the start line of
-    each wanted well-formed row (indexes as the vectorised pass counts them)."""
+    each wanted well-formed row (indexes as the vectorised pass counts them).
+
+    With `whole` False the pass stops after the last wanted row: enough when the
+    vectorised pass found no structural problem to look for.
+    """
     text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
     try:
-        return _locate(csv.reader(text, strict=True), width, wanted)
+        last = max(wanted, default=-1) if not whole else None
+        return _locate(csv.reader(text, strict=True), width, wanted, last)
     finally:
         text.detach()  # the caller closes the stream
 
 
-def _locate(reader: Any, width: int, wanted: set[int]) -> tuple[list[Problem], dict[int, int]]:
+def _locate(
+    reader: Any, width: int, wanted: set[int], last: int | None
+) -> tuple[list[Problem], dict[int, int]]:
     problems: list[Problem] = []
     lines: dict[int, int] = {}
     index = 0
@@ -371,6 +402,8 @@ def _locate(reader: Any, width: int, wanted: set[int]) -> tuple[list[Problem], d
             continue
         if index in wanted:
             lines[index] = start
+        if last is not None and index >= last:
+            break
         index += 1
     return problems, lines
 
@@ -397,18 +430,6 @@ def locate_encoding(stream: IO[bytes]) -> list[Problem]:
 
 
 # ---- the whole file ------------------------------------------------------------------------
-
-
-def _percentiles(parts: list[np.ndarray]) -> dict[str, int]:
-    values = np.concatenate(parts) if parts else np.zeros(0)
-    if not values.size:
-        return {}
-    return {
-        "min": int(values.min()),
-        "median": int(np.median(values)),
-        "p95": int(np.percentile(values, 95)),
-        "max": int(values.max()),
-    }
 
 
 def check_file(
@@ -444,7 +465,8 @@ def check_file(
     cells = scan.empty + scan.nul + scan.formula
     if scan.bad_rows or scan.parse_error or cells:
         with open_() as stream:
-            problems, lines = locate(stream, len(header), {i for i, _ in cells})
+            structural = bool(scan.bad_rows or scan.parse_error)
+            problems, lines = locate(stream, len(header), {i for i, _ in cells}, structural)
         for problem in problems:
             report.error(problem)
         if scan.parse_error and not problems:
@@ -493,7 +515,6 @@ def check_file(
         "rows_read": scan.rows,
         "duplicates_dropped": scan.duplicates,
         "size_category": measured,
-        "chars": {name: _percentiles(parts) for name, parts in scan.lengths.items()},
     }
     return report
 
