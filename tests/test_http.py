@@ -306,3 +306,21 @@ def test_a_dataset_in_use_by_a_running_experiment_cannot_be_deleted(api: Api) ->
         session.scalars(select(Experiment)).one().status = "succeeded"
     assert api.client.delete("/api/v1/datasets/faq", headers=api.auth()).status_code == 200
     assert api.stored_objects() == []
+
+
+def test_validate_and_test_files_travel_with_the_training_file(api: Api) -> None:
+    response = api.client.post(
+        "/api/v1/datasets",
+        files={"file": ("train.csv", CSV), "validate": ("val.csv", CSV), "test": ("test.csv", CSV)},
+        data={"metadata": json.dumps({"name": "splits"})},
+        headers=api.auth(),
+    )
+    assert response.status_code == 202, response.text
+    assert response.json()["source"]["files"] == {
+        "train": "train.csv",
+        "validate": "val.csv",
+        "test": "test.csv",
+    }
+    event = api.client.get("/api/v1/events", headers=api.auth()).json()["items"][0]
+    assert set(event["data"]["sources"]) == {"train", "validate", "test"}
+    assert len(api.stored_objects()) == 3
