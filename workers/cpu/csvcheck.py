@@ -328,7 +328,7 @@ def _scan_batch(
     # Exact duplicate pairs: keep the first of each, across blocks.
     joined = pc.binary_join_element_wise(table["question"], table["answer"], "\x1f")
     # As bytes, not str: no UTF-8 decoding, three times faster to hash.
-    as_bytes = joined.cast(pa.large_binary()).to_numpy(zero_copy_only=False)
+    as_bytes = joined.cast(pa.binary()).to_numpy(zero_copy_only=False)
     hashes = pd.util.hash_array(as_bytes, categorize=False)
     keep = np.zeros(n, dtype=bool)
     for i, value in enumerate(hashes.tolist()):
