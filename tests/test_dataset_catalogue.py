@@ -150,6 +150,7 @@ def test_well_formed_variants_are_ready(ctx: context.WorkerContext, name: str) -
     dataset = ingest_file(ctx, name)
     assert dataset.status == "ready", dataset.error
     assert dataset.stats is not None and dataset.stats["train"]["rows"] >= 12
+    assert dataset.stats["train"]["bytes"] == (FILES / name).stat().st_size
 
 
 def test_a_redelivered_event_leaves_one_copy_of_the_rows(ctx: context.WorkerContext) -> None:

@@ -87,3 +87,10 @@ def test_presigned_urls_let_a_client_put_and_get_without_credentials(s3: S3Store
     assert httpx.put(put, content=b"q,a\n").status_code == 200
     get = s3.presigned_url("uploads/w1/faq.csv", "GET")
     assert httpx.get(get).content == b"q,a\n"
+
+
+def test_a_stored_object_knows_its_size(store: ObjectStore) -> None:
+    store.put_bytes("k/sized", b"12345")
+    assert store.size("k/sized") == 5
+    with pytest.raises(ObjectNotFound):
+        store.size("k/missing")

@@ -86,6 +86,12 @@ class LocalStore:
         with self.open(key) as f:
             return f.read()
 
+    def size(self, key: str) -> int:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            raise ObjectNotFound(key) from None
+
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 

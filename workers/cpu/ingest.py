@@ -136,7 +136,7 @@ def ingest(
             result.errors += [p.to_json(split) for p in report.errors[: max(room, 0)]]
             result.error_total += report.error_total
             result.warnings += [p.to_json(split) for p in report.warnings]
-            result.stats[split] = report.stats
+            result.stats[split] = {**report.stats, "bytes": store.size(key)}
         if not result.ok:
             return result
         for split, sink in sinks.items():
