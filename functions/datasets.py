@@ -17,9 +17,10 @@ from tunelab.db.models import Dataset, Experiment, new_id
 from tunelab.errors import BadRequest, Conflict, Invalid, NotFound
 from tunelab.events.dataset import DatasetUploaded, DatasetUploadedData, PluginSource
 from tunelab.functions import uploads
-from tunelab.functions.http import iso, parse, read_json, respond, workspace_id
+from tunelab.functions.http import parse, read_json, respond, workspace_id
 from tunelab.names import Name
 from tunelab.store import PresignUnsupported, keys
+from tunelab.times import iso
 from tunelab.workers.cpu.csvcheck import SIZE_CATEGORIES
 from tunelab.workers.cpu.ingest import MAX_DATASET_BYTES
 from tunelab.workers.cpu.plugins import available as available_plugins

@@ -17,22 +17,9 @@ from starlette.responses import JSONResponse
 from tunelab.db import Database
 from tunelab.db.models import EventRecord
 from tunelab.errors import Invalid, NotFound
-from tunelab.functions.http import iso, respond, workspace_id
+from tunelab.functions.http import respond, workspace_id
 
 STREAM_POLL_S = 0.25
-
-
-def to_json(record: EventRecord) -> dict[str, Any]:
-    return {
-        "specversion": "1.0",
-        "id": record.id,
-        "source": record.source,
-        "type": record.type,
-        "time": iso(record.time),
-        "subject": record.subject,
-        "workspace": record.workspace_id,
-        "data": record.data,
-    }
 
 
 def _cursor(db: Database, workspace: str, event_id: str | None) -> int:
@@ -95,7 +82,7 @@ def list_events(request: Request) -> JSONResponse:
         rows = list(reversed(rows[:limit]))
     else:
         rows, has_more = _latest(db, workspace, limit, types), False
-    return respond({"items": [to_json(r) for r in rows], "has_more": has_more})
+    return respond({"items": [r.envelope() for r in rows], "has_more": has_more})
 
 
 class StreamCursor:
@@ -152,7 +139,7 @@ async def stream_events(request: Request) -> EventSourceResponse:
             rows = await run_in_threadpool(_after, db, None, cursor.seq, 500, [])
             new = [row for row in cursor.fresh(rows) if row.workspace_id == workspace]
             for row in new:
-                yield {"id": row.id, "event": row.type, "data": json.dumps(to_json(row))}
+                yield {"id": row.id, "event": row.type, "data": json.dumps(row.envelope())}
             if not new:
                 await asyncio.sleep(STREAM_POLL_S)
 

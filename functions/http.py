@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -52,14 +51,6 @@ def parse(model: type[M], data: Any, what: str = "request") -> M:
 
 def workspace_id(request: Request) -> str:
     return str(request.scope["workspace"].id)
-
-
-def iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:  # SQLite hands back naive datetimes; they were stored as UTC
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def respond(body: Any, status: int = 200) -> JSONResponse:

@@ -12,7 +12,8 @@ from starlette.responses import JSONResponse
 
 from tunelab.db.models import DeadLetter
 from tunelab.events.system import Ping, PingData
-from tunelab.functions.http import iso, parse, read_json, respond, workspace_id
+from tunelab.functions.http import parse, read_json, respond, workspace_id
+from tunelab.times import iso
 
 
 class PingRequest(BaseModel):

@@ -17,8 +17,9 @@ from starlette.responses import JSONResponse
 from tunelab.db.models import Webhook, WebhookDelivery
 from tunelab.errors import Conflict, NotFound
 from tunelab.events.catalog import EVENT_TYPES
-from tunelab.functions.http import iso, parse, read_json, respond, workspace_id
+from tunelab.functions.http import parse, read_json, respond, workspace_id
 from tunelab.names import Name
+from tunelab.times import iso
 
 
 class WebhookSpec(BaseModel):

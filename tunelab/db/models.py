@@ -25,6 +25,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from tunelab.times import iso
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -183,6 +185,19 @@ class EventRecord(Base):
     subject: Mapped[str | None] = mapped_column(String(256))
     time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+    def envelope(self) -> dict[str, Any]:
+        """The event as CloudEvents JSON, as the API lists it and webhooks receive it."""
+        return {
+            "specversion": "1.0",
+            "id": self.id,
+            "source": self.source,
+            "type": self.type,
+            "time": iso(self.time),
+            "subject": self.subject,
+            "workspace": self.workspace_id,
+            "data": self.data,
+        }
 
 
 class Webhook(Base):

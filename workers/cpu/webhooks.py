@@ -20,19 +20,6 @@ class DeliveryFailed(Exception):
     """The receiver did not answer 2xx in time; Dramatiq retries with back-off."""
 
 
-def envelope(record: EventRecord) -> dict[str, Any]:
-    return {
-        "specversion": "1.0",
-        "id": record.id,
-        "source": record.source,
-        "type": record.type,
-        "time": record.time.astimezone(UTC).isoformat().replace("+00:00", "Z"),
-        "subject": record.subject,
-        "workspace": record.workspace_id,
-        "data": record.data,
-    }
-
-
 def signed_headers(secret: str, delivery_id: str, body: str, now: datetime) -> dict[str, str]:
     return {
         "content-type": "application/json",
@@ -74,7 +61,7 @@ def deliver_webhook(delivery_id: str) -> None:
             return
         hook = session.get_one(Webhook, delivery.webhook_id)
         record = session.query(EventRecord).filter_by(id=delivery.event_id).one()
-        url, secret, body = hook.url, hook.secret, json.dumps(envelope(record))
+        url, secret, body = hook.url, hook.secret, json.dumps(record.envelope())
     attempt = post(
         url,
         body,
