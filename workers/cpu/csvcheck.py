@@ -283,10 +283,10 @@ def _scan(stream: IO[bytes], mapping: dict[str, str], sink: Callable[[pa.Table],
     )
     try:
         for batch in reader:
-            table = pa.Table.from_batches([batch]).rename_columns(
-                [names[n] for n in batch.schema.names]
+            renamed = pa.RecordBatch.from_arrays(
+                batch.columns, names=[names[n] for n in batch.schema.names]
             )
-            _scan_batch(scan, table, sink)
+            _scan_batch(scan, renamed, sink)
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
         scan.parse_error = str(exc)
     return scan
@@ -302,11 +302,11 @@ def _utf8_bytes(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return offsets, data
 
 
-def _scan_batch(scan: _Scan, table: pa.Table, sink: Callable[[pa.Table], None]) -> None:
-    offset, n = scan.rows, table.num_rows
+def _scan_batch(scan: _Scan, batch: pa.RecordBatch, sink: Callable[[pa.Table], None]) -> None:
+    offset, n = scan.rows, batch.num_rows
     scan.rows += n
     for column in ("question", "answer"):
-        values = table[column].combine_chunks()
+        values = batch.column(column)
         offsets, data = _utf8_bytes(values)
         text = data[offsets[0] : offsets[-1]]
         lengths = np.diff(offsets)
@@ -337,7 +337,7 @@ def _scan_batch(scan: _Scan, table: pa.Table, sink: Callable[[pa.Table], None]) 
     # as bytes (no UTF-8 decoding); rotating the answer's hash keeps (a, b) != (b, a).
     hq, ha = (
         pd.util.hash_array(
-            table[c].cast(pa.binary()).to_numpy(zero_copy_only=False), categorize=False
+            batch.column(c).cast(pa.binary()).to_numpy(zero_copy_only=False), categorize=False
         )
         for c in ("question", "answer")
     )
@@ -347,10 +347,10 @@ def _scan_batch(scan: _Scan, table: pa.Table, sink: Callable[[pa.Table], None]) 
         if value not in scan.seen:
             scan.seen.add(value)
             keep[i] = True
-    kept = table if keep.all() else table.filter(pa.array(keep))
+    kept = batch if keep.all() else batch.filter(pa.array(keep))
     scan.duplicates += n - kept.num_rows
     scan.kept += kept.num_rows
-    sink(kept)
+    sink(pa.Table.from_batches([kept]))
 
 
 # ---- line numbers, for the problems found ------------------------------------------------
