@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dramatiq import Broker, Message
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from tunelab.db import Database
 from tunelab.db.models import EventRecord, Webhook, WebhookDelivery
@@ -28,14 +29,57 @@ class EventBus:
         self.queue_for = queue_for
 
     def publish(self, event: Event) -> None:
-        deliveries = self._record(event)
+        """Record `event` and hand it to its consumers."""
+        try:
+            with self.db.session() as session:
+                send = self.stage(session, event)
+        except IntegrityError:
+            return  # recorded by a concurrent redelivery, which sends it
+        send()
+
+    def stage(self, session: Session, event: Event) -> Callable[[], None]:
+        """Record `event` in the caller's transaction; returns what sends it, to be
+        called once that transaction has committed.
+
+        Recording beside the state change it announces means a reader never sees the
+        change without its event. A repeat of a recorded event (a redelivery, perhaps
+        after a crash between commit and send) is sent to its consumers again, which
+        are idempotent, but not recorded or delivered to webhooks twice.
+        """
+        if session.scalar(select(EventRecord.seq).where(EventRecord.id == event.id)):
+            return lambda: self._send_all(event, [])
+        session.add(
+            EventRecord(
+                id=event.id,
+                workspace_id=event.workspace,
+                type=event.type,
+                source=event.source,
+                subject=event.subject,
+                time=event.time,
+                data=event.to_message()["data"],
+            )
+        )
+        deliveries: list[WebhookDelivery] = []
+        if event.workspace is not None and event.to_webhooks():
+            hooks = session.scalars(select(Webhook).where(Webhook.workspace_id == event.workspace))
+            deliveries = [
+                WebhookDelivery(webhook_id=h.id, event_id=event.id, event_type=event.type)
+                for h in hooks
+                if event.type in h.events or "*" in h.events
+            ]
+            session.add_all(deliveries)
+        session.flush()
+        delivery_ids = [d.id for d in deliveries]
+        return lambda: self._send_all(event, delivery_ids)
+
+    def _send_all(self, event: Event, delivery_ids: list[str]) -> None:
         body = event.to_message()
         for route in ROUTES.get(event.type, ()):
             self._send(route.worker, route.actor, body)
         # A delivery message carries only its id; the options say which event it is
         # for, so a dead delivery is still shown in the right workspace.
         about = {"workspace": event.workspace, "event_id": event.id, "event_type": event.type}
-        for delivery_id in deliveries:
+        for delivery_id in delivery_ids:
             self._send("cpu", DELIVER_WEBHOOK_ACTOR, delivery_id, about)
         EVENTS_PUBLISHED.labels(event.type).inc()
 
@@ -51,36 +95,3 @@ class EventBus:
                 options={"about": about} if about else {},
             )
         )
-
-    def _record(self, event: Event) -> list[str]:
-        """Store the event and its webhook deliveries; returns the new delivery ids."""
-        try:
-            with self.db.session() as session:
-                session.add(
-                    EventRecord(
-                        id=event.id,
-                        workspace_id=event.workspace,
-                        type=event.type,
-                        source=event.source,
-                        subject=event.subject,
-                        time=event.time,
-                        data=event.to_message()["data"],
-                    )
-                )
-                session.flush()
-                if event.workspace is None or not event.to_webhooks():
-                    return []
-                hooks = session.scalars(
-                    select(Webhook).where(Webhook.workspace_id == event.workspace)
-                ).all()
-                new = [
-                    WebhookDelivery(webhook_id=h.id, event_id=event.id, event_type=event.type)
-                    for h in hooks
-                    if event.type in h.events or "*" in h.events
-                ]
-                session.add_all(new)
-                session.flush()
-                return [d.id for d in new]
-        except IntegrityError:
-            # Published before (a redelivery): its deliveries were queued the first time.
-            return []

@@ -137,8 +137,15 @@ def test_a_delivery_that_fails_every_retry_is_shown_as_dead(platform: Platform) 
 def test_metrics_count_what_the_workers_consumed(platform: Platform) -> None:
     platform.upload("counted")
     platform.wait_for_dataset("counted", "ready")
-    text = httpx.get(f"{platform.url}/metrics").text
-    assert 'tunelab_events_consumed_total{actor="ingest_dataset",outcome="ok"}' in text
+    consumed = 'tunelab_events_consumed_total{actor="ingest_dataset",outcome="ok"}'
+
+    # The worker counts a message once its actor has returned, just after the status.
+    def metrics_text() -> str | None:
+        text = httpx.get(f"{platform.url}/metrics").text
+        return text if consumed in text else None
+
+    text = wait_until(metrics_text, "the consumed counter")
+    assert consumed in text
     assert 'tunelab_events_published_total{type="dataset.validated"}' in text
     assert "tunelab_queue_depth{" in text
 

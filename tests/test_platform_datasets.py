@@ -187,7 +187,10 @@ def test_a_worker_killed_mid_ingestion_is_replaced_and_the_dataset_completes_onc
     )
     assert dataset["status"] == "ready", dataset
     assert dataset["stats"]["rows"] == 60_000
-    validated = [
-        e for e in platform.events(type="dataset.validated") if e["subject"] == "datasets/big"
-    ]
-    assert len(validated) == 1
+
+    def validated() -> list[dict[str, Any]]:
+        events = platform.events(type="dataset.validated")
+        return [e for e in events if e["subject"] == "datasets/big"]
+
+    # The status is committed a moment before its event is recorded.
+    assert len(wait_until(validated, "the dataset.validated event")) == 1

@@ -117,38 +117,21 @@ def ingest_dataset(event: DatasetUploaded) -> None:
         else:
             dataset.status = "validating"
             outcome = None
-    if outcome is None:
-        result = run_ingestion(ctx, event.data)
-        if result.ok:
-            outcome = _finish(
-                ctx,
-                event,
-                status="ready",
-                stats=result.stats,
-                files=result.files,
-                warnings=result.warnings,
-            )
-        else:
-            outcome = _finish(
-                ctx,
-                event,
-                status="failed",
-                error=result.error_json(),
-                warnings=result.warnings,
-                stats=result.stats,
-            )
-    ctx.bus.publish(outcome)
-
-
-def _finish(
-    ctx: WorkerContext, event: DatasetUploaded, **fields: Any
-) -> DatasetValidated | DatasetFailed:
+    if outcome is not None:
+        ctx.bus.publish(outcome)
+        return
+    result = run_ingestion(ctx, event.data)
+    if result.ok:
+        fields = {"status": "ready", "stats": result.stats, "files": result.files}
+    else:
+        fields = {"status": "failed", "error": result.error_json(), "stats": result.stats}
     with ctx.db.session() as session:
         dataset = session.get_one(Dataset, event.data.dataset_id)
-        for name, value in fields.items():
+        for name, value in {**fields, "warnings": result.warnings}.items():
             setattr(dataset, name, value)
         dataset.updated_at = datetime.now(UTC)
-        return _outcome(event, dataset)
+        send = ctx.bus.stage(session, _outcome(event, dataset))
+    send()
 
 
 def _outcome(event: DatasetUploaded, dataset: Dataset) -> DatasetValidated | DatasetFailed:
