@@ -34,7 +34,10 @@ class EventBus:
             with self.db.session() as session:
                 send = self.stage(session, event)
         except IntegrityError:
-            return  # recorded by a concurrent redelivery, which sends it
+            with self.db.session() as session:
+                if session.scalar(select(EventRecord.seq).where(EventRecord.id == event.id)):
+                    return  # recorded by a concurrent redelivery, which sends it
+            raise
         send()
 
     def stage(self, session: Session, event: Event) -> Callable[[], None]:
@@ -47,7 +50,15 @@ class EventBus:
         are idempotent, but not recorded or delivered to webhooks twice.
         """
         if session.scalar(select(EventRecord.seq).where(EventRecord.id == event.id)):
-            return lambda: self._send_all(event, [])
+            unsent = list(
+                session.scalars(
+                    select(WebhookDelivery.id).where(
+                        WebhookDelivery.event_id == event.id,
+                        WebhookDelivery.status.in_(("pending", "retrying")),
+                    )
+                )
+            )
+            return lambda: self._send_all(event, unsent)
         session.add(
             EventRecord(
                 id=event.id,
@@ -71,6 +82,11 @@ class EventBus:
         session.flush()
         delivery_ids = [d.id for d in deliveries]
         return lambda: self._send_all(event, delivery_ids)
+
+    def retract(self, session: Session, event: Event) -> None:
+        """Remove a recorded event that could not be sent (its cause was undone too)."""
+        session.query(WebhookDelivery).filter_by(event_id=event.id).delete()
+        session.query(EventRecord).filter_by(id=event.id).delete()
 
     def _send_all(self, event: Event, delivery_ids: list[str]) -> None:
         body = event.to_message()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, TypeAdapter
 
@@ -15,12 +15,9 @@ AnyEvent = Annotated[
     DatasetUploaded | DatasetValidated | DatasetFailed | Ping | Pong | MessageDead,
     Field(discriminator="type"),
 ]
+EVENT_CLASSES: tuple[type[Event], ...] = get_args(get_args(AnyEvent)[0])
 _adapter: TypeAdapter[Any] = TypeAdapter(AnyEvent)
-
-EVENT_TYPES: tuple[str, ...] = tuple(
-    cls.model_fields["type"].default
-    for cls in (DatasetUploaded, DatasetValidated, DatasetFailed, Ping, Pong, MessageDead)
-)
+EVENT_TYPES: tuple[str, ...] = tuple(cls.model_fields["type"].default for cls in EVENT_CLASSES)
 
 
 def parse_event(obj: dict[str, Any] | str | bytes) -> Event:

@@ -13,6 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field
 _FOLLOW_NS = uuid.UUID("6f1c2a4e-6d0b-4a43-9a59-0e3c2d1b7a10")
 
 
+def derived_id(key: str) -> str:
+    """An event id that is the same whenever the same thing is announced again."""
+    return uuid.uuid5(_FOLLOW_NS, key).hex
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -43,7 +48,7 @@ class Event(BaseModel):
         `by` tells apart several consumers that each answer the same cause.
         """
         event_type = cls.model_fields["type"].default
-        event_id = uuid.uuid5(_FOLLOW_NS, f"{cause.id}/{event_type}/{by}").hex
+        event_id = derived_id(f"{cause.id}/{event_type}/{by}")
         fields.setdefault("workspace", cause.workspace)
         fields.setdefault("subject", cause.subject)
         return cls(id=event_id, **fields)

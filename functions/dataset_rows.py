@@ -13,16 +13,11 @@ import pyarrow.parquet as pq
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
+from tunelab.dataset_rules import neutralise
 from tunelab.errors import Conflict, Invalid, NotFound
 from tunelab.functions.datasets import find
 from tunelab.functions.http import respond, workspace_id
 from tunelab.store import ObjectStore, key_from_uri
-from tunelab.workers.cpu.csvcheck import FORMULA_PREFIXES
-
-
-def neutralise(cell: str) -> str:
-    """Keep a spreadsheet from running a cell as a formula (OWASP's CSV injection advice)."""
-    return "'" + cell if cell.startswith(FORMULA_PREFIXES) else cell
 
 
 def _ready_file(request: Request, split: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -13,16 +13,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from tunelab.dataset_rules import MAX_DATASET_BYTES, SIZE_CATEGORIES, upload_prefix
 from tunelab.db.models import Dataset, Experiment, new_id
 from tunelab.errors import BadRequest, Conflict, Invalid, NotFound
 from tunelab.events.dataset import DatasetUploaded, DatasetUploadedData, PluginSource
+from tunelab.events.envelope import derived_id
 from tunelab.functions import uploads
 from tunelab.functions.http import parse, read_json, respond, workspace_id
 from tunelab.names import Name
-from tunelab.store import PresignUnsupported, keys
+from tunelab.store import ObjectStore, PresignUnsupported, key_from_uri, keys
 from tunelab.times import iso
-from tunelab.workers.cpu.csvcheck import SIZE_CATEGORIES
-from tunelab.workers.cpu.ingest import MAX_DATASET_BYTES
 from tunelab.workers.cpu.plugins import available as available_plugins
 
 SPLIT_PARTS = {"file": "train", "validate": "validate", "test": "test"}
@@ -39,6 +39,12 @@ class FeatureMapping(BaseModel):
     model_config = ConfigDict(extra="forbid")
     question: str = Field(default="question", min_length=1)
     answer: str = Field(default="answer", min_length=1)
+
+    @model_validator(mode="after")
+    def _two_columns(self) -> FeatureMapping:
+        if self.question == self.answer:
+            raise ValueError("question and answer must be different columns")
+        return self
 
 
 class DatasetMetadata(BaseModel):
@@ -64,8 +70,11 @@ class DatasetMetadata(BaseModel):
 
 
 class RemoteSource(BaseModel):
+    """A file elsewhere (`s3`, `http`), or one the client already put in the platform's
+    bucket under its workspace's `uploads/` prefix (`upload`, a key or an s3 URI)."""
+
     model_config = ConfigDict(extra="forbid")
-    type: Literal["s3", "http"]
+    type: Literal["s3", "http", "upload"]
     uri: str
     validate_uri: str | None = None
     test_uri: str | None = None
@@ -75,7 +84,11 @@ class RemoteSource(BaseModel):
     def _scheme(cls, value: str | None, info: Any) -> str | None:
         if value is None:
             return value
-        wanted = ("s3://",) if info.data.get("type") == "s3" else ("http://", "https://")
+        wanted = {
+            "s3": ("s3://",),
+            "http": ("http://", "https://"),
+            "upload": ("uploads/", "s3://"),
+        }[info.data.get("type", "http")]
         if not value.startswith(wanted) or len(value) <= len(wanted[0]):
             raise ValueError(f"must start with {' or '.join(wanted)}")
         return value
@@ -143,10 +156,12 @@ def register(
     sources: dict[str, str] | None,
     plugin: PluginSource | None = None,
 ) -> dict[str, Any]:
-    """Store the dataset row and, when its files are known, announce it.
+    """Store the dataset row and, when its files are known, its `dataset.uploaded`
+    event in the same transaction, then send the event.
 
     With `sources` None the dataset waits (status awaiting_upload) for its file.
-    Raises Conflict when the name is taken; leaves nothing behind on any failure.
+    Raises Conflict when the name is taken; if sending fails, the row and the event
+    are removed again.
     """
     dataset = Dataset(
         id=dataset_id,
@@ -158,39 +173,44 @@ def register(
         source=source,
         status="pending" if sources is not None else "awaiting_upload",
     )
+    event = uploaded_event(dataset, sources, plugin) if sources is not None else None
     try:
         with state.db.session() as session:
             session.add(dataset)
+            session.flush()
+            send = state.bus.stage(session, event) if event is not None else None
     except IntegrityError:
         raise Conflict(f"A dataset named {metadata.name!r} already exists.") from None
-    if sources is not None:
+    if send is not None and event is not None:
         try:
-            announce(state, dataset, sources, plugin)
+            send()
         except BaseException:
             with state.db.session() as session:
                 session.query(Dataset).filter_by(id=dataset_id).delete()
+                state.bus.retract(session, event)
             raise
     return to_json(dataset)
 
 
-def announce(
-    state: Any, dataset: Dataset, sources: dict[str, str], plugin: PluginSource | None = None
-) -> None:
+def uploaded_event(
+    dataset: Dataset, sources: dict[str, str], plugin: PluginSource | None = None
+) -> DatasetUploaded:
+    """The dataset's `dataset.uploaded`; its id derives from the dataset's, so announcing
+    the same dataset again is the same event."""
     meta = dataset.metadata_
-    state.bus.publish(
-        DatasetUploaded(
-            workspace=dataset.workspace_id,
-            subject=f"datasets/{dataset.name}",
-            data=DatasetUploadedData(
-                dataset_id=dataset.id,
-                name=dataset.name,
-                sources=sources,
-                plugin=plugin,
-                feature_mapping=meta["feature_mapping"],
-                language=meta["language"],
-                size_category=meta.get("size_category"),
-            ),
-        )
+    return DatasetUploaded(
+        id=derived_id(f"{dataset.id}/dataset.uploaded"),
+        workspace=dataset.workspace_id,
+        subject=f"datasets/{dataset.name}",
+        data=DatasetUploadedData(
+            dataset_id=dataset.id,
+            name=dataset.name,
+            sources=sources,
+            plugin=plugin,
+            feature_mapping=meta["feature_mapping"],
+            language=meta["language"],
+            size_category=meta.get("size_category"),
+        ),
     )
 
 
@@ -252,7 +272,46 @@ def _create_remote(request: Request, spec: RemoteDataset) -> dict[str, Any]:
         uri = getattr(spec.source, f"{split}_uri")
         if uri:
             sources[split] = uri
+    prefix = upload_prefix(request.scope["workspace"].name)
+    for split, uri in sources.items():
+        sources[split] = _own_object(
+            state.store,
+            spec.source.type,
+            uri,
+            prefix,
+            "source.uri" if split == "train" else f"source.{split}_uri",
+        )
     return register(state, workspace, new_id(), spec, source, sources)
+
+
+def _own_object(store: ObjectStore, kind: str, uri: str, prefix: str, field: str) -> str:
+    """The URI to ingest; the platform's own bucket only under the caller's prefix.
+
+    Raises Invalid otherwise: the platform's credentials must not read another
+    workspace's uploads or any dataset's internal objects.
+    """
+    own_bucket = getattr(store, "bucket", None)
+    if kind == "upload" and not uri.startswith("s3://"):
+        key = uri
+    elif own_bucket is not None and uri.startswith(f"s3://{own_bucket}/"):
+        key = key_from_uri(uri)
+    elif kind == "upload":
+        raise Invalid(
+            "An upload source must be in the platform's bucket.",
+            [{"field": field, "message": f"not under s3://{own_bucket}/{prefix}"}],
+        )
+    else:
+        return uri
+    if not key.startswith(prefix) or ".." in key.split("/"):
+        raise Invalid(
+            f"Only objects under {prefix} can be used from the platform's bucket.",
+            [{"field": field, "message": f"must start with {prefix}"}],
+        )
+    if not store.exists(key):
+        raise Invalid(
+            f"There is no uploaded object {key!r}.", [{"field": field, "message": "not found"}]
+        )
+    return store.uri(key)
 
 
 async def create_upload(request: Request) -> JSONResponse:
@@ -266,7 +325,7 @@ def _create_upload(request: Request, spec: UploadRequest) -> dict[str, Any]:
     state, workspace = request.app.state, workspace_id(request)
     _ensure_free(state, workspace, spec.name)
     dataset_id = new_id()
-    key = f"uploads/{request.scope['workspace'].name}/{dataset_id}/{spec.filename}"
+    key = f"{upload_prefix(request.scope['workspace'].name)}{dataset_id}/{spec.filename}"
     try:
         url = state.store.presigned_url(key, "PUT", expires_s=3600)
     except PresignUnsupported as exc:
@@ -309,10 +368,11 @@ def delete_dataset(request: Request) -> JSONResponse:
                 f"Dataset {name!r} is used by running experiments {users}; "
                 "cancel them or wait until they finish."
             )
+        # Objects first: if the store fails, the row stays and the DELETE can be retried.
+        for prefix in keys.dataset_prefixes(dataset.id):
+            state.store.delete_prefix(prefix)
+        source_key = (dataset.source or {}).get("key")
+        if source_key:
+            state.store.delete(source_key)
         session.delete(dataset)
-    for prefix in keys.dataset_prefixes(dataset.id):
-        state.store.delete_prefix(prefix)
-    source_key = (dataset.source or {}).get("key")
-    if source_key:
-        state.store.delete(source_key)
     return respond({"name": dataset.name, "deleted": True})

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import time
+from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
@@ -17,10 +18,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tunelab.auth import resolve_token
 from tunelab.db import Database
 from tunelab.db.models import IdempotencyKey
-from tunelab.errors import Conflict, Invalid, TunelabError, Unauthorized
+from tunelab.errors import Conflict, Invalid, TooLarge, TunelabError, Unauthorized
 from tunelab.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 PROTECTED_PREFIXES = ("/api/", "/v1/")
+MAX_BODY_BYTES = 51 << 20
+"""A dataset file (50 MB) and its form fields; the largest body any POST takes."""
+ABANDONED_AFTER = timedelta(minutes=10)
+"""An Idempotency-Key claimed this long ago without an answer is taken over."""
 
 
 def _error(exc: TunelabError) -> JSONResponse:
@@ -105,10 +110,17 @@ class Idempotency:
         db: Database = scope["app"].state.db
         workspace_id = scope["workspace"].id
         with tempfile.SpooledTemporaryFile(max_size=1 << 20) as spool:
-            more = True
+            more, size = True, 0
             while more:
                 message = await receive()
-                spool.write(message.get("body", b""))
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    await _error(TooLarge(f"The request body is over {MAX_BODY_BYTES >> 20} MB."))(
+                        scope, receive, send
+                    )
+                    return
+                spool.write(chunk)
                 more = message.get("more_body", False)
             request_hash = _request_hash(scope, spool)
 
@@ -119,9 +131,15 @@ class Idempotency:
 
             spool.seek(0)
 
+            replayed = False
+
             async def replay_body() -> Message:
+                nonlocal replayed
+                if replayed:  # the body is used up: what comes next is the disconnect
+                    return await receive()
                 chunk = spool.read(1 << 16)
-                return {"type": "http.request", "body": chunk, "more_body": bool(chunk)}
+                replayed = len(chunk) < 1 << 16
+                return {"type": "http.request", "body": chunk, "more_body": not replayed}
 
             captured: dict[str, Any] = {"status": 500, "body": b"", "type": None}
 
@@ -186,7 +204,17 @@ def _claim(db: Database, workspace_id: str, key: str, request_hash: str) -> Resp
             )
         )
     if row.status_code is None:
-        return _error(Conflict("A request with this Idempotency-Key is still in progress."))
+        age = datetime.now(UTC) - row.created_at.replace(tzinfo=row.created_at.tzinfo or UTC)
+        if age < ABANDONED_AFTER:
+            return _error(Conflict("A request with this Idempotency-Key is still in progress."))
+        # The first request died without an answer (its process was killed): take over.
+        with db.session() as session:
+            session.execute(
+                update(IdempotencyKey)
+                .where(IdempotencyKey.id == row.id)
+                .values(created_at=datetime.now(UTC))
+            )
+        return None
     headers = {"idempotent-replayed": "true"}
     return Response(
         row.response_body, status_code=row.status_code, media_type=row.content_type, headers=headers

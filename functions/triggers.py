@@ -21,8 +21,9 @@ from starlette.responses import JSONResponse
 
 from tunelab.db.models import Dataset
 from tunelab.errors import BadRequest, NotFound, Unauthorized
-from tunelab.functions.datasets import announce
+from tunelab.functions.datasets import uploaded_event
 from tunelab.functions.http import respond
+from tunelab.workers.cpu.sources import SourceError, check_address
 
 UPLOAD_PREFIX = "uploads/"
 
@@ -79,10 +80,28 @@ def start_ingestion(state: Any, bucket: str, key: str) -> str:
             .values(status="pending")
         ).rowcount
         dataset = session.get(Dataset, dataset_id)
-    if not moved or dataset is None:
-        return "ignored: already started or unknown"
-    announce(state, dataset, {"train": state.store.uri(key)})
+        if not moved or dataset is None:
+            return "ignored: already started or unknown"
+        event = uploaded_event(dataset, {"train": state.store.uri(key)})
+        send = state.bus.stage(session, event)
+    try:
+        send()
+    except BaseException:
+        # Undo, so that the notification's redelivery starts the ingestion again.
+        with state.db.session() as session:
+            session.execute(
+                update(Dataset).where(Dataset.id == dataset_id).values(status="awaiting_upload")
+            )
+            state.bus.retract(session, event)
+        raise
     return f"started: {dataset.name}"
+
+
+def _check_subscribe_url(url: str, allow_private: bool) -> None:
+    try:
+        check_address(url, allow_private)
+    except SourceError as exc:
+        raise BadRequest(f"SubscribeURL refused: {exc.message}") from None
 
 
 async def s3_trigger(request: Request) -> JSONResponse:
@@ -94,8 +113,13 @@ async def s3_trigger(request: Request) -> JSONResponse:
     if not isinstance(body, dict):
         raise BadRequest("The body must be a JSON object.")
     if body.get("Type") == "SubscriptionConfirmation":
-        url = body.get("SubscribeURL", "")
-        response = await run_in_threadpool(httpx.get, url, timeout=10)
+        url = str(body.get("SubscribeURL", ""))
+        settings = request.app.state.settings
+        await run_in_threadpool(_check_subscribe_url, url, settings.allow_private_sources)
+        try:
+            response = await run_in_threadpool(httpx.get, url, timeout=10)
+        except httpx.HTTPError as exc:
+            raise BadRequest(f"Confirming the subscription failed: {exc}.") from None
         return respond({"confirmed": response.is_success})
     results = []
     for record in records_of(body):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -78,7 +79,10 @@ async def receive(
     sizes: dict[str, int] = {}
     try:
         async for chunk in request.stream():
-            parser.write(chunk)
+            try:
+                parser.write(chunk)
+            except MultipartParseError as exc:
+                raise BadRequest(f"The multipart body is malformed: {exc}.") from None
             for kind, data in events:
                 if kind == "begin":
                     current = _Part()
@@ -105,6 +109,11 @@ async def receive(
                     await _finish_part(current, writers, received)
             events.clear()
         parser.finalize()
+        unfinished = set(writers) - set(received.files)
+        if unfinished:
+            raise BadRequest(
+                f"The body ended inside the {sorted(unfinished)} part(s); send the whole file."
+            )
     except BaseException:
         for name, writer in writers.items():
             if name in received.files:

@@ -15,11 +15,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from tunelab.db.models import Webhook, WebhookDelivery
-from tunelab.errors import Conflict, NotFound
+from tunelab.errors import Conflict, Invalid, NotFound
 from tunelab.events.catalog import EVENT_TYPES
 from tunelab.functions.http import parse, read_json, respond, workspace_id
 from tunelab.names import Name
 from tunelab.times import iso
+from tunelab.workers.cpu.sources import SourceError, check_address
 
 
 class WebhookSpec(BaseModel):
@@ -64,6 +65,12 @@ async def create_webhook(request: Request) -> JSONResponse:
 
 
 def _create(request: Request, spec: WebhookSpec) -> dict[str, Any]:
+    try:
+        check_address(str(spec.url), request.app.state.settings.webhook_allow_private)
+    except SourceError as exc:
+        raise Invalid(
+            f"The webhook URL is refused: {exc.message}", [{"field": "url", "message": exc.message}]
+        ) from None
     hook = Webhook(
         workspace_id=workspace_id(request),
         name=spec.name or f"webhook-{secrets.token_hex(4)}",

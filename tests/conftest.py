@@ -28,6 +28,8 @@ os.environ.setdefault("TUNELAB_WEBHOOK_MIN_BACKOFF_MS", "50")
 os.environ.setdefault("TUNELAB_WEBHOOK_MAX_BACKOFF_MS", "200")
 os.environ.setdefault("TUNELAB_WEBHOOK_MAX_RETRIES", "2")
 os.environ.setdefault("TUNELAB_WEBHOOK_TIMEOUT_S", "2")
+# Test receivers listen on loopback, which production refuses (SSRF).
+os.environ.setdefault("TUNELAB_WEBHOOK_ALLOW_PRIVATE", "true")
 
 
 def _service(start: type[Started] | object, name: str) -> Iterator[Started]:

@@ -138,6 +138,13 @@ def test_a_message_that_fails_all_retries_is_recorded_as_dead(ctx: context.Worke
         event.workspace,
     )
     assert "ObjectNotFound" in dead.error
+    with ctx.db.session() as session:
+        dataset = session.get_one(Dataset, event.data.dataset_id)
+        assert dataset.status == "failed", "given up, not left validating"
+        assert dataset.error is not None and "ObjectNotFound" in dataset.error["message"]
+    assert [e.data["dataset_id"] for e in events_of(ctx, "dataset.failed")] == [
+        event.data.dataset_id
+    ]
     assert events_of(ctx, "message.dead")[0].data["message_id"] == dead.message_id
 
 

@@ -168,7 +168,7 @@ def test_an_idempotency_key_reused_with_another_body_is_422(api: Api) -> None:
     assert api.count(Dataset) == 1 and api.count(IdempotencyKey) == 1
 
 
-def test_a_refused_request_does_not_use_up_its_idempotency_key(api: Api) -> None:
+def test_a_refused_request_is_replayed_like_any_other_answer(api: Api) -> None:
     key = {"idempotency-key": "k"}
     assert upload(api.client, {"name": "BAD"}, api.tokens["acme"], headers=key).status_code == 422
     replay = upload(api.client, {"name": "BAD"}, api.tokens["acme"], headers=key)
@@ -324,3 +324,61 @@ def test_validate_and_test_files_travel_with_the_training_file(api: Api) -> None
     event = api.client.get("/api/v1/events", headers=api.auth()).json()["items"][0]
     assert set(event["data"]["sources"]) == {"train", "validate", "test"}
     assert len(api.stored_objects()) == 3
+
+
+def test_a_mapping_of_one_column_to_both_fields_is_422(api: Api) -> None:
+    mapping = {"question": "text", "answer": "text"}
+    response = upload(api.client, {"name": "faq", "feature_mapping": mapping}, api.tokens["acme"])
+    error = assert_error(response, 422, "invalid")
+    assert error["details"][0]["field"] == "feature_mapping"
+
+
+def test_a_webhook_to_a_private_address_is_refused_by_default(
+    tmp_path: Path, redis_url: str, queues: dict[str, str]
+) -> None:
+    settings = make_settings(tmp_path, redis_url, queues).model_copy(
+        update={"webhook_allow_private": False}
+    )
+    db = Database(settings.effective_database_url)
+    db.migrate()
+    token = create_token(db, "acme")
+    with TestClient(create_app(settings, db=db)) as client:
+        response = client.post(
+            "/api/v1/webhooks",
+            headers={"authorization": f"Bearer {token}"},
+            json={"url": "http://169.254.169.254/latest", "events": ["*"]},
+        )
+    db.dispose()
+    error = assert_error(response, 422, "invalid")
+    assert error["details"][0]["field"] == "url" and "private" in error["message"]
+
+
+def test_a_body_that_ends_inside_a_file_is_400_and_leaves_nothing(api: Api) -> None:
+    boundary = "xyz"
+    body = (
+        f'--{boundary}\r\ncontent-disposition: form-data; name="metadata"\r\n\r\n'
+        f'{{"name": "cut"}}\r\n--{boundary}\r\ncontent-disposition: form-data; '
+        f'name="file"; filename="faq.csv"\r\ncontent-type: text/csv\r\n\r\n'
+        "question,answer\nhalf a ro"
+    ).encode()
+    headers = {**api.auth(), "content-type": f"multipart/form-data; boundary={boundary}"}
+    response = api.client.post("/api/v1/datasets", content=body, headers=headers)
+    assert "ended inside" in assert_error(response, 400, "bad_request")["message"]
+    garbled = api.client.post(
+        "/api/v1/datasets", content=b"--xyz\r\n\x00\x01garbage", headers=headers
+    )
+    assert_error(garbled, 400, "bad_request")
+    assert api.stored_objects() == [] and api.count(Dataset) == 0
+
+
+def test_an_oversized_body_with_an_idempotency_key_is_413_without_being_kept(api: Api) -> None:
+    chunk = b"question,answer\n" + b"x" * (1 << 20)
+    response = upload(
+        api.client,
+        {"name": "huge"},
+        api.tokens["acme"],
+        body=chunk * 52,
+        headers={"idempotency-key": "big"},
+    )
+    assert_error(response, 413, "too_large")
+    assert api.count(Dataset) == 0 and api.count(IdempotencyKey) == 0

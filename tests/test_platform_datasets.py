@@ -192,5 +192,28 @@ def test_a_worker_killed_mid_ingestion_is_replaced_and_the_dataset_completes_onc
         events = platform.events(type="dataset.validated")
         return [e for e in events if e["subject"] == "datasets/big"]
 
-    # The status is committed a moment before its event is recorded.
+    # The event is recorded with the status; the listing may still be paging.
     assert len(wait_until(validated, "the dataset.validated event")) == 1
+
+
+def test_a_file_put_under_the_workspace_upload_prefix_can_be_ingested(platform: Platform) -> None:
+    platform.s3().put_object(Bucket=platform.bucket, Key="uploads/acme/mine.csv", Body=CSV.encode())
+    dataset = create(platform, "from-upload", {"type": "upload", "uri": "uploads/acme/mine.csv"})
+    assert dataset["status"] == "ready", dataset
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        {"type": "s3", "uri": "s3://{bucket}/staging/datasets/x/train.csv"},
+        {"type": "upload", "uri": "uploads/other-team/theirs.csv"},
+        {"type": "upload", "uri": "uploads/acme/../other-team/theirs.csv"},
+    ],
+)
+def test_the_platform_bucket_is_off_limits_outside_the_callers_uploads(
+    platform: Platform, source: dict[str, str]
+) -> None:
+    source = {**source, "uri": source["uri"].format(bucket=platform.bucket)}
+    response = platform.client.post("/api/v1/datasets", json={"name": "sneaky", "source": source})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["details"][0]["field"] == "source.uri"

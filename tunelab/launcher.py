@@ -107,6 +107,19 @@ def up(settings: Settings) -> None:
         redis_process, env["TUNELAB_REDIS_URL"] = start_redis(data_dir)
         # For tools run beside the platform (bench/events.py) to find this Redis.
         (data_dir / "redis.url").write_text(env["TUNELAB_REDIS_URL"] + "\n")
+    try:
+        supervise(settings, env)
+    finally:
+        if redis_process is not None:  # last, so that workers could finish their acks
+            redis_process.terminate()
+            redis_process.wait(timeout=30)
+        print("tunelab stopped.", flush=True)
+
+
+def supervise(settings: Settings, env: dict[str, str]) -> None:
+    """Prepare the database, run the API and the workers, restart what dies, stop on a
+    signal."""
+    data_dir = settings.data_dir
     metrics_dir = data_dir / "metrics"
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir()
@@ -134,16 +147,17 @@ def up(settings: Settings) -> None:
             [sys.executable, "-m", "tunelab.cli", *commands[name]], env=env, start_new_session=True
         )
 
-    running = {name: spawn(name) for name in commands}
+    running: dict[str, subprocess.Popen[bytes]] = {}
     restarts = dict.fromkeys(commands, 0)
     address = f"http://{settings.api_host}:{settings.api_port}"
-    print(
-        f"\ntunelab is starting.\n  API:       {address}/api/v1\n"
-        f"  health:    {address}/readyz\n  workspace: default\n  token:     {token}\n"
-        f"  data:      {data_dir}\nPress Ctrl-C to stop.\n",
-        flush=True,
-    )
     try:
+        running.update((name, spawn(name)) for name in commands)
+        print(
+            f"\ntunelab is starting.\n  API:       {address}/api/v1\n"
+            f"  health:    {address}/readyz\n  workspace: default\n  token:     {token}\n"
+            f"  data:      {data_dir}\nPress Ctrl-C to stop.\n",
+            flush=True,
+        )
         while not stopping:
             time.sleep(0.5)
             for name, child in running.items():
@@ -166,7 +180,3 @@ def up(settings: Settings) -> None:
                 child.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 child.kill()
-        if redis_process is not None:
-            redis_process.terminate()
-            redis_process.wait(timeout=30)
-        print("tunelab stopped.", flush=True)

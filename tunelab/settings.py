@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     """Shared secret that `POST /triggers/s3` requires; unset disables the trigger."""
 
     webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_allow_private: bool = False
+    """Let webhooks target loopback and private networks (off: SSRF)."""
     webhook_max_retries: int = Field(default=8, ge=0)
     webhook_min_backoff_ms: int = Field(default=1000, ge=1)
     webhook_max_backoff_ms: int = Field(default=600_000, ge=1)

@@ -10,9 +10,11 @@ from dramatiq.broker import MessageProxy
 from sqlalchemy.exc import IntegrityError
 
 from tunelab.db.models import DeadLetter
+from tunelab.events.catalog import parse_event
 from tunelab.events.system import MessageDead, MessageDeadData
 from tunelab.metrics import EVENTS_CONSUMED
 from tunelab.workers.context import current
+from tunelab.workers.registry import GIVE_UP
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,9 @@ class DeadLetters(Middleware):
         except IntegrityError:
             return  # recorded on an earlier delivery
         log.error("message %s to %s is dead: %s", message.message_id, message.actor_name, error)
+        give_up = GIVE_UP.get(message.actor_name)
+        if give_up is not None and event:
+            give_up(parse_event(event), error)
         ctx.bus.publish(
             MessageDead(
                 workspace=event.get("workspace"),

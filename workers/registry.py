@@ -40,10 +40,21 @@ def command(
     return wrap
 
 
+GIVE_UP: dict[str, Callable[[Any, str], None]] = {}
+"""Per actor: what to do with an event whose message failed all its retries."""
+
+
 def subscriber(
-    event_type: str, worker: WorkerKind, **options: Any
+    event_type: str,
+    worker: WorkerKind,
+    on_give_up: Callable[[Any, str], None] | None = None,
+    **options: Any,
 ) -> Callable[[Callable[[Any], None]], dramatiq.Actor[Any, Any]]:
-    """An actor that receives `event_type` events, parsed, on `worker`'s queue."""
+    """An actor that receives `event_type` events, parsed, on `worker`'s queue.
+
+    `on_give_up(event, error)` runs once the message is dead, so that the work it was
+    about ends visibly failed rather than stuck.
+    """
 
     def wrap(fn: Callable[[Any], None]) -> dramatiq.Actor[Any, Any]:
         routed = {(r.actor, r.worker) for r in ROUTES.get(event_type, ())}
@@ -58,6 +69,8 @@ def subscriber(
 
         receive.__name__ = fn.__name__
         receive.__doc__ = fn.__doc__
+        if on_give_up is not None:
+            GIVE_UP[fn.__name__] = on_give_up
         return command(worker, **options)(receive)
 
     return wrap

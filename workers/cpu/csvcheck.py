@@ -22,12 +22,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from tunelab.dataset_rules import FORMULA_PREFIXES, size_category
+
 MAX_REPORTED = 100
 MIN_ROWS = 10
 HEAD_BYTES = 64 << 10
 BLOCK_BYTES = 4 << 20
 LANGUAGE_SAMPLE_BYTES = 256 << 10
-FORMULA_PREFIXES = ("=", "+", "-", "@")
 
 
 def _byte_table(members: bytes) -> np.ndarray:
@@ -41,13 +42,6 @@ FORMULA_FIRST_BYTE = _byte_table("".join(FORMULA_PREFIXES).encode())
 # First bytes of every Unicode whitespace character in UTF-8 (ASCII space and controls,
 # U+0085/U+00A0, U+1680, U+2000-U+205F, U+3000).
 SPACE_FIRST_BYTE = _byte_table(b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\xc2\xe1\xe2\xe3")
-SIZE_CATEGORIES = {
-    "n<1K": (0, 1_000),
-    "1K<n<10K": (1_000, 10_000),
-    "10K<n<100K": (10_000, 100_000),
-    "100K<n<1M": (100_000, 1_000_000),
-    "n>1M": (1_000_000, None),
-}
 
 Opener = Callable[[], IO[bytes]]
 
@@ -83,13 +77,6 @@ class Report:
     @property
     def ok(self) -> bool:
         return self.error_total == 0
-
-
-def size_category(rows: int) -> str:
-    for name, (low, high) in SIZE_CATEGORIES.items():
-        if rows >= low and (high is None or rows < high):
-            return name
-    raise AssertionError(rows)
 
 
 # ---- first bytes and header ----------------------------------------------------------
@@ -357,15 +344,10 @@ def _scan_batch(scan: _Scan, batch: pa.RecordBatch, sink: Callable[[pa.Table], N
 
 
 def _quote_problem(exc: csv.Error, line: int) -> Problem:
-    text = str(exc)
-    if "NUL" in text:
-        return Problem(
-            "binary_content", "The line holds a NUL byte: binary data, not CSV text.", line
-        )
     return Problem(
         "unbalanced_quotes",
-        f"A quoted value starting on this line is not closed "
-        f"properly ({text}); check its double quotes.",
+        f"A quoted value starting on this line is not closed properly ({exc}); "
+        "check its double quotes.",
         line,
     )
 
@@ -548,7 +530,7 @@ def _warn(
         report.warnings.append(
             Problem(
                 "formula_injection",
-                f"{scan.formula_total} cells begin with =, +, - or @ and could run as "
+                f"{scan.formula_total} cells begin with =, +, -, @, a tab or a CR and could run as "
                 f"spreadsheet formulas; CSV exports neutralise them (first: {where}).",
                 lines.get(scan.formula[0][0]) if scan.formula else None,
             )

@@ -9,6 +9,7 @@ from typing import Any
 
 import boto3
 
+from tunelab.dataset_rules import MAX_DATASET_BYTES
 from tunelab.db.models import Dataset
 from tunelab.events.dataset import (
     DatasetFailed,
@@ -22,7 +23,7 @@ from tunelab.store import key_from_uri, keys
 from tunelab.tokenizer import default_tokenizer
 from tunelab.workers.context import WorkerContext, current
 from tunelab.workers.cpu import plugins
-from tunelab.workers.cpu.ingest import MAX_DATASET_BYTES, IngestResult, ingest, write_rows_csv
+from tunelab.workers.cpu.ingest import IngestResult, ingest, write_rows_csv
 from tunelab.workers.cpu.sources import SourceError, fetch_http, fetch_s3
 from tunelab.workers.registry import subscriber
 
@@ -71,7 +72,15 @@ def stage(ctx: WorkerContext, data: DatasetUploadedData) -> dict[str, str]:
     staged = {}
     for split, uri in data.sources.items():
         if uri.startswith(own):
-            staged[split] = key_from_uri(uri)
+            # Already in the platform's store (the API checked whose it is); a presigned
+            # PUT has no size limit of its own, so the cap is applied here.
+            key = key_from_uri(uri)
+            if ctx.store.size(key) > MAX_DATASET_BYTES:
+                raise SourceError(
+                    "source_too_large",
+                    f"The uploaded {split} file is larger than {MAX_DATASET_BYTES >> 20} MB.",
+                )
+            staged[split] = key
             continue
         key = keys.dataset_staging(data.dataset_id, split)
         with tempfile.SpooledTemporaryFile(max_size=8 << 20) as spool:
@@ -80,6 +89,9 @@ def stage(ctx: WorkerContext, data: DatasetUploadedData) -> dict[str, str]:
             ctx.store.put_stream(key, spool)
         staged[split] = key
     return staged
+
+
+PLUGIN_MAPPING = {"question": "question", "answer": "answer"}
 
 
 def run_ingestion(ctx: WorkerContext, data: DatasetUploadedData) -> IngestResult:
@@ -93,10 +105,12 @@ def run_ingestion(ctx: WorkerContext, data: DatasetUploadedData) -> IngestResult
         for detail in result.errors:
             detail.setdefault("message", exc.message)
         return result
+    # A plugin's rows are written as question/answer columns whatever the mapping says.
+    mapping = PLUGIN_MAPPING if data.plugin is not None else data.feature_mapping
     return ingest(
         data.dataset_id,
         staged,
-        data.feature_mapping,
+        mapping,
         ctx.store,
         language=data.language,
         size_category=data.size_category,
@@ -105,7 +119,26 @@ def run_ingestion(ctx: WorkerContext, data: DatasetUploadedData) -> IngestResult
     )
 
 
-@subscriber("dataset.uploaded", "cpu", max_retries=5, time_limit=15 * 60_000)
+def give_up(event: DatasetUploaded, error: str) -> None:
+    """After the last retry: the dataset fails visibly instead of staying `validating`."""
+    ctx = current()
+    with ctx.db.session() as session:
+        dataset = session.get(Dataset, event.data.dataset_id)
+        if dataset is None or dataset.status in ("ready", "failed"):
+            return
+        dataset.status = "failed"
+        dataset.error = {
+            "code": "internal_error",
+            "message": "Ingestion failed after "
+            f"retries; the operator can see why in dead letters: {error}",
+            "details": [],
+            "total": 1,
+        }
+        send = ctx.bus.stage(session, _outcome(event, dataset))
+    send()
+
+
+@subscriber("dataset.uploaded", "cpu", max_retries=5, time_limit=15 * 60_000, on_give_up=give_up)
 def ingest_dataset(event: DatasetUploaded) -> None:
     ctx = current()
     with ctx.db.session() as session:
@@ -126,7 +159,11 @@ def ingest_dataset(event: DatasetUploaded) -> None:
     else:
         fields = {"status": "failed", "error": result.error_json(), "stats": result.stats}
     with ctx.db.session() as session:
-        dataset = session.get_one(Dataset, event.data.dataset_id)
+        dataset = session.get(Dataset, event.data.dataset_id)
+        if dataset is None:  # deleted while we worked: leave nothing behind
+            for prefix in keys.dataset_prefixes(event.data.dataset_id):
+                ctx.store.delete_prefix(prefix)
+            return
         for name, value in {**fields, "warnings": result.warnings}.items():
             setattr(dataset, name, value)
         dataset.updated_at = datetime.now(UTC)

@@ -22,7 +22,6 @@ from tokenizers import Tokenizer
 from tunelab.store import ObjectStore, keys
 from tunelab.workers.cpu.csvcheck import MAX_REPORTED, MIN_ROWS, check_file
 
-MAX_DATASET_BYTES = 50 << 20
 MAX_TOKENIZED_ROWS = 200_000
 TEMPLATE_TOKENS = 8
 """Tokens a chat template adds around a question and its answer, roughly."""

@@ -13,6 +13,7 @@ from standardwebhooks.webhooks import Webhook as Signer
 from tunelab.db.models import EventRecord, Webhook, WebhookDelivery
 from tunelab.settings import get_settings
 from tunelab.workers.context import current
+from tunelab.workers.cpu.sources import SourceError, check_address
 from tunelab.workers.registry import command
 
 
@@ -29,21 +30,26 @@ def signed_headers(secret: str, delivery_id: str, body: str, now: datetime) -> d
     }
 
 
-def post(url: str, body: str, headers: dict[str, str], timeout_s: float) -> dict[str, Any]:
+def post(
+    url: str, body: str, headers: dict[str, str], timeout_s: float, allow_private: bool
+) -> dict[str, Any]:
     """One try; returns the attempt's log entry."""
     started = time.perf_counter()
     attempt: dict[str, Any] = {"at": datetime.now(UTC).isoformat()}
     try:
+        check_address(url, allow_private)  # again: DNS may have changed since registration
         response = httpx.post(url, content=body, headers=headers, timeout=timeout_s)
         attempt["status_code"] = response.status_code
         attempt["ok"] = response.is_success
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, SourceError) as exc:
         attempt["error"] = f"{type(exc).__name__}: {exc}"
         attempt["ok"] = False
     attempt["duration_ms"] = round((time.perf_counter() - started) * 1000, 1)
     return attempt
 
 
+# Dramatiq reads retry options when the actor is declared; the status logic below
+# reads the same value back from the actor, so the two cannot disagree.
 _settings = get_settings()
 
 
@@ -67,13 +73,14 @@ def deliver_webhook(delivery_id: str) -> None:
         body,
         signed_headers(secret, delivery_id, body, datetime.now(UTC)),
         ctx.settings.webhook_timeout_s,
+        ctx.settings.webhook_allow_private,
     )
     with ctx.db.session() as session:
         delivery = session.get_one(WebhookDelivery, delivery_id)
         delivery.attempts = [*delivery.attempts, attempt]
         if attempt["ok"]:
             delivery.status = "delivered"
-        elif len(delivery.attempts) > ctx.settings.webhook_max_retries:
+        elif len(delivery.attempts) > deliver_webhook.options["max_retries"]:
             delivery.status = "failed"
         else:
             delivery.status = "retrying"
