@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import io
 import json
+import time
 
 import pytest
 
 from tests.receiver import file_server
+from tests.services import free_port
 from tunelab.workers.cpu.plugins import Alpaca, ChatJsonl, PluginError, load
-from tunelab.workers.cpu.sources import SourceError, check_address, fetch_http
+from tunelab.workers.cpu.sources import (
+    SourceError,
+    SourceUnavailable,
+    check_address,
+    fetch_http,
+)
 
 
 @pytest.mark.parametrize(
@@ -124,3 +131,32 @@ def test_plugins_are_found_through_entry_points() -> None:
     assert isinstance(load("alpaca"), Alpaca) and isinstance(load("chat-jsonl"), ChatJsonl)
     with pytest.raises(PluginError, match="No dataset plugin named 'nope'"):
         load("nope")
+
+
+def test_a_passing_failure_is_left_for_a_retry() -> None:
+    with (
+        file_server({"/busy": (503, {}, b"")}) as base,
+        pytest.raises(SourceUnavailable, match="HTTP 503"),
+    ):
+        fetch_http(f"{base}/busy", io.BytesIO(), max_bytes=100, timeout_s=5, allow_private=True)
+    with pytest.raises(SourceUnavailable, match="ConnectError"):
+        fetch_http(
+            f"http://127.0.0.1:{free_port()}/x",
+            io.BytesIO(),
+            max_bytes=100,
+            timeout_s=5,
+            allow_private=True,
+        )
+
+
+def test_a_download_past_its_total_deadline_is_stopped() -> None:
+    from tunelab.workers.cpu.sources import _copy
+
+    with pytest.raises(SourceError, match="too slowly") as raised:
+        _copy(iter([b"a", b"b"]), io.BytesIO(), 100, "http://x", time.monotonic() - 1)
+    assert raised.value.problem_code == "source_too_slow"
+
+
+def test_a_plugin_file_that_is_not_utf8_is_named() -> None:
+    with pytest.raises(PluginError, match="not UTF-8"):
+        list(Alpaca().rows({"uri": "x"}, served("问题".encode("gbk"))))

@@ -138,7 +138,15 @@ def give_up(event: DatasetUploaded, error: str) -> None:
     send()
 
 
-@subscriber("dataset.uploaded", "cpu", max_retries=5, time_limit=15 * 60_000, on_give_up=give_up)
+@subscriber(
+    "dataset.uploaded",
+    "cpu",
+    on_give_up=give_up,
+    max_retries=5,
+    min_backoff=5_000,  # a source that is briefly down gets about 2.5 minutes
+    max_backoff=300_000,
+    time_limit=15 * 60_000,
+)
 def ingest_dataset(event: DatasetUploaded) -> None:
     ctx = current()
     with ctx.db.session() as session:

@@ -59,7 +59,13 @@ def _records(parameters: dict[str, Any], fetch: Fetch) -> Iterator[tuple[int, An
             "The plugin needs parameters.uri, the address of its file.",
             [{"field": "source.parameters.uri", "message": "required"}],
         )
-    text = fetch(uri).decode("utf-8-sig", errors="strict")
+    try:
+        text = fetch(uri).decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PluginError(
+            f"The file at {uri} is not UTF-8 text.",
+            [{"field": "source.parameters.uri", "message": str(exc)}],
+        ) from None
     if text.lstrip().startswith("["):
         try:
             items = json.loads(text)

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import time
 from typing import IO, Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
+from botocore.exceptions import BotoCoreError, ClientError
 
 from tunelab.errors import PermanentFailure
 
 MAX_REDIRECTS = 5
+TOTAL_TIME_FACTOR = 5
+"""A whole download may take this many times the per-read timeout."""
 CHUNK = 1 << 16
 
 
@@ -27,6 +31,15 @@ class SourceError(PermanentFailure):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message, [{"code": code, "field": "source.uri", "message": message}])
         self.problem_code = code
+
+
+class SourceUnavailable(Exception):
+    """The source failed in a way that may pass (5xx, 429, timeout, connection): the
+    actor lets it propagate so that Dramatiq retries with back-off."""
+
+
+TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
+PERMANENT_S3 = {"NoSuchKey", "NoSuchBucket", "AccessDenied", "InvalidBucketName", "404", "403"}
 
 
 def check_address(url: str, allow_private: bool) -> None:
@@ -67,17 +80,16 @@ def fetch_http(
                     if response.is_redirect:
                         url = urljoin(url, response.headers.get("location", ""))
                         continue
+                    if response.status_code in TRANSIENT_HTTP:
+                        raise SourceUnavailable(f"{url} answered HTTP {response.status_code}.")
                     if not response.is_success:
                         raise SourceError(
                             "source_unreachable", f"{url} answered HTTP {response.status_code}."
                         )
-                    return _copy(response.iter_bytes(CHUNK), sink, max_bytes, url)
-            except httpx.TimeoutException:
-                raise SourceError(
-                    "source_unreachable", f"{url} did not answer within {timeout_s:g} s."
-                ) from None
-            except httpx.HTTPError as exc:
-                raise SourceError("source_unreachable", f"Fetching {url} failed: {exc}.") from None
+                    deadline = time.monotonic() + timeout_s * TOTAL_TIME_FACTOR
+                    return _copy(response.iter_bytes(CHUNK), sink, max_bytes, url, deadline)
+            except httpx.TransportError as exc:  # timeouts, refused or reset connections
+                raise SourceUnavailable(f"Fetching {url} failed: {exc!r}.") from None
     raise SourceError("source_unreachable", f"{url} redirected more than {MAX_REDIRECTS} times.")
 
 
@@ -85,14 +97,23 @@ def fetch_s3(client: Any, uri: str, sink: IO[bytes], *, max_bytes: int) -> int:
     bucket, _, key = uri.removeprefix("s3://").partition("/")
     try:
         body = client.get_object(Bucket=bucket, Key=key)["Body"]
-    except Exception as exc:  # botocore's errors carry the reason in words
-        raise SourceError("source_unreachable", f"Cannot read {uri}: {exc}.") from None
-    return _copy(body.iter_chunks(CHUNK), sink, max_bytes, uri)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in PERMANENT_S3:
+            raise SourceError("source_unreachable", f"Cannot read {uri}: {exc}.") from None
+        raise SourceUnavailable(f"Reading {uri} failed: {exc}.") from None
+    except BotoCoreError as exc:  # endpoint unreachable, read timeouts
+        raise SourceUnavailable(f"Reading {uri} failed: {exc}.") from None
+    return _copy(body.iter_chunks(CHUNK), sink, max_bytes, uri, None)
 
 
-def _copy(chunks: Any, sink: IO[bytes], max_bytes: int, where: str) -> int:
+def _copy(chunks: Any, sink: IO[bytes], max_bytes: int, where: str, deadline: float | None) -> int:
     size = 0
     for chunk in chunks:
+        # The client's timeout is per read: a server dripping bytes would never trip it.
+        if deadline is not None and time.monotonic() > deadline:
+            raise SourceError(
+                "source_too_slow", f"{where} is sending too slowly; the download was stopped."
+            )
         size += len(chunk)
         if size > max_bytes:
             raise SourceError(
