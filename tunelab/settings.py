@@ -41,7 +41,9 @@ class Settings(BaseSettings):
     """CPU worker processes `tunelab up` starts: each has one Dramatiq consumer, which
     acks serially, so a second process roughly doubles no-op throughput."""
     cpu_worker_threads: int = Field(default=4, ge=1, le=64)
-    gpu_worker_threads: int = Field(default=1, ge=1, le=16)
+    gpu_worker_threads: int = Field(default=2, ge=1, le=16)
+    """Two, so that a handler waiting on the database does not hold up the next event
+    (with one, the GPU actor's p99 start latency in bench/events.py was 130-330 ms)."""
     broker_heartbeat_timeout_ms: int = Field(default=60_000, ge=1_000)
     """How long a worker may stay silent before its unacked messages go to another."""
     worker_poll_ms: int = Field(default=10, ge=1, le=5000)
