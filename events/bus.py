@@ -35,7 +35,7 @@ class EventBus:
                 send = self.stage(session, event)
         except IntegrityError:
             with self.db.session() as session:
-                if session.scalar(select(EventRecord.seq).where(EventRecord.id == event.id)):
+                if _recorded(session, event):
                     return  # recorded by a concurrent redelivery, which sends it
             raise
         send()
@@ -49,7 +49,7 @@ class EventBus:
         after a crash between commit and send) is sent to its consumers again, which
         are idempotent, but not recorded or delivered to webhooks twice.
         """
-        if session.scalar(select(EventRecord.seq).where(EventRecord.id == event.id)):
+        if _recorded(session, event):
             unsent = list(
                 session.scalars(
                     select(WebhookDelivery.id).where(
@@ -111,3 +111,7 @@ class EventBus:
                 options={"about": about} if about else {},
             )
         )
+
+
+def _recorded(session: Session, event: Event) -> bool:
+    return session.scalar(select(EventRecord.seq).where(EventRecord.id == event.id)) is not None

@@ -18,6 +18,20 @@ from tunelab.store import HashingReader, ObjectNotFound, StoredObject
 TRANSFER = TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=8 << 20)
 
 
+def s3_client(
+    endpoint: str | None, region: str, access_key: str | None, secret_key: str | None
+) -> Any:
+    """A boto3 S3 client that retries throttling and 5xx answers."""
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=region,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+    )
+
+
 class _Body(io.RawIOBase):
     """A GetObject body that reads b"" after its end instead of failing.
 
@@ -119,14 +133,7 @@ class S3Store:
         secret_key: str | None = None,
     ) -> None:
         self.bucket = bucket
-        self.client: Any = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name=region,
-            aws_access_key_id=access_key,
-            aws_secret_access_key=secret_key,
-            config=Config(retries={"max_attempts": 5, "mode": "standard"}),
-        )
+        self.client = s3_client(endpoint, region, access_key, secret_key)
 
     def ensure_bucket(self) -> None:
         try:

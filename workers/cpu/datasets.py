@@ -7,8 +7,6 @@ import tempfile
 from datetime import UTC, datetime
 from typing import Any
 
-import boto3
-
 from tunelab.dataset_rules import MAX_DATASET_BYTES
 from tunelab.db.models import Dataset
 from tunelab.events.dataset import (
@@ -20,6 +18,7 @@ from tunelab.events.dataset import (
     DatasetValidatedData,
 )
 from tunelab.store import key_from_uri, keys
+from tunelab.store.s3 import s3_client
 from tunelab.tokenizer import default_tokenizer
 from tunelab.workers.context import WorkerContext, current
 from tunelab.workers.cpu import plugins
@@ -29,17 +28,12 @@ from tunelab.workers.registry import subscriber
 
 
 def _s3_client(ctx: WorkerContext) -> Any:
+    """The platform store's client, or one built from the same settings."""
     own = getattr(ctx.store, "client", None)
     if own is not None:
         return own
     s = ctx.settings
-    return boto3.client(
-        "s3",
-        endpoint_url=s.s3_endpoint,
-        region_name=s.s3_region,
-        aws_access_key_id=s.s3_access_key,
-        aws_secret_access_key=s.s3_secret_key,
-    )
+    return s3_client(s.s3_endpoint, s.s3_region, s.s3_access_key, s.s3_secret_key)
 
 
 def fetch(ctx: WorkerContext, uri: str, sink: Any) -> int:
@@ -98,13 +92,11 @@ def run_ingestion(ctx: WorkerContext, data: DatasetUploadedData) -> IngestResult
     try:
         staged = stage(ctx, data)
     except (SourceError, plugins.PluginError) as exc:
-        result = IngestResult(error_total=1)
-        result.errors = [
-            {"code": exc.code, "file": "train", **detail} for detail in exc.details
-        ] or [{"code": exc.code, "file": "train", "message": exc.message}]
-        for detail in result.errors:
-            detail.setdefault("message", exc.message)
-        return result
+        errors = [
+            {"code": exc.code, "file": "train", "message": exc.message, **detail}
+            for detail in exc.details or [{}]
+        ]
+        return IngestResult(errors=errors, error_total=1)
     # A plugin's rows are written as question/answer columns whatever the mapping says.
     mapping = PLUGIN_MAPPING if data.plugin is not None else data.feature_mapping
     return ingest(
