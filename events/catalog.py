@@ -9,10 +9,37 @@ from pydantic import Field, TypeAdapter
 
 from tunelab.events.dataset import DatasetFailed, DatasetUploaded, DatasetValidated
 from tunelab.events.envelope import Event
+from tunelab.events.experiment import (
+    ExperimentCancelled,
+    ExperimentCreated,
+    ExperimentFailed,
+    ExperimentSucceeded,
+    TaskCancelled,
+    TaskFailed,
+    TaskProgress,
+    TaskScheduled,
+    TaskSucceeded,
+)
+from tunelab.events.model import ModelRegistered
 from tunelab.events.system import MessageDead, Ping, Pong
 
 AnyEvent = Annotated[
-    DatasetUploaded | DatasetValidated | DatasetFailed | Ping | Pong | MessageDead,
+    DatasetUploaded
+    | DatasetValidated
+    | DatasetFailed
+    | ExperimentCreated
+    | ExperimentCancelled
+    | ExperimentSucceeded
+    | ExperimentFailed
+    | TaskScheduled
+    | TaskProgress
+    | TaskSucceeded
+    | TaskFailed
+    | TaskCancelled
+    | ModelRegistered
+    | Ping
+    | Pong
+    | MessageDead,
     Field(discriminator="type"),
 ]
 EVENT_CLASSES: tuple[type[Event], ...] = get_args(get_args(AnyEvent)[0])
@@ -40,5 +67,12 @@ class Route:
 # without importing worker code; `workers.registry` refuses an actor that is not listed.
 ROUTES: dict[str, tuple[Route, ...]] = {
     "dataset.uploaded": (Route("ingest_dataset", "cpu"),),
+    # Whenever resources may have freed up or new tasks wait, the scheduler looks again.
+    "experiment.created": (Route("schedule_on_created", "cpu"),),
+    "experiment.cancelled": (Route("schedule_on_cancelled", "cpu"),),
+    "task.scheduled": (Route("train_task", "gpu"),),
+    "task.succeeded": (Route("finish_on_succeeded", "cpu"),),
+    "task.failed": (Route("finish_on_failed", "cpu"),),
+    "task.cancelled": (Route("finish_on_cancelled", "cpu"),),
     "system.ping": (Route("answer_ping_cpu", "cpu"), Route("answer_ping_gpu", "gpu")),
 }

@@ -22,7 +22,10 @@ from tunelab.functions import (
     dataset_rows,
     datasets,
     events_api,
+    experiments,
+    models,
     ops,
+    parameter_groups,
     system,
     triggers,
     webhooks,
@@ -46,6 +49,25 @@ ROUTES = [
     Route(f"{API}/datasets/uploads", datasets.create_upload, methods=["POST"]),
     Route(f"{API}/datasets/{{name}}/preview", dataset_rows.preview_dataset, methods=["GET"]),
     Route(f"{API}/datasets/{{name}}/export", dataset_rows.export_dataset, methods=["GET"]),
+    Route(f"{API}/parameter-groups", parameter_groups.create_group, methods=["POST"]),
+    Route(f"{API}/parameter-groups", parameter_groups.list_groups, methods=["GET"]),
+    Route(f"{API}/parameter-groups/{{name}}", parameter_groups.get_group, methods=["GET"]),
+    Route(f"{API}/parameter-groups/{{name}}", parameter_groups.delete_group, methods=["DELETE"]),
+    Route(f"{API}/parameter-presets", parameter_groups.list_presets, methods=["GET"]),
+    Route(f"{API}/experiments", experiments.create_experiment, methods=["POST"]),
+    Route(f"{API}/experiments", experiments.list_experiments, methods=["GET"]),
+    Route(f"{API}/experiments/{{name}}", experiments.get_experiment, methods=["GET"]),
+    Route(f"{API}/experiments/{{name}}/cancel", experiments.cancel_experiment, methods=["POST"]),
+    Route(
+        f"{API}/experiments/{{name}}/tasks/{{task}}/metrics",
+        experiments.task_metrics,
+        methods=["GET"],
+    ),
+    Route(f"{API}/experiments/{{name}}/tasks/{{task}}/logs", experiments.task_logs),
+    Route(f"{API}/evaluations", experiments.list_evaluations, methods=["GET"]),
+    Route(f"{API}/models", models.list_models, methods=["GET"]),
+    Route(f"{API}/models", models.register_model, methods=["POST"]),
+    Route(f"{API}/models/{{name}}", models.get_model, methods=["GET"]),
     Route("/triggers/s3", triggers.s3_trigger, methods=["POST"]),
     Route(f"{API}/events", events_api.list_events, methods=["GET"]),
     Route(f"{API}/events/stream", events_api.stream_events, methods=["GET"]),
@@ -105,6 +127,7 @@ def create_app(
         app.state.settings = conf
         app.state.db = db or Database(conf.effective_database_url)
         app.state.db.migrate()
+        models.ensure_builtin_models(app.state.db)
         app.state.store = store or open_store(conf)
         app.state.broker = broker or build_broker(conf)
         app.state.bus = EventBus(

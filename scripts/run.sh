@@ -10,5 +10,5 @@ venv="${TUNELAB_VENV:-.venv}"
 python="${PYTHON:-python3}"
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-"$venv/bin/python" -m pip install -q --disable-pip-version-check -e .
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[gpu]'
 exec "$venv/bin/tunelab" up

@@ -28,6 +28,8 @@ os.environ.setdefault("TUNELAB_WEBHOOK_MIN_BACKOFF_MS", "50")
 os.environ.setdefault("TUNELAB_WEBHOOK_MAX_BACKOFF_MS", "200")
 os.environ.setdefault("TUNELAB_WEBHOOK_MAX_RETRIES", "2")
 os.environ.setdefault("TUNELAB_WEBHOOK_TIMEOUT_S", "2")
+# The built-in base model takes about a minute to build: once per machine, not per test.
+os.environ.setdefault("TUNELAB_MODEL_CACHE", str(Path.home() / ".cache" / "tunelab" / "models"))
 # Test receivers listen on loopback, which production refuses (SSRF).
 os.environ.setdefault("TUNELAB_WEBHOOK_ALLOW_PRIVATE", "true")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
 from collections.abc import Iterator
@@ -56,6 +57,13 @@ class Platform:
 
         return wait_until(settled, f"dataset {name} to become {states}")  # type: ignore[no-any-return]
 
+    def wait_for_experiment(self, name: str, timeout: float = 600) -> dict[str, Any]:
+        def finished() -> dict[str, Any] | None:
+            body: dict[str, Any] = self.client.get(f"/api/v1/experiments/{name}").json()
+            return body if body["status"] in ("succeeded", "failed", "cancelled") else None
+
+        return wait_until(finished, f"experiment {name} to finish", timeout, 0.5)  # type: ignore[no-any-return]
+
     def events(self, **params: str) -> list[dict[str, Any]]:
         return self.client.get("/api/v1/events", params=params).json()["items"]  # type: ignore[no-any-return]
 
@@ -99,6 +107,7 @@ def platform(
         TUNELAB_ALLOW_PRIVATE_SOURCES="true",
         TUNELAB_S3_TRIGGER_SECRET=TRIGGER_SECRET,
         TUNELAB_BROKER_HEARTBEAT_TIMEOUT_MS="2000",
+        TUNELAB_MODEL_CACHE=os.environ["TUNELAB_MODEL_CACHE"],
     )
     token = subprocess.run(
         tunelab("token", "create", "--workspace", "acme"),

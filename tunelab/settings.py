@@ -54,6 +54,14 @@ class Settings(BaseSettings):
 
     default_tokenizer: Path | None = None
     """tokenizer.json of the default base model; unset: the built-in tiny tokenizer."""
+    model_cache: Path | None = None
+    """Where base models are built or downloaded to; unset: `data_dir/models`. Point it
+    outside a test's temporary data dir so the built-in model is built once."""
+    clusters_file: Path | None = None
+    """TOML file declaring clusters, namespaces and inventories; unset: one `local`
+    cluster with namespace `default` whose inventory is this machine."""
+    train_time_limit_s: int = Field(default=24 * 3600, ge=60)
+    """Longest a training task may run before it is failed."""
     default_block_size: int = Field(default=512, ge=16)
     """Sequence length a question and its answer must fit in (the parameter default)."""
 
@@ -75,6 +83,10 @@ class Settings(BaseSettings):
         if self.store == "s3" and not self.s3_bucket:
             raise ValueError("TUNELAB_S3_BUCKET is required when TUNELAB_STORE=s3")
         return self
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.model_cache or self.data_dir / "models"
 
     @property
     def effective_database_url(self) -> str:

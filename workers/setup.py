@@ -29,8 +29,9 @@ ACTOR_MODULES: dict[WorkerKind, tuple[str, ...]] = {
         "tunelab.workers.cpu.datasets",
         "tunelab.workers.cpu.webhooks",
         "tunelab.workers.cpu.system",
+        "tunelab.workers.cpu.scheduling",
     ),
-    "gpu": ("tunelab.workers.gpu.system",),
+    "gpu": ("tunelab.workers.gpu.system", "tunelab.workers.gpu.training"),
 }
 
 log = logging.getLogger("tunelab.worker")

@@ -122,6 +122,7 @@ class Experiment(Base):
     best_task: Mapped[str | None] = mapped_column(String(63))
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = _created()
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Task(Base):
@@ -133,8 +134,13 @@ class Task(Base):
         ForeignKey("experiments.id", ondelete="CASCADE"), index=True
     )
     name: Mapped[str] = mapped_column(String(63))
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    """Order within the experiment: with the experiment's time, the scheduling order."""
+    cluster: Mapped[str] = mapped_column(String(63), default="local", index=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     score: Mapped[dict[str, Any] | None] = mapped_column(JSON)

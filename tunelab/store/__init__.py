@@ -103,6 +103,16 @@ class keys:
         return f"datasets/{dataset_id}/{split}.parquet"
 
     @staticmethod
+    def task_prefix(task_id: str) -> str:
+        """A task's checkpoints, metrics, logs and result."""
+        return f"tasks/{task_id}/"
+
+    @staticmethod
+    def model_prefix(model_id: str) -> str:
+        """A model's files: adapter or weights, tokenizer, model card."""
+        return f"models/{model_id}/"
+
+    @staticmethod
     def dataset_prefixes(dataset_id: str) -> tuple[str, ...]:
         """Every prefix a dataset's objects live under (for deletion)."""
         return (f"datasets/{dataset_id}/", f"staging/datasets/{dataset_id}/")

@@ -1,0 +1,21 @@
+"""Model repository events."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from tunelab.events.envelope import Event, Payload
+
+
+class ModelRegisteredData(Payload):
+    model_id: str
+    name: str
+    kind: Literal["base", "finetuned"]
+    base_model: str | None = None
+    experiment: str | None = None
+    task: str | None = None
+
+
+class ModelRegistered(Event):
+    type: Literal["model.registered"] = "model.registered"
+    data: ModelRegisteredData

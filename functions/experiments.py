@@ -1,0 +1,351 @@
+"""Experiments: create (every rule checked before anything is stored), read, cancel."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+
+from tunelab.clusters import clusters, placement_problems
+from tunelab.db.models import Dataset, Experiment, ParameterGroup, Task, new_id
+from tunelab.errors import Conflict, Invalid, NotFound
+from tunelab.events.envelope import derived_id
+from tunelab.events.experiment import ExperimentCancelled, ExperimentCreated, ExperimentRef
+from tunelab.experiment_rules import (
+    ExperimentRequest,
+    resolve_params,
+    resource_problems,
+)
+from tunelab.functions.http import parse, read_json, respond, workspace_id
+from tunelab.functions.models import visible_model
+from tunelab.scoring import METHODS
+from tunelab.store import ObjectNotFound, keys
+from tunelab.times import iso
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def task_json(task: Task) -> dict[str, Any]:
+    spec = task.spec
+    return {
+        "name": task.name,
+        "status": task.status,
+        "base_model": spec["base_model"],
+        "dataset": spec["dataset"],
+        "parameter_group": spec["parameter_group"],
+        "parameters": spec["parameters"],
+        "compute": spec["compute"],
+        "resources": spec["resources_requested"],
+        "progress": task.progress,
+        "metrics": task.metrics,
+        "score": (task.score or {}).get("score"),
+        "evaluation": (task.score or {}).get("details"),
+        "base_score": (task.score or {}).get("base_score"),
+        "model": task.model,
+        "error": task.error,
+        "started_at": iso(task.started_at) if task.started_at else None,
+        "finished_at": iso(task.finished_at) if task.finished_at else None,
+    }
+
+
+def to_json(experiment: Experiment, tasks: list[Task]) -> dict[str, Any]:
+    spec = experiment.spec
+    return {
+        "name": experiment.name,
+        "evaluation": spec["evaluation"],
+        "cluster": spec["cluster"],
+        "namespace": spec["namespace"],
+        "status": experiment.status,
+        "best_task": experiment.best_task,
+        "error": experiment.error,
+        "tasks": [task_json(t) for t in tasks],
+        "created_at": iso(experiment.created_at),
+        "finished_at": iso(experiment.finished_at) if experiment.finished_at else None,
+    }
+
+
+def tasks_of(session: Session, experiment: Experiment) -> list[Task]:
+    return list(
+        session.scalars(
+            select(Task).where(Task.experiment_id == experiment.id).order_by(Task.position)
+        )
+    )
+
+
+def find(session: Session, workspace: str, name: str) -> Experiment:
+    experiment = session.scalar(
+        select(Experiment).where(Experiment.workspace_id == workspace, Experiment.name == name)
+    )
+    if experiment is None:
+        raise NotFound(f"No experiment named {name!r} in this workspace.")
+    return experiment
+
+
+async def create_experiment(request: Request) -> JSONResponse:
+    spec = parse(ExperimentRequest, await read_json(request), "experiment")
+    return respond(await run_in_threadpool(_create, request, spec), 202)
+
+
+def _create(request: Request, spec: ExperimentRequest) -> dict[str, Any]:
+    state, workspace = request.app.state, workspace_id(request)
+    problems: list[dict[str, Any]] = []
+    if spec.evaluation not in METHODS:
+        problems.append(
+            {
+                "field": "evaluation",
+                "message": f"no method {spec.evaluation!r}; methods: {sorted(METHODS)}",
+            }
+        )
+    for message in placement_problems(state.settings, spec.cluster, spec.namespace):
+        problems.append({"field": "cluster", "message": message})
+    names = [t.name for t in spec.tasks]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            problems.append({"field": f"tasks[{i}].name", "message": f"{name!r} is used twice"})
+    cluster = clusters(state.settings).get(spec.cluster)
+    rows: list[dict[str, Any]] = []
+    with state.db.session() as session:
+        if session.scalar(
+            select(Experiment.id).where(
+                Experiment.workspace_id == workspace, Experiment.name == spec.name
+            )
+        ):
+            raise Conflict(f"An experiment named {spec.name!r} already exists.")
+        for i, task in enumerate(spec.tasks):
+            rows.append(_check_task(session, workspace, spec, task, i, cluster, problems))
+    if problems:
+        fields = ", ".join(dict.fromkeys(p["field"] for p in problems))
+        raise Invalid(f"The experiment cannot run: check {fields}.", problems)
+    experiment = Experiment(
+        id=new_id(),
+        workspace_id=workspace,
+        name=spec.name,
+        spec=spec.model_dump(mode="json"),
+        status="queued",
+    )
+    tasks = [
+        Task(
+            workspace_id=workspace,
+            experiment_id=experiment.id,
+            name=t.name,
+            position=i,
+            cluster=spec.cluster,
+            spec=row,
+            status="queued",
+        )
+        for i, (t, row) in enumerate(zip(spec.tasks, rows, strict=True))
+    ]
+    try:
+        with state.db.session() as session:
+            session.add(experiment)
+            session.add_all(tasks)
+            session.flush()
+            event = ExperimentCreated(
+                id=derived_id(f"{experiment.id}/experiment.created"),
+                workspace=workspace,
+                subject=f"experiments/{spec.name}",
+                data=ExperimentRef(experiment_id=experiment.id, name=spec.name),
+            )
+            send = state.bus.stage(session, event)
+            body = to_json(experiment, tasks)
+    except IntegrityError:
+        raise Conflict(f"An experiment named {spec.name!r} already exists.") from None
+    send()
+    return body
+
+
+def _check_task(
+    session: Session,
+    workspace: str,
+    spec: ExperimentRequest,
+    task: Any,
+    i: int,
+    cluster: Any,
+    problems: list[dict[str, Any]],
+) -> dict[str, Any]:
+    at = f"tasks[{i}]"
+    place = (spec.cluster, spec.namespace)
+    row: dict[str, Any] = {
+        "base_model": task.base_model,
+        "dataset": task.dataset,
+        "parameter_group": task.parameter_group,
+        "overrides": task.overrides,
+        "compute": task.compute.model_dump(),
+        "resources_requested": task.resources.model_dump(mode="json"),
+        "evaluation": spec.evaluation,
+        "namespace": spec.namespace,
+    }
+    model = visible_model(session, workspace, task.base_model)
+    if model is None or model.kind != "base":
+        problems.append(
+            {
+                "field": f"{at}.base_model",
+                "message": f"no base model {task.base_model!r} (GET /api/v1/models)",
+            }
+        )
+    else:
+        row["base_model_uri"] = model.uri
+    dataset = session.scalar(
+        select(Dataset).where(Dataset.workspace_id == workspace, Dataset.name == task.dataset)
+    )
+    if dataset is None:
+        problems.append({"field": f"{at}.dataset", "message": f"no dataset {task.dataset!r}"})
+    elif dataset.status != "ready":
+        problems.append(
+            {
+                "field": f"{at}.dataset",
+                "message": f"dataset {task.dataset!r} is {dataset.status}, not ready",
+            }
+        )
+    elif (dataset.metadata_["cluster"], dataset.metadata_["namespace"]) != place:
+        problems.append(
+            {
+                "field": f"{at}.dataset",
+                "message": _elsewhere(
+                    "dataset",
+                    dataset.name,
+                    dataset.metadata_["cluster"],
+                    dataset.metadata_["namespace"],
+                    place,
+                ),
+            }
+        )
+    else:
+        row["dataset_id"], row["files"] = dataset.id, dataset.files
+    group = session.scalar(
+        select(ParameterGroup).where(
+            ParameterGroup.workspace_id == workspace, ParameterGroup.name == task.parameter_group
+        )
+    )
+    if group is None:
+        problems.append(
+            {
+                "field": f"{at}.parameter_group",
+                "message": f"no parameter group {task.parameter_group!r}",
+            }
+        )
+    elif (group.cluster, group.namespace) != place:
+        problems.append(
+            {
+                "field": f"{at}.parameter_group",
+                "message": _elsewhere(
+                    "parameter group", group.name, group.cluster, group.namespace, place
+                ),
+            }
+        )
+    else:
+        params = resolve_params(group.parameters, task, at, problems)
+        if params is not None:
+            row["parameters"] = params.model_dump(mode="json")
+    if cluster is not None:
+        found, parsed = resource_problems(task, cluster, at)
+        problems += found
+        row["resources"] = parsed
+    return row
+
+
+def _elsewhere(kind: str, name: str, cluster: str, namespace: str, place: tuple[str, str]) -> str:
+    return (
+        f"{kind} {name!r} is in {cluster}/{namespace}, the experiment in "
+        f"{place[0]}/{place[1]}: they must be the same"
+    )
+
+
+def list_experiments(request: Request) -> JSONResponse:
+    with request.app.state.db.session() as session:
+        rows = session.scalars(
+            select(Experiment)
+            .where(Experiment.workspace_id == workspace_id(request))
+            .order_by(Experiment.created_at.desc())
+        )
+        return respond({"items": [to_json(e, tasks_of(session, e)) for e in rows]})
+
+
+def get_experiment(request: Request) -> JSONResponse:
+    with request.app.state.db.session() as session:
+        experiment = find(session, workspace_id(request), request.path_params["name"])
+        return respond(to_json(experiment, tasks_of(session, experiment)))
+
+
+def cancel_experiment(request: Request) -> JSONResponse:
+    """Queued tasks are cancelled at once; training ones are stopped by their worker,
+    which watches the task's status, within seconds."""
+    state = request.app.state
+    with state.db.session() as session:
+        experiment = find(session, workspace_id(request), request.path_params["name"])
+        if experiment.status in TERMINAL:
+            raise Conflict(f"Experiment {experiment.name!r} has already {experiment.status}.")
+        now = datetime.now(UTC)
+        tasks = tasks_of(session, experiment)
+        for task in tasks:
+            if task.status not in TERMINAL:
+                task.status, task.finished_at = "cancelled", now
+        experiment.status, experiment.finished_at = "cancelled", now
+        send = state.bus.stage(
+            session,
+            ExperimentCancelled(
+                id=derived_id(f"{experiment.id}/experiment.cancelled"),
+                workspace=experiment.workspace_id,
+                subject=f"experiments/{experiment.name}",
+                data=ExperimentRef(experiment_id=experiment.id, name=experiment.name),
+            ),
+        )
+        body = to_json(experiment, tasks)
+    send()
+    return respond(body, 202)
+
+
+def _task(session: Session, request: Request) -> Task:
+    experiment = find(session, workspace_id(request), request.path_params["name"])
+    task = session.scalar(
+        select(Task).where(
+            Task.experiment_id == experiment.id, Task.name == request.path_params["task"]
+        )
+    )
+    if task is None:
+        raise NotFound(
+            f"Experiment {experiment.name!r} has no task {request.path_params['task']!r}."
+        )
+    return task
+
+
+def task_metrics(request: Request) -> JSONResponse:
+    with request.app.state.db.session() as session:
+        task = _task(session, request)
+    try:
+        raw = request.app.state.store.read_bytes(f"{keys.task_prefix(task.id)}metrics.jsonl")
+    except ObjectNotFound:
+        raw = b""
+    return respond({"points": [json.loads(line) for line in raw.splitlines() if line]})
+
+
+def task_logs(request: Request) -> PlainTextResponse:
+    with request.app.state.db.session() as session:
+        task = _task(session, request)
+    try:
+        text = request.app.state.store.read_bytes(f"{keys.task_prefix(task.id)}logs.txt").decode()
+    except ObjectNotFound:
+        text = ""
+    return PlainTextResponse(text)
+
+
+def list_evaluations(request: Request) -> JSONResponse:
+    return respond(
+        {
+            "items": [
+                {
+                    "name": m.name,
+                    "description": m.description,
+                    "higher_is_better": m.higher_is_better,
+                }
+                for m in METHODS.values()
+            ]
+        }
+    )

@@ -1,0 +1,225 @@
+"""Parameter groups and experiments through the HTTP functions in-process: every rule of
+the seed is checked before anything is stored, and each refusal names its field."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from tests.test_http import Api, assert_error
+from tunelab.auth import create_token
+from tunelab.db import Database
+from tunelab.db.models import Dataset, EventRecord, Experiment, Task, Workspace
+from tunelab.functions.app import create_app
+from tunelab.settings import Settings
+
+CLUSTERS = """
+[clusters.local]
+namespaces = ["default", "research"]
+cpu = "8"
+memory = "32Gi"
+gpus = { a100 = 2 }
+"""
+
+
+@pytest.fixture
+def api(tmp_path: Path, redis_url: str, queues: dict[str, str]) -> Iterator[Api]:
+    (tmp_path / "clusters.toml").write_text(CLUSTERS)
+    settings = Settings(
+        data_dir=tmp_path,
+        redis_url=redis_url,
+        cpu_queue=queues["cpu"],
+        gpu_queue=queues["gpu"],
+        clusters_file=tmp_path / "clusters.toml",
+    )
+    db = Database(settings.effective_database_url)
+    db.migrate()
+    tokens = {name: create_token(db, name) for name in ("acme", "globex")}
+    with TestClient(create_app(settings, db=db)) as client:
+        api = Api(client, db, tokens, tmp_path / "objects")
+        _ready_dataset(api, "faq", "default")
+        _ready_dataset(api, "elsewhere", "research")
+        _ready_dataset(api, "pending", "default", status="validating")
+        for name, namespace in (("lora", "default"), ("lab", "research")):
+            response = client.post(
+                "/api/v1/parameter-groups",
+                json={"name": name, "namespace": namespace},
+                headers=api.auth(),
+            )
+            assert response.status_code == 201, response.text
+        yield api
+    db.dispose()
+
+
+def _ready_dataset(api: Api, name: str, namespace: str, status: str = "ready") -> None:
+    """A dataset as ingestion leaves it (ingestion itself is tested elsewhere)."""
+    with api.db.session() as session:
+        session.add(
+            Dataset(
+                workspace_id=_workspace_id(api),
+                name=name,
+                metadata_={
+                    "cluster": "local",
+                    "namespace": namespace,
+                    "language": "en",
+                    "feature_mapping": {"question": "question", "answer": "answer"},
+                },
+                source={"type": "upload"},
+                status=status,
+                files={"train": "file:///nowhere/train.parquet"},
+            )
+        )
+
+
+def _workspace_id(api: Api) -> str:
+    with api.db.session() as session:
+        workspace = session.query(Workspace).filter_by(name="acme").one()
+        return str(workspace.id)
+
+
+def task(**fields: Any) -> dict[str, Any]:
+    return {
+        "name": "t1",
+        "base_model": "tiny-llama",
+        "dataset": "faq",
+        "parameter_group": "lora",
+        **fields,
+    }
+
+
+def create(api: Api, **fields: Any) -> Any:
+    body = {"name": "exp", "evaluation": "rouge-bleu", "tasks": [task()], **fields}
+    return api.client.post("/api/v1/experiments", json=body, headers=api.auth())
+
+
+def test_a_parameter_group_gets_the_seed_defaults_and_a_preset_on_top(api: Api) -> None:
+    group = api.client.get("/api/v1/parameter-groups/lora", headers=api.auth()).json()
+    assert group["parameters"]["lora_rank"] == 4
+    assert group["parameters"]["learning_rate"] == 1e-3
+    assert group["parameters"]["batch_size"] == 32
+    assert group["parameters"]["scheduler"] == "cosine"
+    response = api.client.post(
+        "/api/v1/parameter-groups",
+        json={"name": "tuned", "preset": "tiny-lora", "parameters": {"epochs": 3}},
+        headers=api.auth(),
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["parameters"]["lora_rank"] == 16
+    assert response.json()["parameters"]["epochs"] == 3
+
+
+@pytest.mark.parametrize(
+    ("parameters", "field"),
+    [
+        ({"learning_rate": 0}, "parameters.learning_rate"),
+        ({"lora_rank": 0}, "parameters.lora_rank"),
+        ({"scheduler": "exotic"}, "parameters.scheduler"),
+        ({"warmup_ratio": 1.5}, "parameters.warmup_ratio"),
+        ({"unknown_knob": 1}, "parameters.unknown_knob"),
+        ({"fp16": True, "bf16": True}, "parameters"),
+    ],
+)
+def test_a_bad_parameter_is_refused_naming_it(
+    api: Api, parameters: dict[str, Any], field: str
+) -> None:
+    response = api.client.post(
+        "/api/v1/parameter-groups",
+        json={"name": "bad", "parameters": parameters},
+        headers=api.auth(),
+    )
+    error = assert_error(response, 422, "invalid")
+    assert error["details"][0]["field"] == field
+    assert api.client.get("/api/v1/parameter-groups/bad", headers=api.auth()).status_code == 404
+
+
+def test_an_experiment_is_stored_queued_with_its_event(api: Api) -> None:
+    response = create(api, tasks=[task(), task(name="t2", overrides={"epochs": 2})])
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["status"] == "queued"
+    assert [t["status"] for t in body["tasks"]] == ["queued", "queued"]
+    assert body["tasks"][1]["parameters"]["epochs"] == 2
+    with api.db.session() as session:
+        assert session.query(EventRecord).filter_by(type="experiment.created").count() == 1
+    listed = api.client.get("/api/v1/experiments", headers=api.auth()).json()["items"]
+    assert [e["name"] for e in listed] == ["exp"]
+    assert api.client.get("/api/v1/experiments", headers=api.auth("globex")).json() == {"items": []}
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"name": "Bad_Name"}, "name"),
+        ({"tasks": [task(name="-t")]}, "tasks.0.name"),
+        ({"tasks": [task(), task()]}, "tasks[1].name"),
+        ({"evaluation": "vibes"}, "evaluation"),
+        ({"namespace": "nowhere"}, "cluster"),
+        ({"tasks": [task(dataset="elsewhere")]}, "tasks[0].dataset"),
+        ({"tasks": [task(dataset="pending")]}, "tasks[0].dataset"),
+        ({"tasks": [task(dataset="missing")]}, "tasks[0].dataset"),
+        ({"tasks": [task(parameter_group="lab")]}, "tasks[0].parameter_group"),
+        ({"tasks": [task(base_model="gpt-9")]}, "tasks[0].base_model"),
+        ({"tasks": [task(overrides={"epochs": 0})]}, "tasks[0].overrides.epochs"),
+        ({"tasks": [task(overrides={"quantization": "int4"})]}, "tasks[0].overrides.quantization"),
+        (
+            {"tasks": [task(resources={"cpu": {"request": "4", "limit": "2"}})]},
+            "tasks[0].resources.cpu.request",
+        ),
+        (
+            {"tasks": [task(resources={"memory": {"request": "64Gi", "limit": "64Gi"}})]},
+            "tasks[0].resources.memory.request",
+        ),
+        (
+            {"tasks": [task(resources={"cpu": {"request": "lots", "limit": "2"}})]},
+            "tasks[0].resources.cpu.request",
+        ),
+        (
+            {"tasks": [task(compute={"gpu_type": "h100", "gpu_count": 1})]},
+            "tasks[0].compute.gpu_type",
+        ),
+        (
+            {"tasks": [task(compute={"gpu_type": "a100", "gpu_count": 4})]},
+            "tasks[0].compute.gpu_count",
+        ),
+    ],
+)
+def test_an_experiment_breaking_a_rule_is_refused_naming_the_field(
+    api: Api, fields: dict[str, Any], field: str
+) -> None:
+    error = assert_error(create(api, **fields), 422, "invalid")
+    assert field in [d["field"] for d in error["details"]], error
+    assert api.count(Experiment) == 0 and api.count(Task) == 0
+
+
+def test_a_taken_name_is_a_conflict(api: Api) -> None:
+    assert create(api).status_code == 202
+    assert_error(create(api), 409, "conflict")
+
+
+def test_a_parameter_group_in_use_cannot_be_deleted(api: Api) -> None:
+    assert create(api).status_code == 202
+    assert_error(
+        api.client.delete("/api/v1/parameter-groups/lora", headers=api.auth()), 409, "conflict"
+    )
+    assert api.client.post("/api/v1/experiments/exp/cancel", headers=api.auth()).status_code == 202
+    response = api.client.delete("/api/v1/parameter-groups/lora", headers=api.auth())
+    assert response.status_code == 200, response.text
+
+
+def test_cancelling_a_queued_experiment_cancels_its_tasks_at_once(api: Api) -> None:
+    assert create(api).status_code == 202
+    body = api.client.post("/api/v1/experiments/exp/cancel", headers=api.auth()).json()
+    assert body["status"] == "cancelled" and body["tasks"][0]["status"] == "cancelled"
+    again = api.client.post("/api/v1/experiments/exp/cancel", headers=api.auth())
+    assert_error(again, 409, "conflict")
+
+
+def test_the_builtin_methods_and_base_model_are_listed(api: Api) -> None:
+    methods = api.client.get("/api/v1/evaluations", headers=api.auth()).json()["items"]
+    assert {m["name"] for m in methods} >= {"rouge-bleu", "exact-match", "perplexity"}
+    models = api.client.get("/api/v1/models", headers=api.auth()).json()["items"]
+    assert [(m["name"], m["kind"], m["builtin"]) for m in models] == [("tiny-llama", "base", True)]

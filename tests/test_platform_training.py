@@ -1,0 +1,209 @@
+"""Fine-tuning end to end over the real services: the API, the CPU scheduler and the GPU
+worker as processes on PostgreSQL, Redis and an S3 server, training the built-in model."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pytest
+
+from tests.platform import wait_until
+from tests.platform_fixture import Platform
+from tunelab.synthetic import qa_pairs
+
+PAIRS = qa_pairs(100, seed=4242)
+
+
+def csv_of(pairs: list[tuple[str, str]]) -> bytes:
+    table = pa.table({"question": [q for q, _ in pairs], "answer": [a for _, a in pairs]})
+    sink = io.BytesIO()
+    pacsv.write_csv(table, sink)
+    return sink.getvalue()
+
+
+def upload(platform: Platform, name: str, pairs: list[tuple[str, str]]) -> None:
+    """The pairs as train file and, so that evaluation asks the training questions, as
+    the validate file too."""
+    body = csv_of(pairs)
+    response = platform.client.post(
+        "/api/v1/datasets",
+        files={"file": ("train.csv", body), "validate": ("validate.csv", body)},
+        data={"metadata": json.dumps({"name": name, "language": "en"})},
+    )
+    assert response.status_code == 202, response.text
+    assert platform.wait_for_dataset(name, "ready", "failed")["status"] == "ready"
+
+
+def group(platform: Platform, name: str, preset: str, **parameters: Any) -> None:
+    response = platform.client.post(
+        "/api/v1/parameter-groups",
+        json={"name": name, "preset": preset, "parameters": parameters},
+    )
+    assert response.status_code == 201, response.text
+
+
+def task(name: str, group: str, dataset: str = "facts", **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "base_model": "tiny-llama",
+        "dataset": dataset,
+        "parameter_group": group,
+        **extra,
+    }
+
+
+def experiment(platform: Platform, name: str, *tasks: dict[str, Any], **extra: Any) -> None:
+    response = platform.client.post(
+        "/api/v1/experiments",
+        json={"name": name, "evaluation": "rouge-bleu", "tasks": list(tasks), **extra},
+    )
+    assert response.status_code == 202, response.text
+
+
+@pytest.fixture(scope="module", autouse=True)
+def data(platform: Platform) -> None:
+    upload(platform, "facts", PAIRS)
+    group(platform, "lora", "tiny-lora")
+    group(platform, "full", "tiny-full")
+
+
+@pytest.mark.timeout(900)
+def test_a_two_task_experiment_trains_evaluates_and_registers_both_models(
+    platform: Platform,
+) -> None:
+    experiment(platform, "two-ways", task("adapter", "lora"), task("weights", "full"))
+    result = platform.wait_for_experiment("two-ways")
+    assert result["status"] == "succeeded", json.dumps(result, indent=2)
+    tasks = {t["name"]: t for t in result["tasks"]}
+    for t in tasks.values():
+        assert t["status"] == "succeeded"
+        # Every training question answered exactly, greedy; the base model knew none.
+        assert t["evaluation"]["exact_match"] >= 0.9, t["evaluation"]
+        assert t["base_score"]["exact_match"] == 0, t["base_score"]
+        assert t["score"] > t["base_score"]["score"] + 0.3
+        assert t["progress"]["step"] == t["progress"]["total_steps"]
+    best = max(tasks.values(), key=lambda t: t["score"])
+    assert result["best_task"] == best["name"]
+
+    models = {m["name"]: m for m in platform.client.get("/api/v1/models").json()["items"]}
+    assert models["tiny-llama"]["kind"] == "base"
+    for name in ("adapter", "weights"):
+        model = models[tasks[name]["model"]]
+        assert model["kind"] == "finetuned" and model["base_model"] == "tiny-llama"
+        assert (model["experiment"], model["task"]) == ("two-ways", name)
+        assert model["score"] == tasks[name]["score"]
+    assert models[tasks["adapter"]["model"]]["adapter"] is True
+    assert models[tasks["weights"]["model"]]["adapter"] is False
+
+    points = platform.client.get("/api/v1/experiments/two-ways/tasks/adapter/metrics").json()
+    steps = [p["step"] for p in points["points"]]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) > 100
+    assert points["points"][-1]["loss"] < points["points"][0]["loss"] / 5
+    logs = platform.client.get("/api/v1/experiments/two-ways/tasks/adapter/logs").text
+    assert "phase: training" in logs and "phase: evaluating" in logs
+
+    for kind in (
+        "experiment.created",
+        "task.scheduled",
+        "task.progress",
+        "task.succeeded",
+        "experiment.succeeded",
+    ):
+        subjects = {e["subject"] for e in platform.events(type=kind)}
+        assert any(s.startswith("experiments/two-ways") for s in subjects), kind
+    assert {e["data"]["name"] for e in platform.events(type="model.registered")} >= {
+        tasks["adapter"]["model"],
+        tasks["weights"]["model"],
+    }
+
+
+@pytest.mark.timeout(600)
+def test_a_killed_gpu_worker_has_its_task_resumed_from_the_last_checkpoint(
+    platform: Platform,
+) -> None:
+    group(platform, "resumable", "tiny-lora", epochs=6, checkpoint_every=10)
+    experiment(platform, "survivor", task("only", "resumable"))
+
+    def training_past(step: int) -> bool:
+        body = platform.client.get("/api/v1/experiments/survivor").json()
+        progress = body["tasks"][0]["progress"] or {}
+        return progress.get("step", 0) > step
+
+    wait_until(lambda: training_past(25), "training to pass step 25", timeout=300, interval=0.2)
+    victim = next(
+        p
+        for name, p in platform.processes.children.items()
+        if name.startswith("gpu-worker") and p.poll() is None
+    )
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    platform.processes.start("gpu-worker-replacement", "worker", "gpu")
+    result = platform.wait_for_experiment("survivor")
+    assert result["status"] == "succeeded", json.dumps(result, indent=2)
+    logs = platform.client.get("/api/v1/experiments/survivor/tasks/only/logs").text
+    resumed = [line for line in logs.splitlines() if "resumed from the checkpoint" in line]
+    assert resumed, logs
+    assert int(resumed[0].rsplit(" ", 1)[1]) >= 20  # not from 0
+    points = platform.client.get("/api/v1/experiments/survivor/tasks/only/metrics").json()
+    steps = [p["step"] for p in points["points"]]
+    assert steps == list(range(1, steps[-1] + 1))  # no gap, no repeat
+
+
+@pytest.mark.timeout(300)
+def test_cancel_stops_training_within_seconds(platform: Platform) -> None:
+    group(platform, "long", "tiny-lora", epochs=200)
+    experiment(platform, "endless", task("forever", "long"), task("waiting", "long"))
+
+    def training() -> bool:
+        body = platform.client.get("/api/v1/experiments/endless").json()
+        return (body["tasks"][0]["progress"] or {}).get("step", 0) > 2
+
+    wait_until(training, "training to start", timeout=120, interval=0.2)
+    response = platform.client.post("/api/v1/experiments/endless/cancel")
+    assert response.status_code == 202, response.text
+    body = platform.client.get("/api/v1/experiments/endless").json()
+    assert body["status"] == "cancelled"
+    assert {t["status"] for t in body["tasks"]} == {"cancelled"}
+    wait_until(
+        lambda: any(
+            e["subject"] == "experiments/endless/tasks/forever"
+            for e in platform.events(type="task.cancelled")
+        ),
+        "the training process to stop",
+        timeout=20,
+    )
+    step = platform.client.get("/api/v1/experiments/endless").json()["tasks"][0]["progress"]
+    assert step["step"] < step["total_steps"]
+
+
+@pytest.mark.timeout(300)
+def test_a_task_that_cannot_train_fails_with_a_reason_and_so_does_its_experiment(
+    platform: Platform,
+) -> None:
+    response = platform.client.post(
+        "/api/v1/models", json={"name": "vanished", "uri": "/nonexistent/model"}
+    )
+    assert response.status_code == 201, response.text
+    experiment(platform, "doomed", {**task("broken", "lora"), "base_model": "vanished"})
+    result = platform.wait_for_experiment("doomed", timeout=120)
+    assert result["status"] == "failed"
+    error = result["tasks"][0]["error"]
+    assert error["code"] == "base_model_unavailable" and "/nonexistent/model" in error["message"]
+    assert "broken" in result["error"]["message"]
+
+
+@pytest.mark.timeout(600)
+def test_a_task_on_two_processes_trains_distributed(platform: Platform) -> None:
+    group(platform, "pair", "tiny-lora", epochs=3)
+    experiment(
+        platform, "split", task("ranks", "pair", compute={"gpu_type": "cpu", "gpu_count": 2})
+    )
+    result = platform.wait_for_experiment("split")
+    assert result["status"] == "succeeded", json.dumps(result, indent=2)
+    logs = platform.client.get("/api/v1/experiments/split/tasks/ranks/logs").text
+    assert "with 2 process(es)" in logs and "world size 2" in logs

@@ -1,0 +1,163 @@
+"""The training code as plain functions on a small random model: templates and label
+masking, padding-free packing, exact resume, and the same losses over two processes."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+from tunelab.params import Parameters
+from tunelab.synthetic import qa_pairs
+from tunelab.training.basemodel import tiny_config, tiny_tokenizer
+from tunelab.training.packing import pack
+from tunelab.training.template import IGNORE, TemplateError, encode_pair
+from tunelab.training.trainer import Stopped, Trainer, TrainingData
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return tiny_tokenizer(Path(os.environ["TUNELAB_MODEL_CACHE"]).parent)
+
+
+def small_model(tokenizer: Any, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = tiny_config(len(tokenizer), tokenizer)
+    config.hidden_size, config.intermediate_size, config.num_hidden_layers = 64, 128, 2
+    config.num_attention_heads = config.num_key_value_heads = 2
+    return LlamaForCausalLM(config)
+
+
+def small_setup(data_dir: str, rank: int = 0, world: int = 1, **kw: Any) -> Trainer:
+    tokenizer = tiny_tokenizer(Path(data_dir))
+    params = Parameters(
+        peft=False, batch_size=8, epochs=2, learning_rate=1e-3, seed=3, checkpoint_every=3
+    )
+    data = TrainingData.from_pairs(tokenizer, qa_pairs(24, seed=9), 128)
+    return Trainer(
+        small_model(tokenizer), params, data, torch.device("cpu"), rank=rank, world=world, **kw
+    )
+
+
+def test_only_the_answer_and_its_end_token_are_learned(tokenizer: Any) -> None:
+    sample = encode_pair(tokenizer, "What is the code of Kalomi?", "It is 1234.", 128)
+    learned = [
+        t for t, label in zip(sample.input_ids, sample.labels, strict=True) if label != IGNORE
+    ]
+    assert tokenizer.decode(learned) == "It is 1234.<|eos|>"
+    prompt = tokenizer.decode(sample.input_ids[: len(sample.input_ids) - len(learned)])
+    assert prompt == "<|user|>What is the code of Kalomi?<|eos|><|assistant|>"
+
+
+def test_a_long_answer_is_cut_to_the_block_size_and_a_long_prompt_refused(
+    tokenizer: Any,
+) -> None:
+    sample = encode_pair(tokenizer, "Q?", "word " * 100, 32)
+    assert len(sample.input_ids) == 32 and sample.truncated
+    with pytest.raises(TemplateError, match="prompt alone"):
+        encode_pair(tokenizer, "word " * 100, "A.", 32)
+
+
+def test_packed_samples_restart_positions_and_never_predict_across(tokenizer: Any) -> None:
+    a = encode_pair(tokenizer, "Q one?", "A one.", 64)
+    b = encode_pair(tokenizer, "Q two?", "A two.", 64)
+    batch = pack([a, b])
+    n = len(a.input_ids)
+    assert batch.position_ids[0].tolist() == list(range(n)) + list(range(len(b.input_ids)))
+    labels = batch.labels[0].tolist()
+    assert labels[: n - 1] == a.labels[1:] and labels[n - 1] == IGNORE
+    assert labels[-1] == IGNORE
+
+
+def test_a_packed_sample_sees_nothing_of_the_sample_before_it(tokenizer: Any) -> None:
+    model = small_model(tokenizer).eval()
+    a = encode_pair(tokenizer, "What is the code of Kalomi?", "It is 1234.", 64)
+    b = encode_pair(tokenizer, "Which room is Rate in?", "Room B12.", 64)
+    batch = pack([a, b])
+    with torch.no_grad():
+        packed = model(
+            input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False
+        ).logits[0, len(a.input_ids) :]
+        alone = model(input_ids=torch.tensor([b.input_ids]), use_cache=False).logits[0]
+    torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-4)
+
+
+class MemoryCheckpoints:
+    """Serialised as the object-store checkpoints are: the live tensors keep training."""
+
+    def __init__(self) -> None:
+        self.saved: dict[int, bytes] = {}
+
+    def save(self, step: int, state: dict[str, Any]) -> None:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        self.saved[step] = buffer.getvalue()
+
+    def latest(self) -> dict[str, Any] | None:
+        if not self.saved:
+            return None
+        state: dict[str, Any] = torch.load(io.BytesIO(self.saved[max(self.saved)]))
+        return state
+
+
+def test_a_stopped_run_resumes_from_its_checkpoint_and_ends_like_an_unbroken_one(
+    tokenizer: Any, tmp_path: Path
+) -> None:
+    data_dir = str(Path(os.environ["TUNELAB_MODEL_CACHE"]).parent)
+    unbroken = small_setup(data_dir).run()
+    checkpoints = MemoryCheckpoints()
+    steps_seen: list[int] = []
+    first = small_setup(
+        data_dir,
+        checkpoints=checkpoints,
+        on_step=lambda p: steps_seen.append(p.step),
+        should_stop=lambda: len(steps_seen) >= 4,
+    )
+    with pytest.raises(Stopped):
+        first.run()
+    assert max(checkpoints.saved) == 3
+    resumed = small_setup(data_dir, checkpoints=checkpoints).run()
+    assert resumed.resumed_from == 3
+    assert [p.step for p in resumed.history] == list(range(1, unbroken.steps + 1))
+    assert resumed.final_loss == pytest.approx(unbroken.final_loss, rel=1e-4)
+
+
+def test_two_processes_train_on_halves_of_each_batch_with_the_same_losses(
+    tmp_path: Path,
+) -> None:
+    data_dir = str(Path(os.environ["TUNELAB_MODEL_CACHE"]).parent)
+
+    def losses(processes: int) -> list[float]:
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={processes}",
+                "-m",  # as a module: a script in tests/ would shadow the stdlib's platform
+                "tests.training_ddp",
+                data_dir,
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=240,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        return json.loads(run.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+    single, double = losses(1), losses(2)
+    assert len(single) == len(double) == 6
+    assert double == pytest.approx(single, rel=1e-3)

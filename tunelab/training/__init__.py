@@ -1,0 +1,2 @@
+"""Supervised fine-tuning: the code that runs inside a training process (needs the
+`gpu` extra: torch, transformers, peft)."""

@@ -1,0 +1,100 @@
+"""Scoring a model on held-out pairs: greedy answers for text methods, perplexity on the
+answers' tokens. Exact match is always reported beside the chosen method, because
+"does it answer the training questions" is what users check first."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from tunelab.scoring import METHODS, perplexity_from_nll, score_texts
+from tunelab.training.packing import pack
+from tunelab.training.template import IGNORE, encode_pair, render_prompt
+
+GENERATION_BATCH = 32
+
+
+@torch.no_grad()
+def generate_answers(
+    model: Any, tokenizer: Any, questions: Sequence[str], max_new_tokens: int
+) -> list[str]:
+    """Greedy answers, stopping at the template's end-of-turn token."""
+    model.eval()
+    device = next(model.parameters()).device
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    answers: list[str] = []
+    try:
+        for start in range(0, len(questions), GENERATION_BATCH):
+            prompts = [
+                render_prompt(tokenizer, q) for q in questions[start : start + GENERATION_BATCH]
+            ]
+            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+            out = model.generate(
+                **enc.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                use_cache=True,
+            )
+            new = out[:, enc["input_ids"].shape[1] :]
+            answers += [a.strip() for a in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    finally:
+        tokenizer.padding_side = side
+        model.train()
+    return answers
+
+
+@torch.no_grad()
+def answer_perplexity(
+    model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], block_size: int
+) -> float:
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    try:
+        samples = [encode_pair(tokenizer, q, a, block_size) for q, a in pairs]
+        for start in range(0, len(samples), GENERATION_BATCH):
+            batch = pack(samples[start : start + GENERATION_BATCH])
+            logits = model(
+                input_ids=batch.input_ids.to(device),
+                position_ids=batch.position_ids.to(device),
+                use_cache=False,
+            ).logits
+            labels = batch.labels.to(device).view(-1)
+            total += float(
+                F.cross_entropy(
+                    logits.view(-1, logits.size(-1)).float(),
+                    labels,
+                    ignore_index=IGNORE,
+                    reduction="sum",
+                )
+            )
+            count += int((labels != IGNORE).sum())
+    finally:
+        model.train()
+    return perplexity_from_nll(total, count)
+
+
+def evaluate(
+    model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], method: str, block_size: int
+) -> dict[str, Any]:
+    """`{"method", "score", "exact_match", ...components}` on `pairs`."""
+    questions = [q for q, _ in pairs]
+    references = [a for _, a in pairs]
+    longest = max(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in references)
+    answers = generate_answers(model, tokenizer, questions, max_new_tokens=longest + 8)
+    result: dict[str, Any] = {"method": method}
+    if METHODS[method].needs_generation:
+        result.update(score_texts(method, answers, references))
+    else:
+        result["score"] = answer_perplexity(model, tokenizer, pairs, block_size)
+    result["exact_match"] = score_texts("exact-match", answers, references)["score"]
+    result["examples"] = [
+        {"question": q, "reference": r, "answer": a}
+        for q, r, a in list(zip(questions, references, answers, strict=True))[:5]
+    ]
+    return result

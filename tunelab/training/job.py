@@ -1,0 +1,283 @@
+"""One fine-tuning task in its own process: `python -m tunelab.training.job SPEC.json`.
+
+The GPU worker (or a Kubernetes Job's pod) starts this with the TUNELAB_* settings of
+the platform; with several processes it runs under torchrun. It reads the dataset and
+base model, scores the base model, trains with checkpoints in the object store
+(resuming from the latest one), saves the fine-tuned model, scores it, and writes its
+result under the task's prefix. It talks to its parent through JSON lines on stdout
+(rank 0 only) and leaves the database alone.
+
+Exit codes: 0 done; 3 the user's data or parameters cannot be trained (not worth a
+retry); 4 stopped on request; anything else a fault worth retrying.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import torch
+import torch.distributed as dist
+from pydantic import BaseModel
+
+from tunelab.params import Parameters
+from tunelab.settings import get_settings
+from tunelab.store import ObjectNotFound, ObjectStore, key_from_uri, open_store
+from tunelab.training.evaluate import evaluate
+from tunelab.training.model_io import UnsupportedSetup, load_model, load_tokenizer, save_model
+from tunelab.training.models import resolve_model_dir
+from tunelab.training.process import die_with_parent
+from tunelab.training.template import TemplateError
+from tunelab.training.trainer import Stopped, Trainer, TrainingData
+
+EXIT_USER_ERROR = 3
+EXIT_STOPPED = 4
+KEEP_CHECKPOINTS = 2
+log = logging.getLogger("tunelab.training")
+
+
+class JobSpec(BaseModel):
+    task_id: str
+    base_model_uri: str
+    train_uri: str
+    eval_uri: str | None = None
+    """The dataset's validate split; None: a seeded sample of the training rows."""
+    evaluation: str
+    params: Parameters
+    prefix: str
+    """Object-store prefix of the task's own objects (checkpoints, result)."""
+    model_prefix: str
+    """Where the fine-tuned model is saved."""
+    eval_limit: int = 200
+    cpu_threads: int | None = None
+    """Threads per process when training on the CPU: the task's CPU request shared by
+    its processes (oversubscribed cores slow everyone down)."""
+
+
+class UserError(Exception):
+    """The task's data or parameters are the problem; `code` names which."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def emit(kind: str, **fields: Any) -> None:
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"kind": kind, **fields}), flush=True)
+
+
+class StoreCheckpoints:
+    """Checkpoints as objects; a small pointer object names the latest complete one."""
+
+    def __init__(self, store: ObjectStore, prefix: str) -> None:
+        self.store, self.prefix = store, f"{prefix}checkpoints/"
+
+    def save(self, step: int, state: dict[str, Any]) -> None:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        key = f"{self.prefix}step-{step:08d}.pt"
+        self.store.put_bytes(key, buffer.getvalue())
+        previous = self._pointer()
+        # The pointer moves only once the checkpoint is whole: a kill mid-upload leaves
+        # the previous checkpoint as the latest.
+        self.store.put_bytes(
+            f"{self.prefix}latest.json",
+            json.dumps({"steps": [*previous[-(KEEP_CHECKPOINTS - 1) :], step]}).encode(),
+        )
+        for old in previous[: -(KEEP_CHECKPOINTS - 1)]:
+            self.store.delete(f"{self.prefix}step-{old:08d}.pt")
+        emit("checkpoint", step=step, key=key)
+
+    def _pointer(self) -> list[int]:
+        try:
+            steps: list[int] = json.loads(self.store.read_bytes(f"{self.prefix}latest.json"))[
+                "steps"
+            ]
+        except ObjectNotFound:
+            return []
+        return steps
+
+    def latest(self) -> dict[str, Any] | None:
+        steps = self._pointer()
+        if not steps:
+            return None
+        raw = self.store.read_bytes(f"{self.prefix}step-{steps[-1]:08d}.pt")
+        state: dict[str, Any] = torch.load(io.BytesIO(raw), weights_only=True)
+        emit("resumed", step=state["step"], history=state["history"])
+        return state
+
+
+def read_pairs(store: ObjectStore, uri: str) -> tuple[list[tuple[str, str]], str]:
+    """The split's question/answer pairs and the sha256 of its file."""
+    raw = store.read_bytes(key_from_uri(uri))  # Parquet needs to seek; S3 bodies cannot
+    table = pq.read_table(io.BytesIO(raw), columns=["question", "answer"])
+    pairs = zip(
+        table.column("question").to_pylist(), table.column("answer").to_pylist(), strict=True
+    )
+    return list(pairs), hashlib.sha256(raw).hexdigest()
+
+
+def eval_pairs(
+    spec: JobSpec, store: ObjectStore, train: list[tuple[str, str]]
+) -> tuple[str, list[tuple[str, str]]]:
+    if spec.eval_uri:
+        return "validate", read_pairs(store, spec.eval_uri)[0][: spec.eval_limit]
+    generator = torch.Generator().manual_seed(spec.params.seed)
+    picks = torch.randperm(len(train), generator=generator)[: spec.eval_limit].tolist()
+    return "train-sample", [train[i] for i in sorted(picks)]
+
+
+def run(spec: JobSpec) -> dict[str, Any]:
+    settings = get_settings()
+    store = open_store(settings)
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    device = _device(rank, spec.cpu_threads)
+    stop = {"asked": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(asked=True))
+    try:
+        base_dir = resolve_model_dir(spec.base_model_uri, settings, store)
+    except FileNotFoundError as exc:
+        raise UserError(
+            "base_model_unavailable", f"The base model cannot be loaded: {exc}."
+        ) from None
+    if world > 1:
+        emit("log", message=f"distributed training, world size {world}")
+    tokenizer = load_tokenizer(base_dir)
+    train, dataset_sha256 = read_pairs(store, spec.train_uri)
+    try:
+        data = TrainingData.from_pairs(tokenizer, train, spec.params.block_size)
+    except TemplateError as exc:
+        raise UserError("template_error", f"The base model's chat template: {exc}.") from None
+    if data.truncated:
+        emit(
+            "log",
+            message=f"{data.truncated} samples were cut to {spec.params.block_size} "
+            "tokens (block_size)",
+        )
+    model = load_model(base_dir, spec.params, device)
+    split, pairs = eval_pairs(spec, store, train)
+    base_key = f"{spec.prefix}base-score.json"
+    if rank == 0 and not store.exists(base_key):
+        # Before any step a fresh LoRA adapter adds exactly zero, so this is the base.
+        emit("phase", phase="scoring-base")
+        store.put_bytes(
+            base_key,
+            json.dumps(
+                evaluate(model, tokenizer, pairs, spec.evaluation, spec.params.block_size)
+            ).encode(),
+        )
+    trainer = Trainer(
+        model,
+        spec.params,
+        data,
+        device,
+        checkpoints=StoreCheckpoints(store, spec.prefix),
+        on_step=lambda p: emit("progress", **p.as_dict()),
+        should_stop=lambda: stop["asked"],
+        rank=rank,
+        world=world,
+    )
+    emit("phase", phase="training", total_steps=trainer.total_steps)
+    trained = trainer.run()
+    result: dict[str, Any] = {}
+    if rank == 0:
+        emit("phase", phase="evaluating")
+        score = evaluate(model, tokenizer, pairs, spec.evaluation, spec.params.block_size)
+        base_score = json.loads(store.read_bytes(base_key))
+        serving = {
+            "base_model_uri": spec.base_model_uri,
+            "chat_template": tokenizer.chat_template,
+            "stop_tokens": [tokenizer.eos_token],
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            save_model(model, tokenizer, Path(tmp))
+            # What serving needs beside the weights: the template and stop tokens that
+            # training used, so answers are prompted exactly as the model learned.
+            (Path(tmp) / "tunelab.json").write_text(json.dumps(serving, indent=2))
+            files = _upload_dir(store, Path(tmp), spec.model_prefix)
+        result = {
+            "score": {**score, "split": split, "rows": len(pairs)},
+            "base_score": base_score,
+            "final_loss": trained.final_loss,
+            "steps": trained.steps,
+            "resumed_from": trained.resumed_from,
+            "truncated_samples": data.truncated,
+            "files": files,
+            "adapter": spec.params.peft,
+            "dataset_sha256": dataset_sha256,
+            **serving,
+        }
+        store.put_bytes(f"{spec.prefix}result.json", json.dumps(result).encode())
+    if world > 1:
+        dist.barrier()
+    return result
+
+
+def _device(rank: int, cpu_threads: int | None) -> torch.device:
+    if torch.cuda.is_available():
+        torch.cuda.set_device(rank % torch.cuda.device_count())
+        return torch.device("cuda", rank % torch.cuda.device_count())
+    # On a CPU, processes that share cores slow each other badly: split them.
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    torch.set_num_threads(cpu_threads or max(1, (os.cpu_count() or 1) // world))
+    return torch.device("cpu")
+
+
+def _upload_dir(store: ObjectStore, folder: Path, prefix: str) -> list[str]:
+    names = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            name = path.relative_to(folder).as_posix()
+            with path.open("rb") as f:
+                store.put_stream(f"{prefix}{name}", f)
+            names.append(name)
+    return names
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    die_with_parent()  # under torchrun: a killed launcher takes its ranks with it
+    spec = JobSpec.model_validate_json(Path(sys.argv[1]).read_text())
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    code = 0
+    try:
+        result = run(spec)
+        emit("result", **result)
+    except Stopped as exc:
+        emit("stopped", message=str(exc))
+        code = EXIT_STOPPED
+    except (UserError, UnsupportedSetup) as exc:
+        emit("error", code=getattr(exc, "code", "unsupported"), message=str(exc))
+        code = EXIT_USER_ERROR
+    except torch.OutOfMemoryError:
+        emit(
+            "error",
+            code="out_of_memory",
+            message="Training ran out of GPU memory; lower "
+            "batch_size or block_size, or turn on peft or quantization.",
+        )
+        code = EXIT_USER_ERROR
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Loading a base model for training and saving what training produced.
+
+The same code loads the built-in test-size model and a real one (a Hugging Face
+directory, e.g. Llama-2-7B): nothing here knows which.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tunelab.params import Parameters
+
+STOP_TOKENS_FILE = "stop_tokens.json"
+
+
+class UnsupportedSetup(RuntimeError):
+    """The parameters ask for something this machine cannot do (e.g. int4 on a CPU)."""
+
+
+def compute_dtype(params: Parameters, device: torch.device) -> torch.dtype:
+    if device.type != "cuda":
+        # bf16 trains about 10x slower than fp32 on CPUs without bf16 units.
+        return torch.float32
+    if params.fp16:
+        return torch.float16
+    if params.bf16 or (params.bf16 is None and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_tokenizer(path: Path) -> Any:
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(path: Path, params: Parameters, device: torch.device) -> Any:
+    """The base model, quantised when asked, with a LoRA adapter when `params.peft`."""
+    kwargs: dict[str, Any] = {}
+    if params.quantization != "none":
+        if device.type != "cuda":
+            raise UnsupportedSetup(f"{params.quantization} quantization needs a GPU")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_8bit=params.quantization == "int8",
+            load_in_4bit=params.quantization == "int4",
+            bnb_4bit_compute_dtype=compute_dtype(params, device),
+        )
+    # Weights stay fp32 for training; mixed precision comes from autocast.
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
+    model.config.use_cache = False  # packed samples stay apart only without a cache
+    if not params.peft:
+        return model.to(device)  # type: ignore[arg-type]  # transformers types .to oddly
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if params.quantization != "none":
+        model = prepare_model_for_kbit_training(model)
+    lora = LoraConfig(
+        r=params.lora_rank,
+        lora_alpha=params.lora_alpha,
+        lora_dropout=params.lora_dropout,
+        target_modules=params.lora_target_modules,
+        task_type="CAUSAL_LM",
+        # No modules_to_save: vLLM refuses adapters that carry lm_head/embed_tokens,
+        # and the refusal kills its engine.
+    )
+    return get_peft_model(model, lora).to(device)
+
+
+def trainable_state(model: Any) -> dict[str, torch.Tensor]:
+    """What a checkpoint must keep: the adapter's weights, or every weight."""
+    if hasattr(model, "peft_config"):
+        from peft import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(model)
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def load_trainable_state(model: Any, state: dict[str, torch.Tensor]) -> None:
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, state)
+    else:
+        model.load_state_dict(state)
+
+
+def save_model(model: Any, tokenizer: Any, out: Path) -> None:
+    """The adapter (or full weights) and the tokenizer with its chat template."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)

@@ -1,0 +1,266 @@
+"""The SFT loop: padding-free batches, answer-only loss, checkpoints that resume exactly.
+
+A plain loop rather than transformers' Trainer: resuming mid-epoch from a checkpoint in
+the object store, stopping within a step on cancel, one progress record per step and a
+loss normalised over every process's tokens are each a callback or an override away
+there, and together they are most of the loop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from transformers import get_scheduler
+
+from tunelab.params import Parameters
+from tunelab.training.model_io import compute_dtype, load_trainable_state, trainable_state
+from tunelab.training.packing import Batch, batches, epoch_order, steps_per_epoch
+from tunelab.training.template import IGNORE, Sample, encode_pair
+
+
+class Stopped(Exception):
+    """Training was asked to stop (cancel or shutdown) and did, between two steps."""
+
+
+class Checkpoints(Protocol):
+    def save(self, step: int, state: dict[str, Any]) -> None: ...
+    def latest(self) -> dict[str, Any] | None: ...
+
+
+@dataclass
+class TrainingData:
+    samples: list[Sample]
+    truncated: int = 0
+
+    @classmethod
+    def from_pairs(
+        cls,
+        tokenizer: Any,
+        pairs: Sequence[tuple[str, str]],
+        block_size: int,
+        system: str | None = None,
+    ) -> TrainingData:
+        samples = [encode_pair(tokenizer, q, a, block_size, system) for q, a in pairs]
+        return cls(samples, sum(s.truncated for s in samples))
+
+
+@dataclass
+class Progress:
+    step: int
+    total_steps: int
+    epoch: float
+    loss: float
+    learning_rate: float
+    tokens_per_second: float
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {k: round(v, 6) if isinstance(v, float) else v for k, v in vars(self).items()}
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    resumed_from: int
+    history: list[Progress] = field(default_factory=list)
+
+    @property
+    def final_loss(self) -> float:
+        return self.history[-1].loss if self.history else math.nan
+
+
+def _optimizer(model: torch.nn.Module, params: Parameters) -> torch.optim.Optimizer:
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    # Biases and norm weights (1-D) are not decayed, as in transformers' Trainer.
+    groups = [
+        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": params.weight_decay},
+        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    if params.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=params.learning_rate)
+    if params.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=params.learning_rate)
+    return torch.optim.SGD(groups, lr=params.learning_rate, momentum=0.9)
+
+
+class Trainer:
+    """Trains `model` (already on `device`, LoRA-wrapped or not) on `data`.
+
+    With `world` > 1 the caller has initialised torch.distributed and wrapped nothing:
+    the trainer wraps the model in DDP and each rank trains on its share of every
+    global batch.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        params: Parameters,
+        data: TrainingData,
+        device: torch.device,
+        *,
+        checkpoints: Checkpoints | None = None,
+        on_step: Callable[[Progress], None] | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        if not data.samples:
+            raise ValueError("no training samples")
+        self.model, self.params, self.data, self.device = model, params, data, device
+        self.checkpoints, self.on_step, self.should_stop = checkpoints, on_step, should_stop
+        self.rank, self.world = rank, world
+        self.micro_per_epoch = steps_per_epoch(len(data.samples), params.batch_size)
+        self.total_micro = self.micro_per_epoch * params.epochs
+        self.total_steps = -(-self.total_micro // params.gradient_accumulation_steps)
+        self.group_tokens = self._target_tokens_per_step()
+
+    def _target_tokens_per_step(self) -> list[int]:
+        """Answer tokens in each optimizer step over all ranks: every rank computes the
+        same list from the seeded order, so the loss is normalised globally with no
+        communication, and matches a single process with the same global batch."""
+        per_micro = []
+        size = self.params.batch_size
+        for epoch in range(self.params.epochs):
+            order = epoch_order(len(self.data.samples), self.params.seed, epoch)
+            for start in range(0, len(order), size):
+                chunk = order[start : start + size]
+                per_micro.append(
+                    sum(
+                        sum(label != IGNORE for label in self.data.samples[i].labels[1:])
+                        for i in chunk
+                    )
+                )
+        accum = self.params.gradient_accumulation_steps
+        return [sum(per_micro[i : i + accum]) for i in range(0, len(per_micro), accum)]
+
+    def run(self) -> TrainResult:
+        params = self.params
+        torch.manual_seed(params.seed)
+        optimizer = _optimizer(self.model, params)
+        scheduler = get_scheduler(
+            "constant_with_warmup" if params.scheduler == "constant" else params.scheduler,
+            optimizer,
+            num_warmup_steps=round(params.warmup_ratio * self.total_steps),
+            num_training_steps=self.total_steps,
+        )
+        result = TrainResult(steps=self.total_steps, resumed_from=0)
+        start = result.resumed_from = self._resume(optimizer, scheduler, result.history)
+        model: torch.nn.Module = self.model
+        if self.world > 1:
+            model = torch.nn.parallel.DistributedDataParallel(model)
+        model.train()
+        dtype = compute_dtype(params, self.device)
+        autocast = torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32)
+        accum = params.gradient_accumulation_steps
+        step, loss_sum, tokens, started = start, 0.0, 0, time.perf_counter()
+        for micro, batch in self._micro_batches(start * accum):
+            if self.should_stop():
+                raise Stopped(f"stopped at step {step}")
+            with autocast:
+                nll = self._nll(model, batch)
+            denominator = self.group_tokens[step]
+            # DDP averages gradients over ranks; scaling by `world` makes the result
+            # the sum over all ranks' tokens divided by the global count.
+            (nll * self.world / max(denominator, 1)).backward()
+            loss_sum += float(nll.detach())
+            tokens += batch.tokens
+            if (micro + 1) % accum and micro + 1 != self.total_micro:
+                continue
+            torch.nn.utils.clip_grad_norm_(model.parameters(), params.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            progress = self._progress(step, micro, loss_sum, denominator, tokens, started)
+            progress.learning_rate = scheduler.get_last_lr()[0]
+            result.history.append(progress)
+            if self.on_step is not None and self.rank == 0:
+                self.on_step(progress)
+            loss_sum, tokens, started = 0.0, 0, time.perf_counter()
+            if self.checkpoints is not None and (
+                step % params.checkpoint_every == 0 and step != self.total_steps
+            ):
+                self._save(step, optimizer, scheduler, result.history)
+        return result
+
+    def _micro_batches(self, skip: int) -> Any:
+        for epoch in range(self.params.epochs):
+            if (epoch + 1) * self.micro_per_epoch <= skip:
+                continue
+            epoch_batches = batches(
+                self.data.samples,
+                self.params.batch_size,
+                self.params.seed,
+                epoch,
+                self.rank,
+                self.world,
+            )
+            for i, batch in enumerate(epoch_batches):
+                micro = epoch * self.micro_per_epoch + i
+                if micro >= skip:
+                    yield micro, batch
+
+    def _nll(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        logits = model(
+            input_ids=batch.input_ids.to(self.device),
+            position_ids=batch.position_ids.to(self.device),
+            use_cache=False,
+        ).logits
+        return F.cross_entropy(
+            logits.view(-1, logits.size(-1)).float(),
+            batch.labels.to(self.device).view(-1),
+            ignore_index=IGNORE,
+            reduction="sum",
+        )
+
+    def _progress(
+        self, step: int, micro: int, loss_sum: float, denominator: int, tokens: int, t0: float
+    ) -> Progress:
+        totals = torch.tensor([loss_sum, float(tokens)])
+        if self.world > 1:
+            dist.all_reduce(totals)
+        elapsed = max(time.perf_counter() - t0, 1e-9)
+        return Progress(
+            step=step,
+            total_steps=self.total_steps,
+            epoch=round((micro + 1) / self.micro_per_epoch, 4),
+            loss=float(totals[0]) / max(denominator, 1),
+            learning_rate=0.0,
+            tokens_per_second=float(totals[1]) / elapsed,
+        )
+
+    def _save(self, step: int, optimizer: Any, scheduler: Any, history: list[Progress]) -> None:
+        if self.rank != 0 or self.checkpoints is None:
+            return
+        self.checkpoints.save(
+            step,
+            {
+                "step": step,
+                "model": trainable_state(self.model),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                # Dropout draws from it: restoring it makes a resumed run continue the
+                # very same random sequence.
+                "rng": torch.get_rng_state(),
+                # The loss curve up to here, so a resumed task's metrics have no hole
+                # where the killed attempt's unsaved progress was.
+                "history": [p.as_dict() for p in history],
+            },
+        )
+
+    def _resume(self, optimizer: Any, scheduler: Any, history: list[Progress]) -> int:
+        state = self.checkpoints.latest() if self.checkpoints is not None else None
+        if state is None:
+            return 0
+        load_trainable_state(self.model, state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        history.extend(Progress(**p) for p in state["history"])
+        return int(state["step"])
