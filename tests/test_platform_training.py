@@ -199,11 +199,13 @@ def test_a_task_that_cannot_train_fails_with_a_reason_and_so_does_its_experiment
 
 @pytest.mark.timeout(600)
 def test_a_task_on_two_processes_trains_distributed(platform: Platform) -> None:
-    group(platform, "pair", "tiny-lora", epochs=3)
+    group(platform, "pair", "tiny-lora", epochs=3, checkpoint_every=10)
     experiment(
         platform, "split", task("ranks", "pair", compute={"gpu_type": "cpu", "gpu_count": 2})
     )
     result = platform.wait_for_experiment("split")
-    assert result["status"] == "succeeded", json.dumps(result, indent=2)
     logs = platform.client.get("/api/v1/experiments/split/tasks/ranks/logs").text
+    assert result["status"] == "succeeded", logs[-5000:]
     assert "with 2 process(es)" in logs and "world size 2" in logs
+    assert "distributed engine: deepspeed" in logs
+    assert "checkpoint: {'step': 30}" in logs  # written by both ranks, uploaded by one

@@ -132,32 +132,56 @@ def test_a_stopped_run_resumes_from_its_checkpoint_and_ends_like_an_unbroken_one
     assert resumed.final_loss == pytest.approx(unbroken.final_loss, rel=1e-4)
 
 
-def test_two_processes_train_on_halves_of_each_batch_with_the_same_losses(
-    tmp_path: Path,
-) -> None:
+def _torchrun(processes: int, *args: str) -> list[float]:
     data_dir = str(Path(os.environ["TUNELAB_MODEL_CACHE"]).parent)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={processes}",
+            "-m",  # as a module: a script in tests/ would shadow the stdlib's platform
+            "tests.training_ddp",
+            data_dir,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=840,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "OMP_NUM_THREADS": "1",
+            "TORCH_EXTENSIONS_DIR": str(Path(data_dir) / "torch_extensions"),
+        },
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
-    def losses(processes: int) -> list[float]:
-        run = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--standalone",
-                f"--nproc_per_node={processes}",
-                "-m",  # as a module: a script in tests/ would shadow the stdlib's platform
-                "tests.training_ddp",
-                data_dir,
-            ],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=240,
-            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
-        )
-        assert run.returncode == 0, run.stderr[-3000:]
-        return json.loads(run.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
-    single, double = losses(1), losses(2)
-    assert len(single) == len(double) == 6
-    assert double == pytest.approx(single, rel=1e-3)
+@pytest.fixture(scope="module")
+def one_process_losses() -> list[float]:
+    return _torchrun(1, "torch")
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("engine", ["torch", "deepspeed"])
+def test_two_processes_train_on_halves_of_each_batch_with_the_same_losses(
+    engine: str, one_process_losses: list[float]
+) -> None:
+    """torch DDP and DeepSpeed ZeRO-2 (on its CPU accelerator, with gloo) each match one
+    process with the same global batch, step for step."""
+    double = _torchrun(2, engine)
+    assert len(double) == 6
+    assert double == pytest.approx(one_process_losses, rel=1e-3)
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("engine", ["torch", "deepspeed"])
+def test_two_processes_stopped_together_resume_from_their_checkpoint(
+    engine: str, one_process_losses: list[float], tmp_path: Path
+) -> None:
+    resumed = _torchrun(2, engine, str(tmp_path))
+    assert resumed == pytest.approx(one_process_losses, rel=1e-3)

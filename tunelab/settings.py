@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     clusters_file: Path | None = None
     """TOML file declaring clusters, namespaces and inventories; unset: one `local`
     cluster with namespace `default` whose inventory is this machine."""
+    distributed_engine: Literal["deepspeed", "ddp"] = "deepspeed"
+    """What trains a task over several processes: DeepSpeed ZeRO (stage from the
+    parameters) or plain torch DDP."""
     train_time_limit_s: int = Field(default=24 * 3600, ge=60)
     """Longest a training task may run before it is failed."""
     default_block_size: int = Field(default=512, ge=16)

@@ -105,6 +105,13 @@ class LocalStore:
         else:
             target.unlink(missing_ok=True)
 
+    def list(self, prefix: str) -> list[str]:
+        """Keys under `prefix`, sorted."""
+        base = self._path(prefix.rstrip("/"))
+        if not base.is_dir():
+            return []
+        return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
+
     def presigned_url(self, key: str, method: str = "GET", expires_s: int = 3600) -> str:
         raise PresignUnsupported(
             "the local object store has no presigned URLs; use TUNELAB_STORE=s3"

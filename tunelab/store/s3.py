@@ -206,6 +206,15 @@ class S3Store:
             if objects:
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects})
 
+    def list(self, prefix: str) -> list[str]:
+        """Keys under `prefix`, sorted."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        return sorted(
+            o["Key"]
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix)
+            for o in page.get("Contents", [])
+        )
+
     def presigned_url(self, key: str, method: str = "GET", expires_s: int = 3600) -> str:
         operation = {"GET": "get_object", "PUT": "put_object"}[method]
         return str(

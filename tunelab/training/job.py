@@ -22,7 +22,7 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow.parquet as pq
 import torch
@@ -77,7 +77,8 @@ def emit(kind: str, **fields: Any) -> None:
 
 
 class StoreCheckpoints:
-    """Checkpoints as objects; a small pointer object names the latest complete one."""
+    """Checkpoints as objects: one state file per step, or (DeepSpeed) a folder that
+    every rank wrote. A small pointer object names the complete ones, newest last."""
 
     def __init__(self, store: ObjectStore, prefix: str) -> None:
         self.store, self.prefix = store, f"{prefix}checkpoints/"
@@ -85,26 +86,30 @@ class StoreCheckpoints:
     def save(self, step: int, state: dict[str, Any]) -> None:
         buffer = io.BytesIO()
         torch.save(state, buffer)
-        key = f"{self.prefix}step-{step:08d}.pt"
-        self.store.put_bytes(key, buffer.getvalue())
+        self.store.put_bytes(f"{self.prefix}step-{step:08d}.pt", buffer.getvalue())
+        self._advance(step)
+
+    def save_folder(self, step: int, folder: Path) -> None:
+        _upload_dir(self.store, folder, f"{self.prefix}step-{step:08d}/")
+        self._advance(step)
+
+    def _advance(self, step: int) -> None:
         previous = self._pointer()
         # The pointer moves only once the checkpoint is whole: a kill mid-upload leaves
         # the previous checkpoint as the latest.
-        self.store.put_bytes(
-            f"{self.prefix}latest.json",
-            json.dumps({"steps": [*previous[-(KEEP_CHECKPOINTS - 1) :], step]}).encode(),
-        )
+        keep = [*previous[-(KEEP_CHECKPOINTS - 1) :], step]
+        self.store.put_bytes(f"{self.prefix}latest.json", json.dumps({"steps": keep}).encode())
         for old in previous[: -(KEEP_CHECKPOINTS - 1)]:
             self.store.delete(f"{self.prefix}step-{old:08d}.pt")
-        emit("checkpoint", step=step, key=key)
+            self.store.delete_prefix(f"{self.prefix}step-{old:08d}/")
+        emit("checkpoint", step=step)
 
     def _pointer(self) -> list[int]:
         try:
-            steps: list[int] = json.loads(self.store.read_bytes(f"{self.prefix}latest.json"))[
-                "steps"
-            ]
+            raw = self.store.read_bytes(f"{self.prefix}latest.json")
         except ObjectNotFound:
             return []
+        steps: list[int] = json.loads(raw)["steps"]
         return steps
 
     def latest(self) -> dict[str, Any] | None:
@@ -113,8 +118,19 @@ class StoreCheckpoints:
             return None
         raw = self.store.read_bytes(f"{self.prefix}step-{steps[-1]:08d}.pt")
         state: dict[str, Any] = torch.load(io.BytesIO(raw), weights_only=True)
-        emit("resumed", step=state["step"], history=state["history"])
         return state
+
+    def fetch_latest_folder(self, into: Path) -> int | None:
+        steps = self._pointer()
+        if not steps:
+            return None
+        step = steps[-1]
+        prefix = f"{self.prefix}step-{step:08d}/"
+        for key in self.store.list(prefix):
+            target = into / key[len(prefix) :]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(self.store.read_bytes(key))
+        return step
 
 
 def read_pairs(store: ObjectStore, uri: str) -> tuple[list[tuple[str, str]], str]:
@@ -176,6 +192,11 @@ def run(spec: JobSpec) -> dict[str, Any]:
                 evaluate(model, tokenizer, pairs, spec.evaluation, spec.params.block_size)
             ).encode(),
         )
+    engine: Literal["torch", "deepspeed"] = "torch"
+    if world > 1 and settings.distributed_engine == "deepspeed":
+        engine = "deepspeed"
+    if world > 1:
+        emit("log", message=f"distributed engine: {engine}")
     trainer = Trainer(
         model,
         spec.params,
@@ -183,9 +204,13 @@ def run(spec: JobSpec) -> dict[str, Any]:
         device,
         checkpoints=StoreCheckpoints(store, spec.prefix),
         on_step=lambda p: emit("progress", **p.as_dict()),
+        on_resume=lambda step, history: emit(
+            "resumed", step=step, history=[p.as_dict() for p in history]
+        ),
         should_stop=lambda: stop["asked"],
         rank=rank,
         world=world,
+        engine=engine,
     )
     emit("phase", phase="training", total_steps=trainer.total_steps)
     trained = trainer.run()
@@ -223,6 +248,16 @@ def run(spec: JobSpec) -> dict[str, Any]:
     return result
 
 
+def init_distributed(engine: str) -> None:
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if engine == "deepspeed":
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend=backend)
+    else:
+        dist.init_process_group(backend)
+
+
 def _device(rank: int, cpu_threads: int | None) -> torch.device:
     if torch.cuda.is_available():
         torch.cuda.set_device(rank % torch.cuda.device_count())
@@ -254,7 +289,7 @@ def main() -> None:
     spec = JobSpec.model_validate_json(Path(sys.argv[1]).read_text())
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        init_distributed(get_settings().distributed_engine)
     code = 0
     try:
         result = run(spec)

@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -20,18 +20,14 @@ import torch.nn.functional as F
 from transformers import get_scheduler
 
 from tunelab.params import Parameters
-from tunelab.training.model_io import compute_dtype, load_trainable_state, trainable_state
+from tunelab.training.engines import Checkpoints, DeepSpeedEngine, Engine, TorchEngine
+from tunelab.training.model_io import compute_dtype
 from tunelab.training.packing import Batch, batches, epoch_order, steps_per_epoch
 from tunelab.training.template import IGNORE, Sample, encode_pair
 
 
 class Stopped(Exception):
     """Training was asked to stop (cancel or shutdown) and did, between two steps."""
-
-
-class Checkpoints(Protocol):
-    def save(self, step: int, state: dict[str, Any]) -> None: ...
-    def latest(self) -> dict[str, Any] | None: ...
 
 
 @dataclass
@@ -82,6 +78,9 @@ def _optimizer(model: torch.nn.Module, params: Parameters) -> torch.optim.Optimi
         {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": params.weight_decay},
         {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
     ]
+    # An empty group (LoRA trains no 1-D weights) is dropped by DeepSpeed, which then
+    # disagrees with the scheduler about how many groups there are.
+    groups = [g for g in groups if g["params"]]
     if params.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=params.learning_rate)
     if params.optimizer == "adam":
@@ -107,14 +106,17 @@ class Trainer:
         checkpoints: Checkpoints | None = None,
         on_step: Callable[[Progress], None] | None = None,
         should_stop: Callable[[], bool] = lambda: False,
+        on_resume: Callable[[int, list[Progress]], None] | None = None,
         rank: int = 0,
         world: int = 1,
+        engine: Literal["torch", "deepspeed"] = "torch",
     ) -> None:
         if not data.samples:
             raise ValueError("no training samples")
         self.model, self.params, self.data, self.device = model, params, data, device
         self.checkpoints, self.on_step, self.should_stop = checkpoints, on_step, should_stop
-        self.rank, self.world = rank, world
+        self.on_resume = on_resume
+        self.rank, self.world, self.engine_kind = rank, world, engine
         self.micro_per_epoch = steps_per_epoch(len(data.samples), params.batch_size)
         self.total_micro = self.micro_per_epoch * params.epochs
         self.total_steps = -(-self.total_micro // params.gradient_accumulation_steps)
@@ -139,9 +141,8 @@ class Trainer:
         accum = self.params.gradient_accumulation_steps
         return [sum(per_micro[i : i + accum]) for i in range(0, len(per_micro), accum)]
 
-    def run(self) -> TrainResult:
+    def _engine(self) -> Engine:
         params = self.params
-        torch.manual_seed(params.seed)
         optimizer = _optimizer(self.model, params)
         scheduler = get_scheduler(
             "constant_with_warmup" if params.scheduler == "constant" else params.scheduler,
@@ -149,36 +150,53 @@ class Trainer:
             num_warmup_steps=round(params.warmup_ratio * self.total_steps),
             num_training_steps=self.total_steps,
         )
+        if self.engine_kind == "deepspeed":
+            return DeepSpeedEngine(
+                self.model, optimizer, scheduler, params, self.world, self.rank, self.device
+            )
+        return TorchEngine(self.model, optimizer, scheduler, params, self.world, self.rank)
+
+    def run(self) -> TrainResult:
+        params = self.params
+        torch.manual_seed(params.seed)
+        engine = self._engine()
         result = TrainResult(steps=self.total_steps, resumed_from=0)
-        start = result.resumed_from = self._resume(optimizer, scheduler, result.history)
-        model: torch.nn.Module = self.model
-        if self.world > 1:
-            model = torch.nn.parallel.DistributedDataParallel(model)
-        model.train()
+        state = engine.resume(self.checkpoints) if self.checkpoints is not None else None
+        if state is not None:
+            # Dropout draws from it: restoring it continues the very same random sequence.
+            torch.set_rng_state(state["rng"])
+            result.history.extend(Progress(**p) for p in state["history"])
+            result.resumed_from = int(state["step"])
+            if self.on_resume is not None and self.rank == 0:
+                self.on_resume(result.resumed_from, result.history)
+        self.model.train()
         dtype = compute_dtype(params, self.device)
-        autocast = torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32)
+        # DeepSpeed casts the model itself; torch engines use autocast.
+        autocast = torch.autocast(
+            self.device.type,
+            dtype=dtype,
+            enabled=dtype != torch.float32 and self.engine_kind == "torch",
+        )
         accum = params.gradient_accumulation_steps
-        step, loss_sum, tokens, started = start, 0.0, 0, time.perf_counter()
-        for micro, batch in self._micro_batches(start * accum):
-            if self.should_stop():
+        step, loss_sum, tokens, started = result.resumed_from, 0.0, 0, time.perf_counter()
+        for micro, batch in self._micro_batches(step * accum):
+            if self._stop_requested():
                 raise Stopped(f"stopped at step {step}")
+            boundary = (micro + 1) % accum == 0 or micro + 1 == self.total_micro
             with autocast:
-                nll = self._nll(model, batch)
+                nll = self._nll(engine.module, batch)
             denominator = self.group_tokens[step]
-            # DDP averages gradients over ranks; scaling by `world` makes the result
-            # the sum over all ranks' tokens divided by the global count.
-            (nll * self.world / max(denominator, 1)).backward()
+            # Data-parallel engines average gradients over ranks; scaling by `world`
+            # makes the result the sum over all ranks' tokens divided by the global count.
+            engine.backward(nll * self.world / max(denominator, 1), boundary)
             loss_sum += float(nll.detach())
             tokens += batch.tokens
-            if (micro + 1) % accum and micro + 1 != self.total_micro:
+            if not boundary:
                 continue
-            torch.nn.utils.clip_grad_norm_(model.parameters(), params.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            engine.step()
             step += 1
             progress = self._progress(step, micro, loss_sum, denominator, tokens, started)
-            progress.learning_rate = scheduler.get_last_lr()[0]
+            progress.learning_rate = engine.learning_rate()
             result.history.append(progress)
             if self.on_step is not None and self.rank == 0:
                 self.on_step(progress)
@@ -186,8 +204,27 @@ class Trainer:
             if self.checkpoints is not None and (
                 step % params.checkpoint_every == 0 and step != self.total_steps
             ):
-                self._save(step, optimizer, scheduler, result.history)
+                engine.save(
+                    self.checkpoints,
+                    step,
+                    {
+                        "rng": torch.get_rng_state(),
+                        # The loss curve so far: a resumed task's metrics then have no
+                        # hole where the killed attempt's unflushed progress was.
+                        "history": [p.as_dict() for p in result.history],
+                    },
+                )
         return result
+
+    def _stop_requested(self) -> bool:
+        """Whether any rank was asked to stop: ranks must stop at the same step, or the
+        others would wait forever in the next all-reduce."""
+        asked = self.should_stop()
+        if self.world == 1:
+            return asked
+        flag = torch.tensor([1.0 if asked else 0.0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
     def _micro_batches(self, skip: int) -> Any:
         for epoch in range(self.params.epochs):
@@ -234,33 +271,3 @@ class Trainer:
             learning_rate=0.0,
             tokens_per_second=float(totals[1]) / elapsed,
         )
-
-    def _save(self, step: int, optimizer: Any, scheduler: Any, history: list[Progress]) -> None:
-        if self.rank != 0 or self.checkpoints is None:
-            return
-        self.checkpoints.save(
-            step,
-            {
-                "step": step,
-                "model": trainable_state(self.model),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                # Dropout draws from it: restoring it makes a resumed run continue the
-                # very same random sequence.
-                "rng": torch.get_rng_state(),
-                # The loss curve up to here, so a resumed task's metrics have no hole
-                # where the killed attempt's unsaved progress was.
-                "history": [p.as_dict() for p in history],
-            },
-        )
-
-    def _resume(self, optimizer: Any, scheduler: Any, history: list[Progress]) -> int:
-        state = self.checkpoints.latest() if self.checkpoints is not None else None
-        if state is None:
-            return 0
-        load_trainable_state(self.model, state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        history.extend(Progress(**p) for p in state["history"])
-        return int(state["step"])

@@ -227,6 +227,10 @@ def run_task(ctx: WorkerContext, event: TaskScheduled) -> Event | None:
 
 def _env(processes: int) -> dict[str, str]:
     env = dict(os.environ)
+    # DeepSpeed compiles its C++ ops on first use (minutes on a CPU): keep them.
+    env.setdefault(
+        "TORCH_EXTENSIONS_DIR", str(get_settings().model_cache_dir.parent / "torch_extensions")
+    )
     if processes > 1:
         # Each rank gets its share of the cores; contention costs more than it gives.
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
