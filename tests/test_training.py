@@ -19,7 +19,7 @@ from tunelab.params import Parameters
 from tunelab.synthetic import qa_pairs
 from tunelab.training.basemodel import tiny_config, tiny_tokenizer
 from tunelab.training.packing import pack
-from tunelab.training.template import IGNORE, TemplateError, encode_pair
+from tunelab.training.template import IGNORE, PromptTooLong, encode_pair
 from tunelab.training.trainer import Stopped, Trainer, TrainingData
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +64,7 @@ def test_a_long_answer_is_cut_to_the_block_size_and_a_long_prompt_refused(
 ) -> None:
     sample = encode_pair(tokenizer, "Q?", "word " * 100, 32)
     assert len(sample.input_ids) == 32 and sample.truncated
-    with pytest.raises(TemplateError, match="prompt alone"):
+    with pytest.raises(PromptTooLong, match="prompt alone"):
         encode_pair(tokenizer, "word " * 100, "A.", 32)
 
 

@@ -36,7 +36,7 @@ from tunelab.training.evaluate import evaluate
 from tunelab.training.model_io import UnsupportedSetup, load_model, load_tokenizer, save_model
 from tunelab.training.models import resolve_model_dir
 from tunelab.training.process import die_with_parent
-from tunelab.training.template import TemplateError
+from tunelab.training.template import PromptTooLong, TemplateError
 from tunelab.training.trainer import Stopped, Trainer, TrainingData
 
 EXIT_USER_ERROR = 3
@@ -172,6 +172,10 @@ def run(spec: JobSpec) -> dict[str, Any]:
     train, dataset_sha256 = read_pairs(store, spec.train_uri)
     try:
         data = TrainingData.from_pairs(tokenizer, train, spec.params.block_size)
+    except PromptTooLong as exc:
+        raise UserError(
+            "prompt_too_long", f"In the dataset, {exc} (block_size): raise block_size."
+        ) from None
     except TemplateError as exc:
         raise UserError("template_error", f"The base model's chat template: {exc}.") from None
     if data.truncated:

@@ -17,6 +17,10 @@ class TemplateError(ValueError):
     """The model's chat template cannot be split into prompt and answer."""
 
 
+class PromptTooLong(TemplateError):
+    """A prompt leaves no room for its answer within the block size."""
+
+
 @dataclass(frozen=True)
 class Sample:
     input_ids: list[int]
@@ -43,8 +47,8 @@ def encode_pair(
     """Tokens and labels of one pair; the answer's tail is cut to fit `block_size`.
 
     Raises TemplateError when the template renders the conversation so that the prompt
-    is not its prefix (then the answer cannot be located), or when the prompt alone
-    leaves no room for an answer token.
+    is not its prefix (then the answer cannot be located), PromptTooLong when the prompt
+    alone leaves no room for an answer token.
     """
     prompt = render_prompt(tokenizer, question, system)
     full = tokenizer.apply_chat_template(
@@ -62,7 +66,7 @@ def encode_pair(
         answer_ids = [*answer_ids, tokenizer.eos_token_id]
     room = block_size - len(prompt_ids)
     if room < 1:
-        raise TemplateError(f"the prompt alone is {len(prompt_ids)} tokens, over {block_size}")
+        raise PromptTooLong(f"a prompt alone is {len(prompt_ids)} tokens, over {block_size}")
     truncated = len(answer_ids) > room
     answer_ids = answer_ids[:room]
     return Sample(

@@ -1,0 +1,148 @@
+"""The scheduler as a plain function over real SQLite and a StubBroker queue: tasks start
+in submission order while they fit the cluster, and wait `queued` otherwise."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tunelab.db import Database
+from tunelab.db.models import Experiment, Task, Workspace
+from tunelab.events.broker import queue_name
+from tunelab.events.bus import EventBus
+from tunelab.settings import Settings
+from tunelab.store.local import LocalStore
+from tunelab.workers.context import WorkerContext
+
+CLUSTER = """
+[clusters.local]
+cpu = "4"
+memory = "16Gi"
+gpus = { a100 = 2 }
+"""
+
+
+@pytest.fixture
+def ctx(stub_broker: Any, tmp_path: Path) -> Iterator[WorkerContext]:
+    (tmp_path / "clusters.toml").write_text(CLUSTER)
+    settings = Settings(data_dir=tmp_path, clusters_file=tmp_path / "clusters.toml")
+    db = Database(settings.effective_database_url)
+    db.migrate()
+    bus = EventBus(stub_broker, db, lambda worker: queue_name(settings, worker))
+    yield WorkerContext(settings, db, LocalStore(tmp_path / "objects"), bus)
+    stub_broker.flush_all()
+    db.dispose()
+
+
+def schedule(ctx: WorkerContext, cluster: str) -> list[str]:
+    # Actor modules bind to a broker when imported: the stub broker fixture comes first.
+    from tunelab.workers.cpu.scheduling import schedule
+
+    return schedule(ctx, cluster)
+
+
+def finish_experiment(ctx: WorkerContext, experiment_id: str) -> None:
+    from tunelab.workers.cpu.scheduling import finish_experiment
+
+    finish_experiment(ctx, experiment_id)
+
+
+def add_experiment(ctx: WorkerContext, name: str, *tasks: dict[str, Any]) -> str:
+    with ctx.db.session() as session:
+        workspace = session.query(Workspace).first()
+        if workspace is None:
+            workspace = Workspace(name="acme")
+            session.add(workspace)
+            session.flush()
+        experiment = Experiment(
+            workspace_id=workspace.id,
+            name=name,
+            spec={"cluster": "local", "namespace": "default", "evaluation": "exact-match"},
+        )
+        session.add(experiment)
+        session.flush()
+        for i, t in enumerate(tasks):
+            session.add(
+                Task(
+                    workspace_id=workspace.id,
+                    experiment_id=experiment.id,
+                    name=t["name"],
+                    position=i,
+                    cluster="local",
+                    spec={
+                        "resources": {
+                            "cpu": {"request": t.get("cpu", 1), "limit": 4},
+                            "memory": {"request": 2**30, "limit": 2**31},
+                        },
+                        "compute": {
+                            "gpu_type": t.get("gpu_type", "cpu"),
+                            "gpu_count": t.get("gpus", 1),
+                        },
+                    },
+                )
+            )
+        return str(experiment.id)
+
+
+def statuses(ctx: WorkerContext) -> dict[str, str]:
+    with ctx.db.session() as session:
+        return {t.name: t.status for t in session.query(Task)}
+
+
+def end(ctx: WorkerContext, task: str, status: str = "succeeded", score: float = 0.5) -> None:
+    with ctx.db.session() as session:
+        row = session.query(Task).filter_by(name=task).one()
+        row.status, row.score = status, {"score": score}
+
+
+def test_tasks_start_while_they_fit_and_the_rest_wait_queued(ctx: WorkerContext) -> None:
+    add_experiment(
+        ctx, "first", {"name": "a", "cpu": 2}, {"name": "b", "cpu": 2}, {"name": "c", "cpu": 2}
+    )
+    assert schedule(ctx, "local") == ["a", "b"]
+    assert statuses(ctx) == {"a": "training", "b": "training", "c": "queued"}
+    assert schedule(ctx, "local") == []  # nothing freed, nothing new
+    end(ctx, "a")
+    assert schedule(ctx, "local") == ["c"]
+
+
+def test_gpus_are_counted_per_type(ctx: WorkerContext) -> None:
+    add_experiment(
+        ctx,
+        "gpus",
+        {"name": "a", "gpu_type": "a100", "gpus": 2},
+        {"name": "b", "gpu_type": "a100", "gpus": 1},
+    )
+    assert schedule(ctx, "local") == ["a"]
+    end(ctx, "a", "failed")
+    assert schedule(ctx, "local") == ["b"]
+
+
+def test_a_task_that_does_not_fit_yet_holds_back_later_submissions(ctx: WorkerContext) -> None:
+    add_experiment(ctx, "big", {"name": "a", "cpu": 3}, {"name": "b", "cpu": 3})
+    add_experiment(ctx, "small", {"name": "c", "cpu": 1})
+    # c would fit beside a, but b was submitted first: no starving big tasks.
+    assert schedule(ctx, "local") == ["a"]
+    end(ctx, "a")
+    assert schedule(ctx, "local") == ["b", "c"]
+
+
+def test_an_experiment_ends_with_its_best_task_or_failed_when_none_succeeded(
+    ctx: WorkerContext,
+) -> None:
+    good = add_experiment(ctx, "good", {"name": "a"}, {"name": "b"}, {"name": "c"})
+    schedule(ctx, "local")
+    end(ctx, "a", score=0.2)
+    end(ctx, "b", score=0.9)
+    finish_experiment(ctx, good)
+    with ctx.db.session() as session:
+        assert session.get(Experiment, good).status == "running"  # type: ignore[union-attr]
+    end(ctx, "c", "failed")
+    finish_experiment(ctx, good)
+    with ctx.db.session() as session:
+        experiment = session.get(Experiment, good)
+        assert experiment is not None
+        assert (experiment.status, experiment.best_task) == ("succeeded", "b")
