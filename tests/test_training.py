@@ -38,10 +38,20 @@ def small_model(tokenizer: Any, seed: int = 0) -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
-def small_setup(data_dir: str, rank: int = 0, world: int = 1, **kw: Any) -> Trainer:
+def small_setup(
+    data_dir: str, rank: int = 0, world: int = 1, zero_stage: int = 2, **kw: Any
+) -> Trainer:
     tokenizer = tiny_tokenizer(Path(data_dir))
-    params = Parameters(
-        peft=False, batch_size=8, epochs=2, learning_rate=1e-3, seed=3, checkpoint_every=3
+    params = Parameters.model_validate(
+        {
+            "peft": False,
+            "batch_size": 8,
+            "epochs": 2,
+            "learning_rate": 1e-3,
+            "seed": 3,
+            "checkpoint_every": 3,
+            "zero_stage": zero_stage,
+        }
     )
     data = TrainingData.from_pairs(tokenizer, qa_pairs(24, seed=9), 128)
     return Trainer(
@@ -132,7 +142,7 @@ def test_a_stopped_run_resumes_from_its_checkpoint_and_ends_like_an_unbroken_one
     assert resumed.final_loss == pytest.approx(unbroken.final_loss, rel=1e-4)
 
 
-def _torchrun(processes: int, *args: str) -> list[float]:
+def _torchrun(processes: int, *args: str) -> dict[str, Any]:
     data_dir = str(Path(os.environ["TUNELAB_MODEL_CACHE"]).parent)
     run = subprocess.run(
         [
@@ -162,26 +172,28 @@ def _torchrun(processes: int, *args: str) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def one_process_losses() -> list[float]:
+def one_process() -> dict[str, Any]:
     return _torchrun(1, "torch")
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("engine", ["torch", "deepspeed"])
+@pytest.mark.parametrize("engine", ["torch", "deepspeed", "deepspeed-zero3"])
 def test_two_processes_train_on_halves_of_each_batch_with_the_same_losses(
-    engine: str, one_process_losses: list[float]
+    engine: str, one_process: dict[str, Any]
 ) -> None:
-    """torch DDP and DeepSpeed ZeRO-2 (on its CPU accelerator, with gloo) each match one
-    process with the same global batch, step for step."""
+    """torch DDP and DeepSpeed ZeRO-2/3 (on its CPU accelerator, with gloo) each match one
+    process with the same global batch, step for step, and end with the same weights."""
     double = _torchrun(2, engine)
-    assert len(double) == 6
-    assert double == pytest.approx(one_process_losses, rel=1e-3)
+    assert len(double["losses"]) == 6
+    assert double["losses"] == pytest.approx(one_process["losses"], rel=1e-3)
+    assert double["ppl"] == pytest.approx(one_process["ppl"], rel=1e-3)
 
 
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("engine", ["torch", "deepspeed"])
 def test_two_processes_stopped_together_resume_from_their_checkpoint(
-    engine: str, one_process_losses: list[float], tmp_path: Path
+    engine: str, one_process: dict[str, Any], tmp_path: Path
 ) -> None:
     resumed = _torchrun(2, engine, str(tmp_path))
-    assert resumed == pytest.approx(one_process_losses, rel=1e-3)
+    assert resumed["losses"] == pytest.approx(one_process["losses"], rel=1e-3)
+    assert resumed["ppl"] == pytest.approx(one_process["ppl"], rel=1e-3)

@@ -18,19 +18,25 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from tests.test_training import small_setup
+from tests.test_training import small_model, small_setup
 from tunelab.store.local import LocalStore
+from tunelab.synthetic import qa_pairs
+from tunelab.training.basemodel import tiny_tokenizer
+from tunelab.training.evaluate import answer_perplexity
 from tunelab.training.job import StoreCheckpoints, init_distributed
 from tunelab.training.trainer import Stopped, TrainResult
 
 
 def main() -> None:
     data_dir, engine = sys.argv[1], sys.argv[2]
+    zero_stage = 3 if engine.endswith("zero3") else 2
+    engine = engine.removesuffix("-zero3")
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
         init_distributed("deepspeed" if engine == "deepspeed" else "ddp")
     torch.set_num_threads(1)
-    kw = {"rank": rank, "world": world, "engine": engine}
+    tokenizer = tiny_tokenizer(Path(data_dir))
+    kw = {"rank": rank, "world": world, "engine": engine, "zero_stage": zero_stage}
     result: TrainResult
     if len(sys.argv) > 3:
         checkpoints = StoreCheckpoints(LocalStore(Path(sys.argv[3])), "task/")
@@ -45,12 +51,19 @@ def main() -> None:
             raise AssertionError("the first run was not stopped")
         except Stopped:
             pass
-        result = small_setup(data_dir, checkpoints=checkpoints, **kw).run()
+        trainer = small_setup(data_dir, checkpoints=checkpoints, **kw)
+        result = trainer.run()
         assert result.resumed_from == 3, result.resumed_from
     else:
-        result = small_setup(data_dir, **kw).run()
+        trainer = small_setup(data_dir, **kw)
+        result = trainer.run()
+    # The trained weights as a saved model would have them (gathered under ZeRO-3),
+    # scored on the training data: the same for every way of training.
+    final = trainer.trained_model(lambda: small_model(tokenizer))
     if rank == 0:
-        print(json.dumps([p.loss for p in result.history]), flush=True)
+        assert final is not None
+        ppl = answer_perplexity(final, tokenizer, qa_pairs(24, seed=9), 128)
+        print(json.dumps({"losses": [p.loss for p in result.history], "ppl": ppl}), flush=True)
     if world > 1:
         dist.destroy_process_group()
 

@@ -34,6 +34,9 @@ class Engine(Protocol):
     def learning_rate(self) -> float: ...
     def save(self, checkpoints: Checkpoints, step: int, extra: dict[str, Any]) -> None: ...
     def resume(self, checkpoints: Checkpoints) -> dict[str, Any] | None: ...
+    def consolidated_state(self) -> dict[str, torch.Tensor] | None:
+        """Every weight, whole, on rank 0, when they are partitioned over the ranks (ZeRO-3);
+        None when the model already holds them. Every rank must call it."""
 
 
 class TorchEngine:
@@ -85,6 +88,9 @@ class TorchEngine:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         return state
+
+    def consolidated_state(self) -> dict[str, torch.Tensor] | None:
+        return None
 
 
 class DeepSpeedEngine:
@@ -151,6 +157,12 @@ class DeepSpeedEngine:
             return None
         _, client_state = self.engine.load_checkpoint(str(folder), tag=f"step-{found[0]}")
         return {"step": found[0], **client_state}
+
+    def consolidated_state(self) -> dict[str, torch.Tensor] | None:
+        if self.engine.zero_optimization_stage() < 3:
+            return None
+        state: dict[str, torch.Tensor] = self.engine._zero3_consolidated_16bit_state_dict()
+        return state if self.rank == 0 else {}
 
 
 _folders: dict[str, Path] = {}

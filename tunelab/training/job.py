@@ -219,7 +219,9 @@ def run(spec: JobSpec) -> dict[str, Any]:
     emit("phase", phase="training", total_steps=trainer.total_steps)
     trained = trainer.run()
     result: dict[str, Any] = {}
-    if rank == 0:
+    final = trainer.trained_model(lambda: load_model(base_dir, spec.params, device))
+    if final is not None:
+        model = final
         emit("phase", phase="evaluating")
         score = evaluate(model, tokenizer, pairs, spec.evaluation, spec.params.block_size)
         base_score = json.loads(store.read_bytes(base_key))

@@ -13,6 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunelab.params import Parameters
+from tunelab.training import attention
 
 STOP_TOKENS_FILE = "stop_tokens.json"
 
@@ -55,6 +56,9 @@ def load_model(path: Path, params: Parameters, device: torch.device) -> Any:
     # Weights stay fp32 for training; mixed precision comes from autocast.
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
     model.config.use_cache = False  # packed samples stay apart only without a cache
+    if device.type == "cpu":
+        # Per-sample attention for packed rows (flash-attention does this on GPUs).
+        model.set_attn_implementation(attention.NAME)
     if not params.peft:
         return model.to(device)  # type: ignore[arg-type]  # transformers types .to oddly
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -94,5 +98,8 @@ def load_trainable_state(model: Any, state: dict[str, torch.Tensor]) -> None:
 def save_model(model: Any, tokenizer: Any, out: Path) -> None:
     """The adapter (or full weights) and the tokenizer with its chat template."""
     out.mkdir(parents=True, exist_ok=True)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if base.config._attn_implementation == attention.NAME:
+        base.set_attn_implementation("sdpa")  # the saved config must load anywhere
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)

@@ -23,6 +23,8 @@ class Batch:
     position_ids: torch.Tensor
     labels: torch.Tensor
     """Shifted for causal LM loss: labels[i] is the target of input_ids[i]."""
+    cu_seq_lens: torch.Tensor
+    """Where each sample starts, and the row's end (flash-attention's varlen form)."""
 
     @property
     def target_tokens(self) -> int:
@@ -39,7 +41,9 @@ def pack(samples: Sequence[Sample]) -> Batch:
     ids: list[int] = []
     positions: list[int] = []
     labels: list[int] = []
+    starts = [0]
     for sample in samples:
+        starts.append(starts[-1] + len(sample.input_ids))
         ids += sample.input_ids
         positions += range(len(sample.input_ids))
         labels += [*sample.labels[1:], IGNORE]
@@ -47,6 +51,7 @@ def pack(samples: Sequence[Sample]) -> Batch:
         input_ids=torch.tensor([ids]),
         position_ids=torch.tensor([positions]),
         labels=torch.tensor([labels]),
+        cu_seq_lens=torch.tensor(starts, dtype=torch.int32),
     )
 
 

@@ -159,7 +159,7 @@ class Trainer:
     def run(self) -> TrainResult:
         params = self.params
         torch.manual_seed(params.seed)
-        engine = self._engine()
+        engine = self.engine = self._engine()
         result = TrainResult(steps=self.total_steps, resumed_from=0)
         state = engine.resume(self.checkpoints) if self.checkpoints is not None else None
         if state is not None:
@@ -216,6 +216,19 @@ class Trainer:
                 )
         return result
 
+    def trained_model(self, fresh: Callable[[], torch.nn.Module]) -> torch.nn.Module | None:
+        """After `run`: a model holding every trained weight on rank 0 (None elsewhere).
+        Under ZeRO-3 the weights are spread over the ranks, so they are gathered (every
+        rank must call this) into `fresh()`, a new copy of the untrained model."""
+        state = self.engine.consolidated_state()
+        if self.rank != 0:
+            return None
+        if state is None:
+            return self.model
+        model = fresh()
+        model.load_state_dict(state)
+        return model
+
     def _stop_requested(self) -> bool:
         """Whether any rank was asked to stop: ranks must stop at the same step, or the
         others would wait forever in the next all-reduce."""
@@ -247,6 +260,7 @@ class Trainer:
         logits = model(
             input_ids=batch.input_ids.to(self.device),
             position_ids=batch.position_ids.to(self.device),
+            cu_seq_lens_q=batch.cu_seq_lens.to(self.device),
             use_cache=False,
         ).logits
         return F.cross_entropy(
