@@ -54,7 +54,9 @@ def parse_event(obj: dict[str, Any] | str | bytes) -> Event:
     return _adapter.validate_json(obj)  # type: ignore[no-any-return]
 
 
-WorkerKind = Literal["cpu", "gpu"]
+WorkerKind = Literal["cpu", "gpu", "train"]
+"""Where an actor runs: the CPU workers, or the GPU workers, whose trainings ("train")
+have a queue of their own."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ ROUTES: dict[str, tuple[Route, ...]] = {
     # Whenever resources may have freed up or new tasks wait, the scheduler looks again.
     "experiment.created": (Route("schedule_on_created", "cpu"),),
     "experiment.cancelled": (Route("schedule_on_cancelled", "cpu"),),
-    "task.scheduled": (Route("train_task", "gpu"),),
+    "task.scheduled": (Route("train_task", "train"),),
     "task.succeeded": (Route("finish_on_succeeded", "cpu"),),
     "task.failed": (Route("finish_on_failed", "cpu"),),
     "task.cancelled": (Route("finish_on_cancelled", "cpu"),),

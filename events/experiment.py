@@ -59,7 +59,8 @@ class TaskProgressData(TaskRef):
     step: int
     total_steps: int
     epoch: float
-    loss: float
+    loss: float | None
+    """None when the loss is not a number (training diverged)."""
     learning_rate: float
     tokens_per_second: float
 

@@ -134,7 +134,7 @@ def create_app(
             app.state.broker, app.state.db, lambda worker: queue_name(conf, worker)
         )
         app.state.queue_metrics = ops.queue_registry(
-            app.state.broker.client, [conf.cpu_queue, conf.gpu_queue]
+            app.state.broker.client, [conf.cpu_queue, conf.gpu_queue, conf.train_queue]
         )
         yield
         if db is None:

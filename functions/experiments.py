@@ -104,7 +104,8 @@ def _create(request: Request, spec: ExperimentRequest) -> dict[str, Any]:
             }
         )
     for message in placement_problems(state.settings, spec.cluster, spec.namespace):
-        problems.append({"field": "cluster", "message": message})
+        field = "namespace" if "namespace" in message.split(";")[0] else "cluster"
+        problems.append({"field": field, "message": message})
     names = [t.name for t in spec.tasks]
     for i, name in enumerate(names):
         if name in names[:i]:

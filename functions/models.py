@@ -12,9 +12,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from tunelab.dataset_rules import upload_prefix
 from tunelab.db import Database
 from tunelab.db.models import Model
-from tunelab.errors import Conflict, NotFound
+from tunelab.errors import Conflict, Invalid, NotFound
 from tunelab.events.model import ModelRegistered, ModelRegisteredData
 from tunelab.functions.http import parse, read_json, respond, workspace_id
 from tunelab.names import Name
@@ -125,6 +126,19 @@ async def register_model(request: Request) -> JSONResponse:
 
 def _register(request: Request, spec: RegisterRequest) -> dict[str, Any]:
     state, workspace = request.app.state, workspace_id(request)
+    own_bucket = getattr(state.store, "bucket", None)
+    prefix = f"s3://{own_bucket}/{upload_prefix(request.scope['workspace'].name)}"
+    if (
+        own_bucket is not None
+        and spec.uri.startswith(f"s3://{own_bucket}/")
+        and (not spec.uri.startswith(prefix) or ".." in spec.uri.split("/"))
+    ):
+        # The workers read with the platform's credentials: without this, a workspace
+        # could train on another workspace's models or datasets by naming their keys.
+        raise Invalid(
+            f"A model in the platform's bucket must be under {prefix}.",
+            [{"field": "uri", "message": f"must start with {prefix}"}],
+        )
     model = Model(
         workspace_id=workspace,
         name=spec.name,

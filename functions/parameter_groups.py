@@ -78,7 +78,8 @@ def _create(request: Request, spec: GroupRequest) -> dict[str, Any]:
         ) from None
     problems = placement_problems(request.app.state.settings, spec.cluster, spec.namespace)
     if problems:
-        raise Invalid(problems[0], [{"field": "cluster", "message": problems[0]}])
+        field = "namespace" if "namespace" in problems[0].split(";")[0] else "cluster"
+        raise Invalid(problems[0], [{"field": field, "message": problems[0]}])
     group = ParameterGroup(
         workspace_id=workspace_id(request),
         name=spec.name,

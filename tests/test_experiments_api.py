@@ -157,7 +157,7 @@ def test_an_experiment_is_stored_queued_with_its_event(api: Api) -> None:
         ({"tasks": [task(name="-t")]}, "tasks.0.name"),
         ({"tasks": [task(), task()]}, "tasks[1].name"),
         ({"evaluation": "vibes"}, "evaluation"),
-        ({"namespace": "nowhere"}, "cluster"),
+        ({"namespace": "nowhere"}, "namespace"),
         ({"tasks": [task(dataset="elsewhere")]}, "tasks[0].dataset"),
         ({"tasks": [task(dataset="pending")]}, "tasks[0].dataset"),
         ({"tasks": [task(dataset="missing")]}, "tasks[0].dataset"),

@@ -206,10 +206,17 @@ def test_a_task_on_two_processes_trains_with_zero3_from_a_base_model_in_s3(
 ) -> None:
     base = tiny_base_dir(Path(os.environ["TUNELAB_MODEL_CACHE"]))
     for path in base.iterdir():
-        platform.s3().upload_file(str(path), platform.bucket, f"imported/tiny/{path.name}")
+        platform.s3().upload_file(str(path), platform.bucket, f"uploads/acme/tiny/{path.name}")
+    # The platform's bucket holds every workspace's objects: only the caller's uploads.
+    for elsewhere in ("models/abc", "uploads/other/tiny", "uploads/acme/../other"):
+        response = platform.client.post(
+            "/api/v1/models",
+            json={"name": "stolen", "uri": f"s3://{platform.bucket}/{elsewhere}"},
+        )
+        assert response.status_code == 422, response.text
     response = platform.client.post(
         "/api/v1/models",
-        json={"name": "imported", "uri": f"s3://{platform.bucket}/imported/tiny"},
+        json={"name": "imported", "uri": f"s3://{platform.bucket}/uploads/acme/tiny"},
     )
     assert response.status_code == 201, response.text
     group(platform, "pair", "tiny-lora", epochs=4, checkpoint_every=10, zero_stage=3)

@@ -146,3 +146,14 @@ def test_an_experiment_ends_with_its_best_task_or_failed_when_none_succeeded(
         experiment = session.get(Experiment, good)
         assert experiment is not None
         assert (experiment.status, experiment.best_task) == ("succeeded", "b")
+
+
+def test_a_task_the_cluster_can_no_longer_hold_fails_without_blocking_others(
+    ctx: WorkerContext,
+) -> None:
+    add_experiment(ctx, "shrunk", {"name": "a", "cpu": 8}, {"name": "b", "cpu": 1})
+    assert schedule(ctx, "local") == ["b"]
+    assert statuses(ctx) == {"a": "failed", "b": "training"}
+    with ctx.db.session() as session:
+        error = session.query(Task).filter_by(name="a").one().error
+    assert error is not None and error["code"] == "does_not_fit"

@@ -88,7 +88,9 @@ def resolve_params(
     if params.batch_size < processes(task.compute):
         problems.append(
             {
-                "field": f"{at}.overrides.batch_size",
+                "field": f"{at}.overrides.batch_size"
+                if "batch_size" in task.overrides
+                else f"{at}.parameter_group",
                 "message": f"batch_size {params.batch_size} is smaller than the "
                 f"{processes(task.compute)} processes that share each batch",
             }

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     """CPU worker processes `tunelab up` starts: each has one Dramatiq consumer, which
     acks serially, so a second process roughly doubles no-op throughput."""
     cpu_worker_threads: int = Field(default=4, ge=1, le=64)
+    train_worker_threads: int = Field(default=2, ge=1, le=16)
+    """Trainings one GPU worker process runs at once. They have a queue of their own
+    (`<gpu queue>-train`) and threads of their own, so that hours of training never
+    hold up the GPU queue's short events."""
     gpu_worker_threads: int = Field(default=2, ge=1, le=16)
     """Two, so that a handler waiting on the database does not hold up the next event
     (with one, the GPU actor's p99 start latency in bench/events.py was 130-330 ms)."""
@@ -86,6 +90,10 @@ class Settings(BaseSettings):
         if self.store == "s3" and not self.s3_bucket:
             raise ValueError("TUNELAB_S3_BUCKET is required when TUNELAB_STORE=s3")
         return self
+
+    @property
+    def train_queue(self) -> str:
+        return f"{self.gpu_queue}-train"
 
     @property
     def model_cache_dir(self) -> Path:

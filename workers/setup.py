@@ -58,25 +58,41 @@ def import_actors(kind: WorkerKind) -> None:
         importlib.import_module(module)
 
 
+def lanes(settings: Settings, kind: WorkerKind) -> list[tuple[str, int]]:
+    """The queues a worker process of `kind` consumes, each with its own threads."""
+    if kind == "cpu":
+        return [(settings.cpu_queue, settings.cpu_worker_threads)]
+    return [
+        (settings.gpu_queue, settings.gpu_worker_threads),
+        (settings.train_queue, settings.train_worker_threads),
+    ]
+
+
 def run(settings: Settings, kind: WorkerKind) -> None:
-    """Consume `kind`'s queue until SIGINT or SIGTERM, then finish in-flight work."""
+    """Consume `kind`'s queues until SIGINT or SIGTERM, then finish in-flight work."""
     broker = install_broker(build_broker(settings))
     ctx = make_context(settings, broker)
     context.install(ctx)
     import_actors(kind)
-    threads = settings.cpu_worker_threads if kind == "cpu" else settings.gpu_worker_threads
-    worker = Worker(
-        broker,
-        queues={queue_name(settings, kind)},
-        worker_threads=threads,
-        worker_timeout=settings.worker_poll_ms,
-    )
+    # One Dramatiq worker per queue: threads busy with hours of training cannot take
+    # the GPU queue's next event.
+    workers = [
+        Worker(
+            broker,
+            queues={queue},
+            worker_threads=threads,
+            worker_timeout=settings.worker_poll_ms,
+        )
+        for queue, threads in lanes(settings, kind)
+    ]
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    worker.start()
-    log.info("%s worker consuming %s with %d threads", kind, queue_name(settings, kind), threads)
+    for worker, (queue, threads) in zip(workers, lanes(settings, kind), strict=True):
+        worker.start()
+        log.info("%s worker consuming %s with %d threads", kind, queue, threads)
     stop.wait()
     log.info("%s worker stopping", kind)
-    worker.stop(timeout=30_000)
+    for worker in workers:
+        worker.stop(timeout=30_000)
     ctx.db.dispose()

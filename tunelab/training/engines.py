@@ -7,6 +7,7 @@ over ranks, so its checkpoints are a folder written by every rank).
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Protocol
@@ -143,19 +144,26 @@ class DeepSpeedEngine:
     def save(self, checkpoints: Checkpoints, step: int, extra: dict[str, Any]) -> None:
         # Every rank writes its optimizer partition; ranks share this node's disk.
         folder = _shared_folder(self.rank, "save")
-        self.engine.save_checkpoint(str(folder), tag=f"step-{step}", client_state=extra)
+        tag = f"step-{step}"
+        self.engine.save_checkpoint(str(folder), tag=tag, client_state=extra)
         dist.barrier()
         if self.rank == 0:
-            checkpoints.save_folder(step, folder)
+            # Only this tag: the folder still holds nothing else, and the disk stays
+            # free of old checkpoints (a 7B model's is ~100 GB).
+            checkpoints.save_folder(step, folder / tag)
+            shutil.rmtree(folder / tag)
         dist.barrier()
 
     def resume(self, checkpoints: Checkpoints) -> dict[str, Any] | None:
         folder = _shared_folder(self.rank, "load")
-        found = [checkpoints.fetch_latest_folder(folder) if self.rank == 0 else None]
+        found = [checkpoints.fetch_latest_folder(folder / "restored") if self.rank == 0 else None]
         dist.broadcast_object_list(found, src=0)
         if found[0] is None:
             return None
-        _, client_state = self.engine.load_checkpoint(str(folder), tag=f"step-{found[0]}")
+        _, client_state = self.engine.load_checkpoint(str(folder), tag="restored")
+        dist.barrier()
+        if self.rank == 0:
+            shutil.rmtree(folder / "restored")
         return {"step": found[0], **client_state}
 
     def consolidated_state(self) -> dict[str, torch.Tensor] | None:

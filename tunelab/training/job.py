@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,7 +37,7 @@ from tunelab.training.evaluate import evaluate
 from tunelab.training.model_io import UnsupportedSetup, load_model, load_tokenizer, save_model
 from tunelab.training.models import resolve_model_dir
 from tunelab.training.process import die_with_parent
-from tunelab.training.template import PromptTooLong, TemplateError
+from tunelab.training.template import PromptTooLong, TemplateError, encode_pair
 from tunelab.training.trainer import Stopped, Trainer, TrainingData
 
 EXIT_USER_ERROR = 3
@@ -184,8 +185,18 @@ def run(spec: JobSpec) -> dict[str, Any]:
             message=f"{data.truncated} samples were cut to {spec.params.block_size} "
             "tokens (block_size)",
         )
-    model = load_model(base_dir, spec.params, device)
+    try:
+        model = load_model(base_dir, spec.params, device)
+    except ValueError as exc:  # peft: no module matches lora_target_modules, and the like
+        raise UserError("bad_parameters", f"The parameters do not fit this model: {exc}.") from None
     split, pairs = eval_pairs(spec, store, train)
+    try:
+        for question, answer in pairs:
+            encode_pair(tokenizer, question, answer, spec.params.block_size)
+    except PromptTooLong as exc:
+        raise UserError(
+            "prompt_too_long", f"In the evaluation split, {exc} (block_size): raise block_size."
+        ) from None
     base_key = f"{spec.prefix}base-score.json"
     if rank == 0 and not store.exists(base_key):
         # Before any step a fresh LoRA adapter adds exactly zero, so this is the base.
@@ -254,14 +265,19 @@ def run(spec: JobSpec) -> dict[str, Any]:
     return result
 
 
+COLLECTIVE_TIMEOUT = timedelta(hours=3)
+"""Ranks wait in a collective while rank 0 alone scores, saves and uploads a model:
+for a 7B model that is far over the 10-minute default."""
+
+
 def init_distributed(engine: str) -> None:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if engine == "deepspeed":
         import deepspeed
 
-        deepspeed.init_distributed(dist_backend=backend)
+        deepspeed.init_distributed(dist_backend=backend, timeout=COLLECTIVE_TIMEOUT)
     else:
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
 
 
 def _device(rank: int, cpu_threads: int | None) -> torch.device:

@@ -57,7 +57,9 @@ def _download(uri: str, settings: Settings, store: ObjectStore, cache: Path) -> 
                 Bucket=bucket, Prefix=prefix
             ):
                 for obj in page.get("Contents", []):
-                    dest = Path(tmp) / obj["Key"][len(prefix) :]
+                    dest = (Path(tmp) / obj["Key"][len(prefix) :]).resolve()
+                    if not dest.is_relative_to(Path(tmp).resolve()):
+                        raise FileNotFoundError(f"{obj['Key']!r} would land outside the model")
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     client.download_file(bucket, obj["Key"], str(dest))
                     found += 1

@@ -235,7 +235,7 @@ class Trainer:
         asked = self.should_stop()
         if self.world == 1:
             return asked
-        flag = torch.tensor([1.0 if asked else 0.0])
+        flag = torch.tensor([1.0 if asked else 0.0], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
@@ -273,7 +273,8 @@ class Trainer:
     def _progress(
         self, step: int, micro: int, loss_sum: float, denominator: int, tokens: int, t0: float
     ) -> Progress:
-        totals = torch.tensor([loss_sum, float(tokens)])
+        # On the training device: NCCL reduces CUDA tensors only.
+        totals = torch.tensor([loss_sum, float(tokens)], device=self.device)
         if self.world > 1:
             dist.all_reduce(totals)
         elapsed = max(time.perf_counter() - t0, 1e-9)

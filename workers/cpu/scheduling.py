@@ -8,10 +8,11 @@ that a task waits `queued` instead of starving beside others.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import select
 
@@ -26,6 +27,7 @@ from tunelab.events.experiment import (
     ExperimentSucceeded,
     TaskCancelled,
     TaskFailed,
+    TaskFailedData,
     TaskRef,
     TaskScheduled,
     TaskScheduledData,
@@ -87,7 +89,7 @@ def schedule(ctx: WorkerContext, cluster_name: str) -> list[str]:
     """Start every queued task of the cluster that fits, oldest first; a task that
     does not fit yet holds back the ones behind it, so big tasks are not starved.
     Returns the names of the tasks started."""
-    cluster = clusters(ctx.settings)[cluster_name]
+    cluster = clusters(ctx.settings).get(cluster_name)
     started = []
     with scheduling_lock(ctx, cluster_name), ctx.db.session() as session:
         usage = Usage()
@@ -100,9 +102,19 @@ def schedule(ctx: WorkerContext, cluster_name: str) -> list[str]:
             .join(Experiment, Task.experiment_id == Experiment.id)
             .where(Task.cluster == cluster_name, Task.status == "queued")
             .order_by(Experiment.created_at, Experiment.id, Task.position)
+            # Locked, and re-read after a concurrent cancel commits: a cancelled task
+            # then no longer matches and is not started (PostgreSQL; SQLite writes one
+            # at a time anyway).
+            .with_for_update(of=Task)
         ).all()
         sends = []
         for task, experiment in queued:
+            alone = Usage()
+            alone.add(task)
+            if cluster is None or not alone.fits(cluster):
+                # The operator changed the clusters file since the task was accepted.
+                sends.append(_fail_unplaceable(ctx, session, task, experiment, cluster_name))
+                continue
             usage.add(task)
             if not usage.fits(cluster):
                 break
@@ -121,6 +133,24 @@ def schedule(ctx: WorkerContext, cluster_name: str) -> list[str]:
     return started
 
 
+def _fail_unplaceable(
+    ctx: WorkerContext, session: Any, task: Task, experiment: Experiment, cluster: str
+) -> Callable[[], None]:
+    task.status, task.finished_at = "failed", datetime.now(UTC)
+    task.error = {
+        "code": "does_not_fit",
+        "message": f"Cluster {cluster!r} no longer exists or no longer has the resources "
+        "this task asks for; create the experiment again with what it has now.",
+    }
+    event = TaskFailed(
+        id=derived_id(f"{task.id}/task.failed/unplaceable"),
+        workspace=task.workspace_id,
+        subject=f"experiments/{experiment.name}/tasks/{task.name}",
+        data=TaskFailedData(**task_ref(task, experiment), error=task.error),
+    )
+    return ctx.bus.stage(session, event)
+
+
 def finish_experiment(ctx: WorkerContext, experiment_id: str) -> None:
     """Once every task has ended: the best task, and the experiment's final state
     (failed only when no task succeeded)."""
@@ -136,7 +166,7 @@ def finish_experiment(ctx: WorkerContext, experiment_id: str) -> None:
         for task in tasks:
             if (
                 task.status == "succeeded"
-                and task.score is not None
+                and (task.score or {}).get("score") is not None
                 and (
                     best is None or better(method, task.score["score"], best.score["score"])  # type: ignore[index]
                 )

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -11,8 +12,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from dramatiq.middleware import TimeLimitExceeded
+from sqlalchemy import or_, select
 
+from tunelab.clusters import CPU_TYPE
 from tunelab.db.models import Dataset, Experiment, Model, Task
 from tunelab.events.envelope import Event
 from tunelab.events.experiment import (
@@ -38,6 +41,18 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 EXIT_USER_ERROR, EXIT_STOPPED = 3, 4
 PROGRESS_EVERY_S = 0.5
 FLUSH_EVERY_S = 5.0
+
+
+def finite(value: Any) -> Any:
+    """`value` with every NaN or infinity replaced by None: a diverged loss or an
+    infinite perplexity must not make the task unreadable as JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value
 
 
 class JobCrashed(RuntimeError):
@@ -93,7 +108,7 @@ class Run:
             return ""
 
     def handle(self, message: Message) -> None:
-        fields = message.fields
+        fields = finite(message.fields)
         if message.kind == "progress":
             self.points = [p for p in self.points if p["step"] < fields["step"]]
             self.points.append({**fields, "time": time.time()})
@@ -124,7 +139,7 @@ class Run:
 
     def _set(self, **fields: Any) -> None:
         with self.ctx.db.session() as session:
-            task = session.get(Task, self.task_id)
+            task = session.get(Task, self.task_id, with_for_update=True)
             if task is not None and task.status not in TERMINAL:
                 for name, value in fields.items():
                     setattr(task, name, value)
@@ -196,12 +211,15 @@ def run_task(ctx: WorkerContext, event: TaskScheduled) -> Event | None:
             return outcome(ctx, event, task)  # a redelivery after the work was done
         spec = job_spec(ctx, task, experiment)
         count = processes(task)
+        task_gpu_type = task.spec["compute"]["gpu_type"]
         run = Run(ctx, event, task)
     run.note(f"attempt on {os.uname().nodename} with {count} process(es)")
     with tempfile.TemporaryDirectory(prefix="tunelab-task-") as tmp:
         spec_path = Path(tmp) / "job.json"
         spec_path.write_text(json.dumps(spec))
-        job = JobProcess(job_command(spec_path, count), Path(tmp) / "job.log", _env(count))
+        job = JobProcess(
+            job_command(spec_path, count), Path(tmp) / "job.log", _env(count, task_gpu_type)
+        )
         try:
             for message in job.messages(poll_s=1.0):
                 if message is not None:
@@ -220,13 +238,17 @@ def run_task(ctx: WorkerContext, event: TaskScheduled) -> Event | None:
         return _finish(ctx, event, "cancelled", None)
     if code == 0 and run.result is not None:
         return register_model(ctx, event, run.result)
-    if code == EXIT_USER_ERROR and run.error is not None:
+    # torchrun exits 1 whatever its ranks exited with: the job's own error message is
+    # what tells a user error from a fault.
+    if run.error is not None:
         return _finish(ctx, event, "failed", run.error)
     raise JobCrashed(f"training process exited with {code}: " + " | ".join(tail))
 
 
-def _env(processes: int) -> dict[str, str]:
+def _env(processes: int, gpu_type: str) -> dict[str, str]:
     env = dict(os.environ)
+    if gpu_type == CPU_TYPE:
+        env["CUDA_VISIBLE_DEVICES"] = ""  # asked for no GPU, and not counted on one
     # DeepSpeed compiles its C++ ops on first use (minutes on a CPU): keep them.
     env.setdefault(
         "TORCH_EXTENSIONS_DIR", str(get_settings().model_cache_dir.parent / "torch_extensions")
@@ -241,7 +263,7 @@ def _finish(
     ctx: WorkerContext, event: TaskScheduled, status: str, error: dict[str, Any] | None
 ) -> Event:
     with ctx.db.session() as session:
-        task = session.get(Task, event.data.task_id)
+        task = session.get(Task, event.data.task_id, with_for_update=True)
         if task is not None:
             if task.status not in TERMINAL:
                 task.status, task.error = status, error
@@ -275,7 +297,9 @@ def outcome(ctx: WorkerContext, event: TaskScheduled, task: Task) -> Event:
 def _model_name(session: Any, workspace: str, experiment: str, task: Task) -> str:
     name = f"{experiment}-{task.name}"[:63].rstrip("-")
     taken = session.scalar(
-        select(Model.id).where(Model.workspace_id == workspace, Model.name == name)
+        select(Model.id).where(
+            or_(Model.workspace_id == workspace, Model.workspace_id.is_(None)), Model.name == name
+        )
     )
     if taken and taken != task.id:
         name = f"{name[:56].rstrip('-')}-{task.id[:6]}"
@@ -287,9 +311,11 @@ def register_model(ctx: WorkerContext, event: TaskScheduled, result: dict[str, A
     transaction; the model's id is the task's, so a redelivery registers nothing twice."""
     data = event.data
     with ctx.db.session() as session:
-        task = session.get(Task, data.task_id)
+        task = session.get(Task, data.task_id, with_for_update=True)
         if task is None:
             raise JobCrashed("the task disappeared while training")
+        if task.status in TERMINAL:
+            return outcome(ctx, event, task)  # cancelled while saving: no model
         dataset = session.get(Dataset, task.spec["dataset_id"])
         name = _model_name(session, task.workspace_id, data.experiment, task)
         spec = {
@@ -355,29 +381,32 @@ def register_model(ctx: WorkerContext, event: TaskScheduled, result: dict[str, A
 
 
 def give_up(event: TaskScheduled, error: str) -> None:
-    """After the last retry the task fails visibly instead of staying `training`."""
+    """After the last retry (or the time limit) the task fails visibly instead of
+    staying `training`."""
     ctx = current()
-    ctx.bus.publish(
-        _finish(
-            ctx,
-            event,
-            "failed",
-            {
-                "code": "training_crashed",
-                "message": f"The training process kept failing; its log has the details: {error}",
-            },
-        )
-    )
+    if "TimeLimitExceeded" in error:
+        reason = {
+            "code": "time_limit",
+            "message": f"Training ran past the limit of {ctx.settings.train_time_limit_s} s "
+            "(TUNELAB_TRAIN_TIME_LIMIT_S); lower epochs or raise the limit.",
+        }
+    else:
+        reason = {
+            "code": "training_crashed",
+            "message": f"The training process kept failing; its log has the details: {error}",
+        }
+    ctx.bus.publish(_finish(ctx, event, "failed", reason))
 
 
 @subscriber(
     "task.scheduled",
-    "gpu",
+    "train",
     on_give_up=give_up,
     max_retries=2,
     min_backoff=5_000,
     # A limit of its own: Dramatiq's 10-minute default would kill any real training.
     time_limit=get_settings().train_time_limit_s * 1000,
+    throws=(TimeLimitExceeded,),  # another try would only run into it again
 )
 def train_task(event: TaskScheduled) -> None:
     ctx = current()
