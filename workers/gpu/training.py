@@ -34,6 +34,7 @@ from tunelab.settings import get_settings
 from tunelab.store import ObjectNotFound, keys
 from tunelab.workers.context import WorkerContext, current
 from tunelab.workers.gpu.launch import JobProcess, Message, job_command
+from tunelab.workers.gpu.lease import TaskLease
 from tunelab.workers.gpu.model_card import model_card
 from tunelab.workers.registry import subscriber
 
@@ -213,6 +214,24 @@ def run_task(ctx: WorkerContext, event: TaskScheduled) -> Event | None:
         count = processes(task)
         task_gpu_type = task.spec["compute"]["gpu_type"]
         run = Run(ctx, event, task)
+    lease = TaskLease(getattr(ctx.bus.broker, "client", None), event.data.task_id)
+    if not lease.acquire():
+        return None  # a duplicate delivery: a live job has the task and will announce it
+    try:
+        return _train(ctx, event, run, spec, count, task_gpu_type, lease)
+    finally:
+        lease.release()
+
+
+def _train(
+    ctx: WorkerContext,
+    event: TaskScheduled,
+    run: Run,
+    spec: dict[str, Any],
+    count: int,
+    task_gpu_type: str,
+    lease: TaskLease,
+) -> Event | None:
     run.note(f"attempt on {os.uname().nodename} with {count} process(es)")
     with tempfile.TemporaryDirectory(prefix="tunelab-task-") as tmp:
         spec_path = Path(tmp) / "job.json"
@@ -224,6 +243,7 @@ def run_task(ctx: WorkerContext, event: TaskScheduled) -> Event | None:
             for message in job.messages(poll_s=1.0):
                 if message is not None:
                     run.handle(message)
+                lease.renew()
                 if run.cancelled():
                     run.note("cancel requested: stopping")
                     job.stop()
