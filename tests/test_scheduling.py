@@ -160,7 +160,7 @@ def test_a_task_the_cluster_can_no_longer_hold_fails_without_blocking_others(
 
 
 def test_a_diverged_loss_is_stored_as_null_not_as_nan(stub_broker: Any) -> None:
-    from tunelab.workers.gpu.training import finite
+    from tunelab.workers.gpu.relay import finite
 
     progress = {"loss": float("nan"), "learning_rate": 0.1, "history": [{"loss": float("inf")}]}
     assert finite(progress) == {"loss": None, "learning_rate": 0.1, "history": [{"loss": None}]}

@@ -1,0 +1,156 @@
+"""Relaying a training job's messages: into the task's row, the event bus, and the
+task's metrics and logs objects."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from tunelab.db.models import Task
+from tunelab.events.experiment import TaskProgress, TaskProgressData, TaskRef, TaskScheduled
+from tunelab.store import ObjectNotFound, keys
+from tunelab.workers.context import WorkerContext
+from tunelab.workers.gpu.launch import Message
+from tunelab.workers.gpu.outcomes import TERMINAL
+
+PROGRESS_EVERY_S = 0.5
+FLUSH_EVERY_S = 5.0
+
+
+def finite(value: Any) -> Any:
+    """`value` with every NaN or infinity replaced by None: a diverged loss or an
+    infinite perplexity must not make the task unreadable as JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value
+
+
+class Run:
+    """One attempt at a task: relays the job's messages into the database, the event
+    bus and the task's metrics and logs objects."""
+
+    def __init__(self, ctx: WorkerContext, cause: TaskScheduled, task: Task) -> None:
+        self.ctx, self.cause = ctx, cause
+        self.task_id, self.prefix = task.id, keys.task_prefix(task.id)
+        self.ref = cause.data.model_dump()
+        self.points = self._load_points()
+        self.last_progress = 0.0
+        self.last_flush = time.monotonic()
+        self.pending: dict[str, Any] | None = None
+        self.result: dict[str, Any] | None = None
+        self.error: dict[str, Any] | None = None
+        self.log_lines = self._load_logs()
+
+    def _load_points(self) -> list[dict[str, Any]]:
+        try:
+            raw = self.ctx.store.read_bytes(f"{self.prefix}metrics.jsonl")
+        except ObjectNotFound:
+            return []
+        return [json.loads(line) for line in raw.splitlines() if line]
+
+    def _load_logs(self) -> str:
+        try:
+            return self.ctx.store.read_bytes(f"{self.prefix}logs.txt").decode()
+        except ObjectNotFound:
+            return ""
+
+    def handle(self, message: Message) -> None:
+        fields = finite(message.fields)
+        if message.kind == "progress":
+            self.points = [p for p in self.points if p["step"] < fields["step"]]
+            self.points.append({**fields, "time": time.time()})
+            self.pending = fields
+            if time.monotonic() - self.last_progress >= PROGRESS_EVERY_S:
+                self.publish_progress()
+        elif message.kind == "resumed":
+            # The checkpoint's own history: what the killed attempt had not flushed too.
+            self.points = list(fields["history"])
+            self.note(f"resumed from the checkpoint at step {fields['step']}")
+        elif message.kind == "phase":
+            self.note(f"phase: {fields['phase']}")
+            if fields["phase"] == "evaluating":
+                self.publish_progress()
+                self._set(status="evaluating")
+            elif fields["phase"] == "training" and "total_steps" in fields:
+                self._set(progress={"step": 0, "total_steps": fields["total_steps"], "epoch": 0})
+        elif message.kind == "result":
+            self.result = fields
+        elif message.kind == "error":
+            self.error = {"code": fields["code"], "message": fields["message"]}
+        elif message.kind in ("log", "checkpoint", "stopped"):
+            self.note(fields.get("message") or f"{message.kind}: {fields}")
+
+    def note(self, line: str) -> None:
+        stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        self.log_lines += f"{stamp} [tunelab] {line}\n"
+
+    def _set(self, **fields: Any) -> None:
+        with self.ctx.db.session() as session:
+            task = session.get(Task, self.task_id, with_for_update=True)
+            if task is not None and task.status not in TERMINAL:
+                for name, value in fields.items():
+                    setattr(task, name, value)
+
+    def publish_progress(self) -> None:
+        if self.pending is None:
+            return
+        p, self.pending = self.pending, None
+        self.last_progress = time.monotonic()
+        self._set(
+            progress={"step": p["step"], "total_steps": p["total_steps"], "epoch": p["epoch"]},
+            metrics={
+                "loss": p["loss"],
+                "learning_rate": p["learning_rate"],
+                "tokens_per_second": p["tokens_per_second"],
+            },
+        )
+        self.ctx.bus.publish(
+            TaskProgress(
+                workspace=self.cause.workspace,
+                subject=self.cause.subject,
+                data=TaskProgressData(
+                    **self.ref_only(),
+                    **{
+                        k: p[k]
+                        for k in (
+                            "step",
+                            "total_steps",
+                            "epoch",
+                            "loss",
+                            "learning_rate",
+                            "tokens_per_second",
+                        )
+                    },
+                ),
+            )
+        )
+
+    def ref_only(self) -> dict[str, str]:
+        return {k: self.ref[k] for k in TaskRef.model_fields}
+
+    def flush(self, job_log: Path, force: bool = False) -> None:
+        if not force and time.monotonic() - self.last_flush < FLUSH_EVERY_S:
+            return
+        self.last_flush = time.monotonic()
+        store = self.ctx.store
+        store.put_bytes(
+            f"{self.prefix}metrics.jsonl",
+            "".join(json.dumps(p) + "\n" for p in self.points).encode(),
+        )
+        text = self.log_lines + job_log.read_text("utf-8", "replace")
+        store.put_bytes(f"{self.prefix}logs.txt", text.encode())
+
+    def cancelled(self) -> bool:
+        with self.ctx.db.session() as session:
+            status = session.scalar(select(Task.status).where(Task.id == self.task_id))
+        return status in (None, "cancelled")
