@@ -29,12 +29,23 @@ from tunelab.training.trainer import Stopped, TrainResult
 
 def main() -> None:
     data_dir, engine = sys.argv[1], sys.argv[2]
-    zero_stage = 3 if engine.endswith("zero3") else 2
-    engine = engine.removesuffix("-zero3")
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
         init_distributed("deepspeed" if engine == "deepspeed" else "ddp")
     torch.set_num_threads(1)
+    train(data_dir, engine)
+    if world > 1:
+        # The trainer (and DDP's reducer) died with train()'s frame while the process
+        # group still lived. Freed after it instead, gloo's destructor joins a thread
+        # that waits for the GIL the destructor holds: a hang at exit, seen under load.
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def train(data_dir: str, engine: str) -> None:
+    zero_stage = 3 if engine.endswith("zero3") else 2
+    engine = engine.removesuffix("-zero3")
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     tokenizer = tiny_tokenizer(Path(data_dir))
     kw = {"rank": rank, "world": world, "engine": engine, "zero_stage": zero_stage}
     result: TrainResult
@@ -64,8 +75,6 @@ def main() -> None:
         assert final is not None
         ppl = answer_perplexity(final, tokenizer, qa_pairs(24, seed=9), 128)
         print(json.dumps({"losses": [p.loss for p in result.history], "ppl": ppl}), flush=True)
-    if world > 1:
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

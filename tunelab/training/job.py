@@ -13,6 +13,7 @@ retry); 4 stopped on request; anything else a fault worth retrying.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import json
@@ -332,6 +333,10 @@ def main() -> None:
         code = EXIT_USER_ERROR
     finally:
         if world > 1 and dist.is_initialized():
+            # DDP's reducer must die while the process group still lives (an
+            # exception's frames can keep it alive until a later collection): freed
+            # after it, gloo's destructor joins a thread that waits for the GIL it holds.
+            gc.collect()
             dist.destroy_process_group()
     sys.exit(code)
 
