@@ -24,6 +24,9 @@ def build_broker(settings: Settings, middleware: Iterable[Middleware] = ()) -> R
 
 
 def queue_name(settings: Settings, worker: str) -> str:
-    return {"cpu": settings.cpu_queue, "gpu": settings.gpu_queue, "train": settings.train_queue}[
-        worker
-    ]
+    return {
+        "cpu": settings.cpu_queue,
+        "gpu": settings.gpu_queue,
+        "train": settings.train_queue,
+        "chat": settings.chat_queue,
+    }[worker]

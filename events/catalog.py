@@ -21,6 +21,15 @@ from tunelab.events.experiment import (
     TaskSucceeded,
 )
 from tunelab.events.model import ModelRegistered
+from tunelab.events.service import (
+    ChatAnswered,
+    ChatRequested,
+    ServiceDeleted,
+    ServiceDeployRequested,
+    ServiceFailed,
+    ServicePlaced,
+    ServiceReady,
+)
 from tunelab.events.system import MessageDead, Ping, Pong
 
 AnyEvent = Annotated[
@@ -37,6 +46,13 @@ AnyEvent = Annotated[
     | TaskFailed
     | TaskCancelled
     | ModelRegistered
+    | ServiceDeployRequested
+    | ServicePlaced
+    | ServiceReady
+    | ServiceFailed
+    | ServiceDeleted
+    | ChatRequested
+    | ChatAnswered
     | Ping
     | Pong
     | MessageDead,
@@ -54,9 +70,9 @@ def parse_event(obj: dict[str, Any] | str | bytes) -> Event:
     return _adapter.validate_json(obj)  # type: ignore[no-any-return]
 
 
-WorkerKind = Literal["cpu", "gpu", "train"]
+WorkerKind = Literal["cpu", "gpu", "train", "chat"]
 """Where an actor runs: the CPU workers, or the GPU workers, whose trainings ("train")
-have a queue of their own."""
+and chats ("chat") have queues of their own."""
 
 
 @dataclass(frozen=True)
@@ -76,5 +92,10 @@ ROUTES: dict[str, tuple[Route, ...]] = {
     "task.succeeded": (Route("finish_on_succeeded", "cpu"),),
     "task.failed": (Route("finish_on_failed", "cpu"),),
     "task.cancelled": (Route("finish_on_cancelled", "cpu"),),
+    "service.deploy_requested": (Route("place_service", "gpu"),),
+    # Servers are kept by the GPU workers' reconciler; these events only wake it.
+    "service.placed": (Route("wake_servers_on_placed", "gpu"),),
+    "service.deleted": (Route("wake_servers_on_deleted", "gpu"),),
+    "chat.requested": (Route("answer_chat", "chat"),),
     "system.ping": (Route("answer_ping_cpu", "cpu"), Route("answer_ping_gpu", "gpu")),
 }

@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import redis.asyncio
 from dramatiq import Broker
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -19,6 +20,7 @@ from tunelab.errors import MethodNotAllowed, NotFound, TunelabError
 from tunelab.events.broker import build_broker, queue_name
 from tunelab.events.bus import EventBus
 from tunelab.functions import (
+    chat,
     dataset_rows,
     datasets,
     events_api,
@@ -26,6 +28,7 @@ from tunelab.functions import (
     models,
     ops,
     parameter_groups,
+    services,
     system,
     triggers,
     webhooks,
@@ -68,6 +71,13 @@ ROUTES = [
     Route(f"{API}/models", models.list_models, methods=["GET"]),
     Route(f"{API}/models", models.register_model, methods=["POST"]),
     Route(f"{API}/models/{{name}}", models.get_model, methods=["GET"]),
+    Route(f"{API}/services", services.create_service, methods=["POST"]),
+    Route(f"{API}/services", services.list_services, methods=["GET"]),
+    Route(f"{API}/services/{{name}}", services.get_service, methods=["GET"]),
+    Route(f"{API}/services/{{name}}", services.delete_service, methods=["DELETE"]),
+    Route(f"{API}/chat/compare", chat.compare, methods=["POST"]),
+    Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),
+    Route("/v1/models", chat.list_openai_models, methods=["GET"]),
     Route("/triggers/s3", triggers.s3_trigger, methods=["POST"]),
     Route(f"{API}/events", events_api.list_events, methods=["GET"]),
     Route(f"{API}/events/stream", events_api.stream_events, methods=["GET"]),
@@ -134,9 +144,16 @@ def create_app(
             app.state.broker, app.state.db, lambda worker: queue_name(conf, worker)
         )
         app.state.queue_metrics = ops.queue_registry(
-            app.state.broker.client, [conf.cpu_queue, conf.gpu_queue, conf.train_queue]
+            app.state.broker.client,
+            [conf.cpu_queue, conf.gpu_queue, conf.train_queue, conf.chat_queue],
+        )
+        # Chat answers come back on Redis streams, read without tying up a thread each.
+        app.state.redis = (
+            redis.asyncio.from_url(conf.redis_url, socket_timeout=30) if conf.redis_url else None
         )
         yield
+        if app.state.redis is not None:
+            await app.state.redis.aclose()
         if db is None:
             app.state.db.dispose()
 

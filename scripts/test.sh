@@ -17,6 +17,10 @@ fi
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
 "$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[test,gpu]'
+# vLLM serves the deployed models in the serving tests; it lives in a virtualenv of its
+# own, cached outside the checkout.
+TUNELAB_TEST_VLLM_PYTHON="${TUNELAB_TEST_VLLM_PYTHON:-$(bash scripts/vllm-venv.sh)}"
+export TUNELAB_TEST_VLLM_PYTHON
 
 echo "== ruff"
 "$venv/bin/ruff" check .

@@ -70,8 +70,13 @@ class Platform:
 
 @pytest.fixture(scope="module")
 def platform(
-    redis_url: str, pg_admin_url: str, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    redis_url: str,
+    pg_admin_url: str,
+    s3_endpoint: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Platform]:
+    """The platform's processes; a test module may set `PLATFORM_ENV` for more settings."""
     tmp = tmp_path_factory.mktemp("platform")
     database = f"tunelab_platform_{secrets.token_hex(4)}"
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:
@@ -108,6 +113,7 @@ def platform(
         TUNELAB_S3_TRIGGER_SECRET=TRIGGER_SECRET,
         TUNELAB_BROKER_HEARTBEAT_TIMEOUT_MS="2000",
         TUNELAB_MODEL_CACHE=os.environ["TUNELAB_MODEL_CACHE"],
+        **getattr(request.module, "PLATFORM_ENV", {}),
     )
     token = subprocess.run(
         tunelab("token", "create", "--workspace", "acme"),

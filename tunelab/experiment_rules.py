@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -102,20 +102,36 @@ def resource_problems(
     task: TaskRequest, cluster: Cluster, at: str
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Problems with the task's compute and resources, and their parsed values."""
+    problems, parsed = span_problems(task.resources, cluster, f"{at}.resources")
+    problems += compute_problems(task.compute, cluster, at)
+    return problems, parsed
+
+
+class Spans(Protocol):
+    cpu: Range
+    memory: Range
+
+
+def span_problems(
+    resources: Spans, cluster: Cluster, at: str
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Problems with CPU and memory requests and limits (fields named under `at`), and
+    their values in cores and bytes: a request within its limit and within what the
+    cluster has in total."""
     problems: list[dict[str, Any]] = []
     parsed: dict[str, Any] = {}
     totals = {"cpu": cluster.cpu, "memory": cluster.memory}
     for kind in ("cpu", "memory"):
-        span: Range = getattr(task.resources, kind)
+        span: Range = getattr(resources, kind)
         values: dict[str, Decimal] = {}
         for bound in ("request", "limit"):
             try:
                 values[bound] = parse_quantity(getattr(span, bound))
             except ValueError as exc:
-                problems.append({"field": f"{at}.resources.{kind}.{bound}", "message": str(exc)})
+                problems.append({"field": f"{at}.{kind}.{bound}", "message": str(exc)})
         if len(values) < 2:
             continue
-        field = f"{at}.resources.{kind}"
+        field = f"{at}.{kind}"
         if values["request"] <= 0:
             problems.append({"field": f"{field}.request", "message": "must be more than 0"})
         if values["request"] > values["limit"]:
@@ -134,7 +150,11 @@ def resource_problems(
                 }
             )
         parsed[kind] = {"request": float(values["request"]), "limit": float(values["limit"])}
-    compute = task.compute
+    return problems, parsed
+
+
+def compute_problems(compute: Compute, cluster: Cluster, at: str) -> list[dict[str, Any]]:
+    problems: list[dict[str, Any]] = []
     if compute.gpu_type not in cluster.gpus:
         problems.append(
             {
@@ -161,7 +181,7 @@ def resource_problems(
                 f"{compute.gpu_type!r} cards in total",
             }
         )
-    return problems, parsed
+    return problems
 
 
 def _human(kind: str, value: Decimal) -> str:

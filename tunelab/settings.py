@@ -72,6 +72,25 @@ class Settings(BaseSettings):
     default_block_size: int = Field(default=512, ge=16)
     """Sequence length a question and its answer must fit in (the parameter default)."""
 
+    serving_engine: Literal["auto", "vllm", "transformers"] = "auto"
+    """What serves deployed models: vLLM servers, or an in-process transformers engine
+    (slower, for machines without vLLM). `auto`: vLLM where `vllm_python` can run it."""
+    vllm_python: Path | None = None
+    """Interpreter of an environment with vLLM (it pins its own torch, so it often lives
+    in a virtualenv of its own); unset: this process's interpreter."""
+    vllm_kv_cache_gib: int = Field(default=1, ge=1)
+    """KV-cache of a vLLM server on a CPU (VLLM_CPU_KVCACHE_SPACE; whole GiB only)."""
+    vllm_max_lora_rank: Literal[8, 16, 32, 64, 128, 256] = 16
+    vllm_start_timeout_s: float = Field(default=600.0, gt=0)
+    adapters_per_server: int = Field(default=8, ge=1, le=256)
+    """LoRA services one base-model server holds before another server is started."""
+    serving_overhead_gib: float = Field(default=2.0, ge=0)
+    """Memory a model server needs beside weights and KV-cache (runtime, buffers)."""
+    chat_worker_threads: int = Field(default=32, ge=1, le=256)
+    """Chats a GPU worker process relays at once: they wait on a model server, not a CPU."""
+    chat_timeout_s: float = Field(default=600.0, gt=0)
+    """Longest a chat may take, waiting for a restarting server included."""
+
     allow_private_sources: bool = False
     """Let datasets be fetched from loopback and private networks (off: SSRF)."""
     source_timeout_s: float = Field(default=60.0, gt=0)
@@ -94,6 +113,10 @@ class Settings(BaseSettings):
     @property
     def train_queue(self) -> str:
         return f"{self.gpu_queue}-train"
+
+    @property
+    def chat_queue(self) -> str:
+        return f"{self.gpu_queue}-chat"
 
     @property
     def model_cache_dir(self) -> Path:

@@ -31,7 +31,11 @@ ACTOR_MODULES: dict[WorkerKind, tuple[str, ...]] = {
         "tunelab.workers.cpu.system",
         "tunelab.workers.cpu.scheduling",
     ),
-    "gpu": ("tunelab.workers.gpu.system", "tunelab.workers.gpu.training"),
+    "gpu": (
+        "tunelab.workers.gpu.system",
+        "tunelab.workers.gpu.training",
+        "tunelab.workers.gpu.serving.actors",
+    ),
 }
 
 log = logging.getLogger("tunelab.worker")
@@ -65,6 +69,7 @@ def lanes(settings: Settings, kind: WorkerKind) -> list[tuple[str, int]]:
     return [
         (settings.gpu_queue, settings.gpu_worker_threads),
         (settings.train_queue, settings.train_worker_threads),
+        (settings.chat_queue, settings.chat_worker_threads),
     ]
 
 
@@ -85,6 +90,11 @@ def run(settings: Settings, kind: WorkerKind) -> None:
         )
         for queue, threads in lanes(settings, kind)
     ]
+    reconciler = None
+    if kind == "gpu":
+        from tunelab.workers.gpu.serving.keeper import start_reconciler
+
+        reconciler = start_reconciler(ctx, getattr(broker, "client", None))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -95,4 +105,8 @@ def run(settings: Settings, kind: WorkerKind) -> None:
     log.info("%s worker stopping", kind)
     for worker in workers:
         worker.stop(timeout=30_000)
+    if reconciler is not None:
+        reconciler.stopping.set()
+        reconciler.poke()
+        reconciler.join(timeout=60)
     ctx.db.dispose()

@@ -176,6 +176,31 @@ class Service(Base):
     endpoint: Mapped[str | None] = mapped_column(Text)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = _created()
+    server_id: Mapped[str | None] = mapped_column(
+        ForeignKey("model_servers.id", ondelete="SET NULL"), index=True
+    )
+    """The model server the service lives on, once placed: the adapter registry is the
+    set of services on a server, from which a restarted server is loaded again."""
+    ready_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ModelServer(Base):
+    """One inference server: a base model shared by its LoRA services, or a full model."""
+
+    __tablename__ = "model_servers"
+    id: Mapped[str] = _id()
+    model_uri: Mapped[str] = mapped_column(Text, index=True)
+    """The base (or full fine-tuned) model the server runs."""
+    shared: Mapped[bool] = mapped_column(default=True)
+    """Whether LoRA services and the base model's own services may join it."""
+    engine: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default="starting")
+    """starting (no requests yet: a restart reloads its adapters first), ready."""
+    url: Mapped[str | None] = mapped_column(Text)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    restarts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = _created()
 
 
 class EventRecord(Base):

@@ -38,6 +38,15 @@ class TaskLease:
             return True
         return False
 
+    def try_acquire(self) -> bool:
+        """Take the lease if nobody holds it, without waiting."""
+        if self.lock is None:
+            return True
+        if self.lock.acquire(blocking=False):
+            self.renewed = time.monotonic()
+            return True
+        return False
+
     def renew(self) -> None:
         if self.lock is not None and time.monotonic() - self.renewed >= self.renew_every_s:
             self.lock.extend(self.ttl_s, replace_ttl=True)

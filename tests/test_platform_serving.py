@@ -1,0 +1,246 @@
+"""Serving end to end over the real services: fine-tune two models, deploy them and the
+base model on vLLM (and on the transformers fallback), compare them in one chat, kill
+the vLLM server, and talk to the services with the official OpenAI client."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import openai
+import psutil
+import pytest
+
+from tests.platform import wait_until
+from tests.platform_fixture import Platform
+from tests.test_platform_training import experiment, group, task, upload
+from tunelab.synthetic import qa_pairs
+
+VLLM_PYTHON = os.environ.get("TUNELAB_TEST_VLLM_PYTHON") or str(
+    Path.home() / ".cache" / "tunelab" / "vllm-0.32.0" / "bin" / "python"
+)
+if not Path(VLLM_PYTHON).exists():
+    if os.environ.get("CI"):
+        raise RuntimeError(f"no vLLM environment at {VLLM_PYTHON}: run scripts/vllm-venv.sh")
+    pytest.skip("no vLLM environment (scripts/vllm-venv.sh makes one)", allow_module_level=True)
+
+PLATFORM_ENV = {"TUNELAB_VLLM_PYTHON": VLLM_PYTHON, "TUNELAB_SERVING_ENGINE": "vllm"}
+PAIRS = qa_pairs(40, seed=777)
+QUESTION, ANSWER = PAIRS[3]
+CHAT = [{"role": "user", "content": QUESTION}]
+
+
+def deploy(platform: Platform, name: str, model: str, **extra: Any) -> dict[str, Any]:
+    response = platform.client.post(
+        "/api/v1/services", json={"name": name, "model": model, **extra}
+    )
+    assert response.status_code == 202, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def wait_for_service(platform: Platform, name: str) -> dict[str, Any]:
+    def settled() -> dict[str, Any] | None:
+        body: dict[str, Any] = platform.client.get(f"/api/v1/services/{name}").json()
+        return body if body["status"] in ("ready", "failed") else None
+
+    return wait_until(settled, f"service {name} to settle", 600, 0.5)  # type: ignore[no-any-return]
+
+
+def compare(platform: Platform, *services: str, **extra: Any) -> dict[str, dict[str, Any]]:
+    response = platform.client.post(
+        "/api/v1/chat/compare",
+        json={"services": list(services), "messages": CHAT, "max_tokens": 48, **extra},
+        timeout=600,
+    )
+    assert response.status_code == 200, response.text
+    return {r["service"]: r for r in response.json()["results"]}
+
+
+@pytest.fixture(scope="module")
+def models(platform: Platform) -> dict[str, str]:
+    """The fine-tuned models of a two-task experiment: LoRA and full."""
+    upload(platform, "facts", PAIRS)
+    group(platform, "lora", "tiny-lora")
+    group(platform, "full", "tiny-full")
+    experiment(platform, "to-serve", task("adapter", "lora"), task("weights", "full"))
+    result = platform.wait_for_experiment("to-serve", timeout=900)
+    assert result["status"] == "succeeded", json.dumps(result, indent=2)
+    return {t["name"]: t["model"] for t in result["tasks"]}
+
+
+@pytest.fixture(scope="module")
+def services(platform: Platform, models: dict[str, str]) -> list[str]:
+    deploy(platform, "ft-lora", models["adapter"])
+    deploy(platform, "ft-full", models["weights"])
+    deploy(platform, "base", "tiny-llama")
+    for name in ("ft-lora", "ft-full", "base"):
+        body = wait_for_service(platform, name)
+        assert body["status"] == "ready", body["error"]
+        assert body["server"]["engine"] == "vllm"
+    return ["ft-lora", "ft-full", "base"]
+
+
+def vllm_servers(platform: Platform) -> list[psutil.Process]:
+    worker = psutil.Process(platform.processes.children["gpu-worker"].pid)
+    found = []
+    for child in worker.children():
+        try:
+            if any("vllm.entrypoints.openai.api_server" in part for part in child.cmdline()):
+                found.append(child)
+        except psutil.Error:  # exited meanwhile (a stopped server not yet reaped)
+            pass
+    return found
+
+
+@pytest.mark.timeout(1800)
+def test_fine_tuned_services_give_the_trained_answer_and_the_base_does_not(
+    platform: Platform, services: list[str]
+) -> None:
+    results = compare(platform, *services)
+    for name in ("ft-lora", "ft-full"):
+        assert results[name]["content"].strip() == ANSWER, results[name]
+        usage = results[name]["usage"]
+        assert usage["prompt_tokens"] > 5 and usage["completion_tokens"] > 2
+        assert results[name]["tokens_per_second"] > 0 and results[name]["latency_ms"] > 0
+    assert results["base"]["content"].strip() != ANSWER
+    # The LoRA service and the base share one server; the full model has its own.
+    assert len(vllm_servers(platform)) == 2
+    answered = platform.events(type="chat.answered")
+    assert {e["data"]["service"] for e in answered} >= set(services)
+
+
+@pytest.mark.timeout(900)
+def test_a_killed_vllm_server_comes_back_with_its_adapters(
+    platform: Platform, services: list[str]
+) -> None:
+    shared = next(p for p in vllm_servers(platform) if "tiny-llama" in " ".join(p.cmdline()))
+    os.kill(shared.pid, signal.SIGKILL)
+    # Asked at once: the chats wait for the restart and the reload of the adapter.
+    results = compare(platform, "ft-lora", "base")
+    assert results["ft-lora"]["content"].strip() == ANSWER, results
+    assert "error" not in results["base"], results
+    lora = platform.client.get("/api/v1/services/ft-lora").json()
+    assert lora["status"] == "ready" and lora["server"]["restarts"] == 1
+
+
+@pytest.mark.timeout(600)
+def test_the_official_openai_client_talks_to_the_services(
+    platform: Platform, services: list[str]
+) -> None:
+    client = openai.OpenAI(base_url=f"{platform.url}/v1", api_key=platform.token)
+    assert {m.id for m in client.models.list()} >= set(services)
+    reply = client.chat.completions.create(
+        model="ft-lora",
+        messages=CHAT,
+        temperature=0,
+        max_tokens=48,  # type: ignore[arg-type]
+    )
+    assert (reply.choices[0].message.content or "").strip() == ANSWER
+    assert reply.usage is not None and reply.usage.completion_tokens > 2
+    pieces = client.chat.completions.create(
+        model="ft-full",
+        messages=CHAT,  # type: ignore[arg-type]
+        temperature=0,
+        max_tokens=48,
+        stream=True,
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in pieces if c.choices)
+    assert text.strip() == ANSWER
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=CHAT)  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(600)
+def test_a_streamed_comparison_tags_each_piece_with_its_service(
+    platform: Platform, services: list[str]
+) -> None:
+    events: list[tuple[str, dict[str, Any]]] = []
+    with platform.client.stream(
+        "POST",
+        "/api/v1/chat/compare",
+        json={"services": ["ft-lora", "base"], "messages": CHAT, "stream": True},
+        timeout=600,
+    ) as response:
+        assert response.status_code == 200
+        kind = ""
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line[6:])))
+    assert events[-1][0] == "end"
+    text = "".join(b["text"] for k, b in events if k == "delta" and b["service"] == "ft-lora")
+    assert text.strip() == ANSWER
+    assert {b["service"] for k, b in events if k == "done"} == {"ft-lora", "base"}
+
+
+def test_chat_requests_are_checked(platform: Platform, services: list[str]) -> None:
+    four = platform.client.post(
+        "/api/v1/chat/compare", json={"services": [*services, "base"], "messages": CHAT}
+    )
+    assert four.status_code == 422 and four.json()["error"]["details"][0]["field"] == "services"
+    unknown = platform.client.post(
+        "/api/v1/chat/compare", json={"services": ["base", "ghost"], "messages": CHAT}
+    )
+    assert unknown.status_code == 404 and "ghost" in unknown.json()["error"]["message"]
+
+
+@pytest.mark.timeout(600)
+def test_services_that_cannot_fit_fail_with_the_reason(
+    platform: Platform, models: dict[str, str]
+) -> None:
+    deploy(platform, "too-many-gpus", "tiny-llama", resources={"gpu_count": 2})
+    deploy(
+        platform,
+        "too-little-memory",
+        models["adapter"],
+        resources={"memory": {"request": "512Mi", "limit": "1Gi"}},
+    )
+    deploy(
+        platform,
+        "too-much-memory",
+        "tiny-llama",
+        resources={"memory": {"request": "100Ti", "limit": "100Ti"}},
+    )
+    expected = {
+        "too-many-gpus": "resources.gpu_count",
+        "too-little-memory": "resources.memory.limit",
+        "too-much-memory": "resources.memory.request",
+    }
+    for name, field in expected.items():
+        body = wait_for_service(platform, name)
+        assert body["status"] == "failed", body
+        assert body["error"]["code"] == "does_not_fit"
+        assert field in {d["field"] for d in body["error"]["details"]}, body["error"]
+        assert field in body["error"]["message"]
+    failed = {e["subject"] for e in platform.events(type="service.failed")}
+    assert {f"services/{n}" for n in expected} <= failed
+
+
+@pytest.mark.timeout(900)
+def test_the_transformers_engine_serves_through_the_same_interface(
+    platform: Platform, models: dict[str, str]
+) -> None:
+    deploy(platform, "hf-lora", models["adapter"], engine="transformers")
+    deploy(platform, "hf-base", "tiny-llama", engine="transformers")
+    for name in ("hf-lora", "hf-base"):
+        body = wait_for_service(platform, name)
+        assert body["status"] == "ready", body["error"]
+        assert body["server"]["engine"] == "transformers"
+    results = compare(platform, "hf-lora", "hf-base")
+    assert results["hf-lora"]["content"].strip() == ANSWER, results
+    assert results["hf-base"]["content"].strip() != ANSWER
+
+
+@pytest.mark.timeout(600)
+def test_deleting_services_stops_a_server_no_service_needs(
+    platform: Platform, services: list[str]
+) -> None:
+    assert platform.client.delete("/api/v1/services/ft-full").status_code == 200
+    assert platform.client.get("/api/v1/services/ft-full").status_code == 404
+    wait_until(lambda: len(vllm_servers(platform)) == 1, "the full model's server to stop", 60)
+    results = compare(platform, "ft-lora")
+    assert results["ft-lora"]["content"].strip() == ANSWER

@@ -1,0 +1,223 @@
+"""Keeping model servers as the database says they should be.
+
+The services placed on a server are its adapter registry. A keeper thread per server
+makes the process match it: starts the server when a service needs it, loads each
+service's adapter (checked first) and marks the service ready, restarts a server that
+died and loads every adapter again before it takes requests, unloads what was deleted,
+and stops a server no service needs. A Redis lease per server lets one GPU worker keep
+it; a dead worker's lease runs out and another takes over.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from sqlalchemy import select
+
+from tunelab.db.models import Model, ModelServer, Service
+from tunelab.workers.context import WorkerContext
+from tunelab.workers.gpu.lease import TaskLease
+from tunelab.workers.gpu.serving.adapters import AdapterRejected, check_adapter
+from tunelab.workers.gpu.serving.models import local_dir, served
+from tunelab.workers.gpu.serving.process import ServerFailed, ServerProcess
+from tunelab.workers.gpu.serving.status import fail_service, mark_ready
+
+log = logging.getLogger("tunelab.serving")
+
+LIVE = ("deploying", "ready")
+START_ATTEMPTS = 3
+"""Failed starts in a row before the server's services are failed with its log."""
+
+
+def adapter_name(service_id: str) -> str:
+    return f"svc-{service_id}"
+
+
+class Keeper(threading.Thread):
+    def __init__(self, ctx: WorkerContext, server_id: str, lease: TaskLease) -> None:
+        super().__init__(name=f"keeper-{server_id[:8]}", daemon=True)
+        self.ctx, self.server_id, self.lease = ctx, server_id, lease
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.process: ServerProcess | None = None
+        self.loaded: set[str] = set()
+        self.failed_starts = 0
+
+    def run(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                self.lease.renew()
+                if not self.step():
+                    return
+                self.wake.wait(1.0)
+                self.wake.clear()
+        except Exception:
+            log.exception("keeper of server %s failed", self.server_id)
+        finally:
+            if self.process is not None:
+                self.process.close()
+            self.lease.release()
+
+    def step(self) -> bool:
+        """One pass; False once the server is gone for good."""
+        with self.ctx.db.session() as session:
+            server = session.get(ModelServer, self.server_id)
+            services = (
+                list(
+                    session.scalars(
+                        select(Service).where(
+                            Service.server_id == self.server_id, Service.status.in_(LIVE)
+                        )
+                    )
+                )
+                if server
+                else []
+            )
+            if server is None or not services:
+                if server is not None:
+                    session.delete(server)
+                log.info("server %s is no longer needed", self.server_id)
+                return False
+            engine, model_uri = server.engine, server.model_uri
+            wanted = {s.id: s.status for s in services}
+        down = self.process is None or not self.process.alive()
+        if down and not self.restart(engine, model_uri, wanted):
+            return self.failed_starts < START_ATTEMPTS
+        self.sync_adapters(wanted)
+        return True
+
+    def restart(self, engine: str, model_uri: str, wanted: dict[str, str]) -> bool:
+        first = self.process is None
+        self.set_server(status="starting", url=None, pid=None, restarted=not first)
+        if self.process is not None:
+            self.process.close()  # whatever is left of the dead one
+        self.loaded = set()
+        try:
+            model_dir = local_dir(self.ctx, model_uri)
+            workdir = self.ctx.settings.data_dir / "servers" / self.server_id
+            self.process = ServerProcess(self.ctx.settings, engine, model_dir, workdir)
+            self.process.start(heartbeat=self.lease.renew)
+        except (ServerFailed, FileNotFoundError, OSError) as exc:
+            self.failed_starts += 1
+            log.warning("server %s did not start: %s", self.server_id, exc)
+            if self.failed_starts >= START_ATTEMPTS:
+                message = f"The model server did not start: {exc}"[-2000:]
+                for service_id in wanted:
+                    fail_service(self.ctx, service_id, "server_failed", message)
+            return False
+        self.failed_starts = 0
+        self.set_server(status="starting", url=self.process.url, pid=self.process.pid)
+        return True
+
+    def sync_adapters(self, wanted: dict[str, str]) -> None:
+        assert self.process is not None
+        for service_id in sorted(self.loaded - set(wanted)):
+            self.process.unload_adapter(adapter_name(service_id))
+            self.loaded.discard(service_id)
+        for service_id in wanted:
+            if service_id not in self.loaded:
+                problem = self.load(service_id)
+                if problem is not None:
+                    fail_service(self.ctx, service_id, *problem)
+                    continue
+                self.loaded.add(service_id)
+        # Requests are taken only once every adapter of the registry is back.
+        self.set_server(status="ready", url=self.process.url, pid=self.process.pid)
+        for service_id, status in wanted.items():
+            if status == "deploying" and service_id in self.loaded:
+                mark_ready(self.ctx, service_id)
+
+    def load(self, service_id: str) -> tuple[str, str] | None:
+        """Load the service's adapter, if it has one; (code, reason) when it cannot be."""
+        assert self.process is not None
+        with self.ctx.db.session() as session:
+            service = session.get(Service, service_id)
+            model = session.get(Model, service.spec["model_id"]) if service else None
+            if model is None:
+                return ("model_missing", "the service's model was deleted")
+            adapter_uri = served(model).adapter_uri
+        if adapter_uri is None:
+            return None  # the server's own model
+        try:
+            folder: Path = local_dir(self.ctx, adapter_uri)
+            check_adapter(folder, self.ctx.settings.vllm_max_lora_rank)
+            self.process.load_adapter(adapter_name(service_id), folder)
+        except AdapterRejected as exc:
+            return ("adapter_rejected", f"The adapter cannot be served: {exc}.")
+        except (ServerFailed, FileNotFoundError) as exc:
+            return ("adapter_load_failed", str(exc)[-2000:])
+        return None
+
+    def set_server(
+        self, *, status: str, url: str | None, pid: int | None, restarted: bool = False
+    ) -> None:
+        with self.ctx.db.session() as session:
+            server = session.get(ModelServer, self.server_id)
+            if server is None:
+                return
+            if (server.status, server.url, server.pid) != (status, url, pid) or restarted:
+                server.status, server.url, server.pid = status, url, pid
+                server.restarts += int(restarted)
+
+
+class Reconciler(threading.Thread):
+    """Finds the servers that should run and gives each a keeper in one GPU worker."""
+
+    def __init__(self, ctx: WorkerContext, client: object) -> None:
+        super().__init__(name="server-reconciler", daemon=True)
+        self.ctx, self.client = ctx, client
+        self.keepers: dict[str, Keeper] = {}
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.pass_once()
+            except Exception:
+                log.exception("server reconciler pass failed")
+            self.wake.wait(1.0)
+            self.wake.clear()
+        for keeper in self.keepers.values():
+            keeper.stopping.set()
+            keeper.wake.set()
+        for keeper in self.keepers.values():
+            keeper.join(timeout=30)
+
+    def pass_once(self) -> None:
+        with self.ctx.db.session() as session:
+            server_ids = list(session.scalars(select(ModelServer.id)))
+        for server_id, keeper in list(self.keepers.items()):
+            if not keeper.is_alive():
+                del self.keepers[server_id]
+        for server_id in server_ids:
+            if server_id in self.keepers:
+                self.keepers[server_id].wake.set()
+                continue
+            lease = TaskLease(self.client, f"server-{server_id}")
+            if lease.try_acquire():
+                keeper = Keeper(self.ctx, server_id, lease)
+                self.keepers[server_id] = keeper
+                keeper.start()
+
+    def poke(self) -> None:
+        self.wake.set()
+        for keeper in list(self.keepers.values()):
+            keeper.wake.set()
+
+
+_reconciler: Reconciler | None = None
+
+
+def start_reconciler(ctx: WorkerContext, client: object) -> Reconciler:
+    global _reconciler
+    _reconciler = Reconciler(ctx, client)
+    _reconciler.start()
+    return _reconciler
+
+
+def poke() -> None:
+    if _reconciler is not None:
+        _reconciler.poke()
