@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, TypeAdapter
 
+from tunelab.events.batch import BatchCompleted, BatchCreated, BatchFailed
 from tunelab.events.dataset import DatasetFailed, DatasetUploaded, DatasetValidated
 from tunelab.events.envelope import Event
 from tunelab.events.experiment import (
@@ -53,6 +54,9 @@ AnyEvent = Annotated[
     | ServiceDeleted
     | ChatRequested
     | ChatAnswered
+    | BatchCreated
+    | BatchCompleted
+    | BatchFailed
     | Ping
     | Pong
     | MessageDead,
@@ -97,5 +101,6 @@ ROUTES: dict[str, tuple[Route, ...]] = {
     "service.placed": (Route("wake_servers_on_placed", "gpu"),),
     "service.deleted": (Route("wake_servers_on_deleted", "gpu"),),
     "chat.requested": (Route("answer_chat", "chat"),),
+    "batch.created": (Route("run_batch", "cpu"),),
     "system.ping": (Route("answer_ping_cpu", "cpu"), Route("answer_ping_gpu", "gpu")),
 }

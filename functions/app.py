@@ -20,6 +20,7 @@ from tunelab.errors import MethodNotAllowed, NotFound, TunelabError
 from tunelab.events.broker import build_broker, queue_name
 from tunelab.events.bus import EventBus
 from tunelab.functions import (
+    batches,
     chat,
     dataset_rows,
     datasets,
@@ -78,6 +79,10 @@ ROUTES = [
     Route(f"{API}/chat/compare", chat.compare, methods=["POST"]),
     Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),
     Route("/v1/models", chat.list_openai_models, methods=["GET"]),
+    Route(f"{API}/batches", batches.create_batch, methods=["POST"]),
+    Route(f"{API}/batches", batches.list_batches, methods=["GET"]),
+    Route(f"{API}/batches/{{id}}", batches.get_batch, methods=["GET"]),
+    Route(f"{API}/batches/{{id}}/{{file}}", batches.batch_file, methods=["GET"]),
     Route("/triggers/s3", triggers.s3_trigger, methods=["POST"]),
     Route(f"{API}/events", events_api.list_events, methods=["GET"]),
     Route(f"{API}/events/stream", events_api.stream_events, methods=["GET"]),

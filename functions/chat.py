@@ -13,7 +13,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
@@ -21,18 +21,18 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
+from tunelab.chat_protocol import (
+    Message,
+    OpenAIRequest,
+    completion_body,
+    decode,
+    stream_key,
+    usage_of,
+)
 from tunelab.db.models import Service
 from tunelab.errors import Conflict, NotFound, TunelabError, Unavailable
 from tunelab.events.service import ChatRequested, ChatRequestedData, ChatSettings
 from tunelab.functions.http import parse, read_json, respond, workspace_id
-
-STREAM_PREFIX = "tunelab:chat:"
-
-
-class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    role: Literal["system", "user", "assistant"]
-    content: str
 
 
 class CompareRequest(BaseModel):
@@ -44,20 +44,6 @@ class CompareRequest(BaseModel):
     top_p: float = Field(default=1.0, gt=0, le=1)
     max_tokens: int = Field(default=128, ge=1, le=8192)
     stream: bool = False
-
-
-class OpenAIRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # unknown OpenAI options are accepted, unused
-    model: str
-    messages: list[Message] = Field(min_length=1)
-    temperature: float = Field(default=1.0, ge=0, le=2)
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    max_tokens: int | None = Field(default=None, ge=1, le=8192)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=8192)
-    stop: str | list[str] | None = None
-    stream: bool = False
-    stream_options: dict[str, Any] | None = None
-    n: int = Field(default=1, ge=1, le=1)
 
 
 def ready_services(request: Request, names: list[str], field: str) -> list[Service]:
@@ -112,15 +98,15 @@ async def pieces(request: Request, request_id: str) -> AsyncIterator[tuple[str, 
     redis = request.app.state.redis
     if redis is None:
         raise Unavailable("Chat needs the broker's Redis; set TUNELAB_REDIS_URL.")
-    key, last = f"{STREAM_PREFIX}{request_id}", "0"
+    key, last = stream_key(request_id), "0"
     deadline = time.monotonic() + request.app.state.settings.chat_timeout_s + 30
     while time.monotonic() < deadline:
         reply = await redis.xread({key: last}, block=2000, count=100)
         for _, entries in reply or []:
             for entry_id, fields in entries:
                 last = entry_id
-                kind = fields[b"kind"].decode()
-                yield kind, json.loads(fields[b"body"])
+                kind, body = decode(fields)
+                yield kind, body
                 if kind in ("done", "error"):
                     await redis.delete(key)
                     return
@@ -202,13 +188,7 @@ async def chat_completions(request: Request) -> Any:
         (service,) = await run_in_threadpool(ready_services, request, [spec.model], "model")
     except TunelabError as exc:
         return _openai_error(exc)
-    stop = [spec.stop] if isinstance(spec.stop, str) else list(spec.stop or [])
-    settings = ChatSettings(
-        temperature=spec.temperature,
-        top_p=spec.top_p,
-        max_tokens=spec.max_completion_tokens or spec.max_tokens or 256,
-        stop=stop,
-    )
+    settings = spec.chat_settings()
     request_id = await run_in_threadpool(
         ask, request, service, _messages(None, spec.messages), settings
     )
@@ -226,32 +206,8 @@ async def chat_completions(request: Request) -> Any:
                 status_code=502,
             )
         if kind == "done":
-            return respond(
-                {
-                    "id": chat_id,
-                    "object": "chat.completion",
-                    "created": created,
-                    "model": spec.model,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": body["content"]},
-                            "finish_reason": body.get("finish_reason") or "stop",
-                        }
-                    ],
-                    "usage": _usage(body),
-                }
-            )
+            return respond(completion_body(chat_id, created, spec.model, body))
     raise AssertionError("unreachable: pieces always ends with done or error")
-
-
-def _usage(body: dict[str, Any]) -> dict[str, int]:
-    prompt, completion = body["usage"]["prompt_tokens"], body["usage"]["completion_tokens"]
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
 
 
 async def _openai_chunks(
@@ -284,7 +240,7 @@ async def _openai_chunks(
                             "created": created,
                             "model": model,
                             "choices": [],
-                            "usage": _usage(body),
+                            "usage": usage_of(body),
                         }
                     )
                     + "\n\n"

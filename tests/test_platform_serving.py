@@ -235,6 +235,61 @@ def test_the_transformers_engine_serves_through_the_same_interface(
     assert results["hf-base"]["content"].strip() != ANSWER
 
 
+@pytest.mark.timeout(900)
+def test_a_batch_of_50_requests_with_two_bad_lines_completes_with_48_results(
+    platform: Platform, services: list[str]
+) -> None:
+    lines = []
+    for n in range(1, 51):
+        question, _ = PAIRS[n % len(PAIRS)]
+        request = {
+            "custom_id": f"r{n}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": "ft-lora" if n % 2 else "base",
+                "messages": [{"role": "user", "content": question}],
+                "temperature": 0,
+                "max_tokens": 24,
+            },
+        }
+        if n == 10:
+            lines.append('{"custom_id": "r10", "method": "POST"')  # cut short
+            continue
+        if n == 30:
+            request["body"]["model"] = "ghost"  # type: ignore[index]
+        lines.append(json.dumps(request, ensure_ascii=False))
+    response = platform.client.post(
+        "/api/v1/batches",
+        files={"file": ("requests.jsonl", "\n".join(lines).encode())},
+        data={"metadata": json.dumps({"purpose": "test"})},
+    )
+    assert response.status_code == 202, response.text
+    batch_id = response.json()["id"]
+
+    def completed() -> dict[str, Any] | None:
+        body: dict[str, Any] = platform.client.get(f"/api/v1/batches/{batch_id}").json()
+        return body if body["status"] in ("completed", "failed") else None
+
+    batch = wait_until(completed, "the batch to complete", 600, 0.5)
+    assert batch["status"] == "completed", batch
+    assert batch["request_counts"] == {"total": 50, "completed": 48, "failed": 2}
+    output = platform.client.get(f"/api/v1/batches/{batch_id}/output").text.splitlines()
+    errors = platform.client.get(f"/api/v1/batches/{batch_id}/errors").text.splitlines()
+    results = [json.loads(line) for line in output]
+    assert len(results) == 48 and len(errors) == 2
+    by_id = {r["custom_id"]: r for r in results}
+    _, answer = PAIRS[1]
+    first = by_id["r1"]["response"]
+    assert first["status_code"] == 200
+    assert first["body"]["choices"][0]["message"]["content"].strip() == answer
+    failures = [json.loads(line) for line in errors]
+    assert [f["line"] for f in failures] == [10, 30]
+    assert "line 10" in failures[0]["error"]["message"]
+    assert "ghost" in failures[1]["error"]["message"] and failures[1]["custom_id"] == "r30"
+    assert batch["output_uri"].endswith("output.jsonl")
+
+
 @pytest.mark.timeout(600)
 def test_deleting_services_stops_a_server_no_service_needs(
     platform: Platform, services: list[str]

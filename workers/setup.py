@@ -30,6 +30,7 @@ ACTOR_MODULES: dict[WorkerKind, tuple[str, ...]] = {
         "tunelab.workers.cpu.webhooks",
         "tunelab.workers.cpu.system",
         "tunelab.workers.cpu.scheduling",
+        "tunelab.workers.cpu.batches",
     ),
     "gpu": (
         "tunelab.workers.gpu.system",

@@ -203,6 +203,25 @@ class ModelServer(Base):
     created_at: Mapped[datetime] = _created()
 
 
+class Batch(Base):
+    """A file of chat requests in OpenAI's batch format, answered by the workers."""
+
+    __tablename__ = "batches"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    workspace_id: Mapped[str] = _workspace()
+    status: Mapped[str] = mapped_column(String(16), default="validating")
+    """validating → in_progress → completed | failed."""
+    input_key: Mapped[str] = mapped_column(Text)
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    """total, completed, failed: requests so far."""
+    output_key: Mapped[str | None] = mapped_column(Text)
+    error_key: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    created_at: Mapped[datetime] = _created()
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class EventRecord(Base):
     __tablename__ = "events"
     seq: Mapped[int] = mapped_column(

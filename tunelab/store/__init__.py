@@ -104,6 +104,10 @@ class keys:
         return f"datasets/{dataset_id}/{split}.parquet"
 
     @staticmethod
+    def batch_prefix(batch_id: str) -> str:
+        return f"batches/{batch_id}/"
+
+    @staticmethod
     def task_prefix(task_id: str) -> str:
         """A task's checkpoints, metrics, logs and result."""
         return f"tasks/{task_id}/"

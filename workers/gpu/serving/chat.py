@@ -14,18 +14,13 @@ from typing import Any
 
 import httpx
 
+from tunelab.chat_protocol import STREAM_TTL_S, stream_key
 from tunelab.db.models import Model, ModelServer, Service
 from tunelab.events.service import ChatAnswered, ChatAnsweredData, ChatRequested, ChatUsage
 from tunelab.workers.context import WorkerContext
 from tunelab.workers.gpu.serving.keeper import adapter_name, poke
 from tunelab.workers.gpu.serving.models import local_dir, render, served
 from tunelab.workers.gpu.serving.process import SERVED_NAME
-
-STREAM_TTL_S = 600
-
-
-def stream_key(request_id: str) -> str:
-    return f"tunelab:chat:{request_id}"
 
 
 class ChatError(Exception):
