@@ -80,6 +80,7 @@ def transformers_throughput(model_dir: Path, texts: list[str], tokens: int) -> f
         "min_new_tokens": tokens,
         "do_sample": False,
         "pad_token_id": tokenizer.pad_token_id,
+        "use_cache": True,  # the built-in model's config turns the KV-cache off (training)
     }
     with torch.inference_mode():
         model.generate(**tokenizer(texts[:2], return_tensors="pt", padding=True), max_new_tokens=2)
@@ -129,7 +130,8 @@ def main() -> None:
     parser.add_argument("--loads", type=int, default=20)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tunelab-bench-") as tmp:
-        settings = Settings(data_dir=Path(tmp), vllm_python=vllm_python())
+        cache = os.environ.get("TUNELAB_MODEL_CACHE", Path.home() / ".cache/tunelab/models")
+        settings = Settings(data_dir=Path(tmp), model_cache=Path(cache), vllm_python=vllm_python())
         model_dir = ensure_tiny_base(settings.model_cache_dir, settings.data_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         adapters = [make_adapter(model_dir, Path(tmp) / f"adapter-{i}", i) for i in range(3)]

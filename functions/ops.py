@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from tunelab.metrics import render
+from tunelab.serving_rules import engine_of
 
 
 def healthz(request: Request) -> JSONResponse:
@@ -33,8 +34,16 @@ def readyz(request: Request) -> JSONResponse:
         except Exception as exc:  # any failure means "not ready"; say which and why
             checks[name] = f"{type(exc).__name__}: {exc}"[:300]
     ready = all(v == "ok" for v in checks.values())
+    engine = engine_of(state.settings)
+    serving = {
+        "engine": engine,
+        "note": "vLLM model servers"
+        if engine == "vllm"
+        else "vLLM is not installed here: models are served by the in-process transformers "
+        "fallback, one request at a time",
+    }
     return JSONResponse(
-        {"status": "ready" if ready else "not_ready", "checks": checks},
+        {"status": "ready" if ready else "not_ready", "checks": checks, "serving": serving},
         status_code=200 if ready else 503,
     )
 

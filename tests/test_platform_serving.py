@@ -10,6 +10,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import psutil
 import pytest
@@ -106,6 +107,7 @@ def test_fine_tuned_services_give_the_trained_answer_and_the_base_does_not(
         assert usage["prompt_tokens"] > 5 and usage["completion_tokens"] > 2
         assert results[name]["tokens_per_second"] > 0 and results[name]["latency_ms"] > 0
     assert results["base"]["content"].strip() != ANSWER
+    assert httpx.get(f"{platform.url}/readyz").json()["serving"]["engine"] == "vllm"
     # The LoRA service and the base share one server; the full model has its own.
     assert len(vllm_servers(platform)) == 2
     answered = platform.events(type="chat.answered")

@@ -7,6 +7,7 @@ model needs. Each problem names its field as the request spells it.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
@@ -114,3 +115,12 @@ def memory_request(spec: dict[str, Any]) -> float:
     return float(parse_quantity(spec["resources"]["memory"]["request"])) * int(
         spec.get("replicas", 1)
     )
+
+
+def engine_of(settings: Settings) -> str:
+    """`vllm` or `transformers`: what serves models in this deployment."""
+    if settings.serving_engine != "auto":
+        return settings.serving_engine
+    if settings.vllm_python is not None:
+        return "vllm" if settings.vllm_python.exists() else "transformers"
+    return "vllm" if importlib.util.find_spec("vllm") else "transformers"

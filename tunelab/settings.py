@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     """KV-cache of a vLLM server on a CPU (VLLM_CPU_KVCACHE_SPACE; whole GiB only)."""
     vllm_max_lora_rank: Literal[8, 16, 32, 64, 128, 256] = 16
     vllm_start_timeout_s: float = Field(default=600.0, gt=0)
+    vllm_args: str = ""
+    """More arguments for every vLLM server (shell syntax), e.g. `--max-num-seqs 64`."""
     adapters_per_server: int = Field(default=8, ge=1, le=256)
     """LoRA services one base-model server holds before another server is started."""
     serving_overhead_gib: float = Field(default=2.0, ge=0)

@@ -17,6 +17,7 @@ from tunelab.db.models import Model, ModelServer, Service
 from tunelab.events.service import ServiceDeployRequested, ServicePlaced
 from tunelab.serving_rules import (
     DeployRequest,
+    engine_of,
     fit_problems,
     memory_request,
     weights_bytes,
@@ -24,7 +25,6 @@ from tunelab.serving_rules import (
 from tunelab.workers.context import WorkerContext
 from tunelab.workers.gpu.serving.keeper import LIVE, poke
 from tunelab.workers.gpu.serving.models import local_dir, served
-from tunelab.workers.gpu.serving.process import engine_of
 from tunelab.workers.gpu.serving.status import fail_service
 
 

@@ -4,9 +4,9 @@ transformers fallback with the same HTTP API."""
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -26,15 +26,6 @@ log = logging.getLogger("tunelab.serving")
 
 SERVED_NAME = "base"
 """What a server calls its own model; adapters are called by their service's id."""
-
-
-def engine_of(settings: Settings) -> str:
-    """`vllm` or `transformers`: what serves models in this deployment."""
-    if settings.serving_engine != "auto":
-        return settings.serving_engine
-    if settings.vllm_python is not None:
-        return "vllm" if settings.vllm_python.exists() else "transformers"
-    return "vllm" if importlib.util.find_spec("vllm") else "transformers"
 
 
 class ServerFailed(RuntimeError):
@@ -84,6 +75,7 @@ class ServerProcess:
             str(min(4, self.settings.adapters_per_server)),
             "--max-cpu-loras",
             str(self.settings.adapters_per_server),
+            *shlex.split(self.settings.vllm_args),
         ]
 
     def environment(self) -> dict[str, str]:
