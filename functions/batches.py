@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from tunelab.db.models import Batch
-from tunelab.errors import BadRequest, Conflict, Invalid, NotFound
+from tunelab.errors import BadRequest, Conflict, Invalid, NotFound, TooLarge
 from tunelab.events.batch import BatchCreated, BatchRef
 from tunelab.functions import uploads
 from tunelab.functions.http import respond, workspace_id
@@ -60,8 +60,12 @@ async def create_batch(request: Request) -> JSONResponse:
             await run_in_threadpool(state.store.delete, input_key)
             raise BadRequest(f"The 'metadata' part is not valid JSON: {exc}.") from None
     elif content_type.startswith(("application/jsonl", "application/x-ndjson")):
-        body = await request.body()
-        await run_in_threadpool(state.store.put_bytes, input_key, body)
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > MAX_BATCH_BYTES:
+                raise TooLarge(f"A batch file may hold at most {MAX_BATCH_BYTES >> 20} MB.")
+        await run_in_threadpool(state.store.put_bytes, input_key, bytes(data))
     else:
         raise BadRequest(
             "Send the requests as multipart/form-data with a 'file' part, or as an "
@@ -73,7 +77,12 @@ async def create_batch(request: Request) -> JSONResponse:
             "The batch metadata must be an object of strings.",
             [{"field": "metadata", "message": "an object of strings"}],
         )
-    return respond(await run_in_threadpool(_register, request, batch_id, input_key, metadata), 202)
+    try:
+        body = await run_in_threadpool(_register, request, batch_id, input_key, metadata)
+    except BaseException:
+        await run_in_threadpool(state.store.delete, input_key)  # nothing half-stored
+        raise
+    return respond(body, 202)
 
 
 def _register(

@@ -46,6 +46,10 @@ class CompareRequest(BaseModel):
     stream: bool = False
 
 
+ERROR_STATUS = {"not_found": 404, "not_ready": 409, "server_error": 400, "timeout": 504}
+"""HTTP status of a chat that failed, by the error code its GPU worker gave."""
+
+
 def ready_services(request: Request, names: list[str], field: str) -> list[Service]:
     """The workspace's services of those names, in order; 404 naming the unknown ones,
     409 naming those not ready."""
@@ -162,6 +166,9 @@ async def _compare_events(
             async for kind, body in pieces(request, request_id):
                 body = {"service": service.name, **body}
                 await queue.put(f"event: {kind}\ndata: {json.dumps(body)}\n\n")
+        except Exception as exc:  # the client must see this service's stream end badly
+            body = {"service": service.name, "code": "internal_error", "message": str(exc)}
+            await queue.put(f"event: error\ndata: {json.dumps(body)}\n\n")
         finally:
             await queue.put(None)
 
@@ -201,9 +208,12 @@ async def chat_completions(request: Request) -> Any:
         )
     async for kind, body in pieces(request, request_id):
         if kind == "error":
+            # 4xx for what asking again cannot change: the openai client retries 5xx.
+            status = ERROR_STATUS.get(body["code"], 502)
+            kind_name = "invalid_request_error" if status < 500 else "api_error"
             return JSONResponse(
-                {"error": {"message": body["message"], "type": "api_error", "code": body["code"]}},
-                status_code=502,
+                {"error": {"message": body["message"], "type": kind_name, "code": body["code"]}},
+                status_code=status,
             )
         if kind == "done":
             return respond(completion_body(chat_id, created, spec.model, body))

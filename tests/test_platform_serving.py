@@ -188,6 +188,27 @@ def test_chat_requests_are_checked(platform: Platform, services: list[str]) -> N
         "/api/v1/chat/compare", json={"services": ["base", "ghost"], "messages": CHAT}
     )
     assert unknown.status_code == 404 and "ghost" in unknown.json()["error"]["message"]
+    stops = platform.client.post(
+        "/v1/chat/completions",
+        json={"model": "base", "messages": CHAT, "stop": [str(n) for n in range(9)]},
+    )
+    assert stops.status_code == 422 and stops.json()["error"]["details"][0]["field"] == "stop"
+
+
+def test_a_batch_file_that_holds_no_request_fails_saying_so(platform: Platform) -> None:
+    response = platform.client.post(
+        "/api/v1/batches", content=b"\n\n", headers={"content-type": "application/jsonl"}
+    )
+    assert response.status_code == 202, response.text
+
+    def settled() -> dict[str, Any] | None:
+        body: dict[str, Any] = platform.client.get(
+            f"/api/v1/batches/{response.json()['id']}"
+        ).json()
+        return body if body["status"] in ("completed", "failed") else None
+
+    batch = wait_until(settled, "the empty batch to settle", 60, 0.2)
+    assert batch["status"] == "failed" and batch["error"]["code"] == "empty", batch
 
 
 @pytest.mark.timeout(600)
@@ -220,6 +241,11 @@ def test_services_that_cannot_fit_fail_with_the_reason(
         assert field in body["error"]["message"]
     failed = {e["subject"] for e in platform.events(type="service.failed")}
     assert {f"services/{n}" for n in expected} <= failed
+    not_ready = platform.client.post(
+        "/api/v1/chat/compare", json={"services": ["base", "too-many-gpus"], "messages": CHAT}
+    )
+    assert not_ready.status_code == 409, not_ready.text
+    assert "too-many-gpus" in not_ready.json()["error"]["message"]
 
 
 @pytest.mark.timeout(900)

@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tunelab.events.service import ChatSettings
 
@@ -34,6 +34,13 @@ class OpenAIRequest(BaseModel):
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     n: int = Field(default=1, ge=1, le=1)
+
+    @field_validator("stop")
+    @classmethod
+    def _few_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > 8:
+            raise ValueError(f"at most 8 stop strings, not {len(value)}")
+        return value
 
     def chat_settings(self) -> ChatSettings:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

@@ -37,6 +37,7 @@ from tunelab.workers.registry import subscriber
 IN_FLIGHT = 8
 """Requests of one batch asked at once: enough to keep a server's batches full."""
 PROGRESS_EVERY_S = 1.0
+FINAL = ("completed", "failed")
 
 
 class BatchLine(BaseModel):
@@ -100,7 +101,7 @@ def _service_problem(item: BatchLine, services: dict[str, Service]) -> Problem |
 def run(ctx: WorkerContext, event: BatchCreated, redis: Any) -> None:
     with ctx.db.session() as session:
         batch = session.get(Batch, event.data.batch_id)
-        if batch is None or batch.status in ("completed", "failed"):
+        if batch is None or batch.status in FINAL:
             return
         workspace, input_key = batch.workspace_id, batch.input_key
         services = {
@@ -120,7 +121,11 @@ def run(ctx: WorkerContext, event: BatchCreated, redis: Any) -> None:
     lock, last_saved = threading.Lock(), [time.monotonic()]
 
     def answer(number: int, item: BatchLine | Problem) -> None:
-        outcome = _answer(ctx, redis, workspace, services, number, item)
+        try:
+            outcome = _answer(ctx, redis, workspace, services, number, item)
+        except Exception as exc:  # one request's fault is its line's error, not the batch's
+            custom_id = getattr(item, "custom_id", None)
+            outcome = _error_line(number, custom_id, "internal_error", str(exc))
         with lock:
             outcomes[number] = outcome
             counts["completed" if "response" in outcome else "failed"] += 1
@@ -138,7 +143,7 @@ def run(ctx: WorkerContext, event: BatchCreated, redis: Any) -> None:
     ctx.store.put_bytes(f"{prefix}errors.jsonl", _jsonl(errors))
     with ctx.db.session() as session:
         batch = session.get(Batch, event.data.batch_id, with_for_update=True)
-        if batch is None:
+        if batch is None or batch.status in FINAL:
             return
         batch.status, batch.counts = "completed", counts
         batch.output_key, batch.error_key = f"{prefix}output.jsonl", f"{prefix}errors.jsonl"
@@ -210,7 +215,8 @@ def _jsonl(rows: list[dict[str, Any]]) -> bytes:
 def _update(ctx: WorkerContext, batch_id: str, **fields: Any) -> None:
     with ctx.db.session() as session:
         batch = session.get(Batch, batch_id)
-        if batch is not None:
+        # A second delivery's progress must not reopen a batch the first one finished.
+        if batch is not None and batch.status not in FINAL:
             for name, value in fields.items():
                 setattr(batch, name, value)
 
@@ -218,7 +224,7 @@ def _update(ctx: WorkerContext, batch_id: str, **fields: Any) -> None:
 def _fail(ctx: WorkerContext, event: BatchCreated, error: dict[str, str]) -> None:
     with ctx.db.session() as session:
         batch = session.get(Batch, event.data.batch_id, with_for_update=True)
-        if batch is None or batch.status in ("completed", "failed"):
+        if batch is None or batch.status in FINAL:
             return
         batch.status, batch.error, batch.completed_at = "failed", error, datetime.now(UTC)
         send = ctx.bus.stage(

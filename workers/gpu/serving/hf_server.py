@@ -43,7 +43,7 @@ class Engine:
         from peft import PeftModel
 
         with self.lock:
-            if not self.adapters:
+            if not isinstance(self.model, PeftModel):  # stays one after its last unload
                 self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
             else:
                 self.model.load_adapter(path, adapter_name=name)
@@ -56,6 +56,8 @@ class Engine:
 
     def pieces(self, body: dict[str, Any]) -> Iterator[tuple[str, str | None, int, int]]:
         """(text, finish_reason, prompt_tokens, completion_tokens) as tokens come."""
+        from peft import PeftModel
+
         name = body.get("model", self.served_name)
         if name != self.served_name and name not in self.adapters:
             raise KeyError(name)
@@ -67,7 +69,7 @@ class Engine:
         top_p = float(body.get("top_p", 1.0))
         max_tokens = int(body.get("max_tokens", 16))
         with self.lock, torch.inference_mode():
-            if self.adapters:
+            if isinstance(self.model, PeftModel) and self.model.peft_config:
                 if name == self.served_name:
                     context: Any = self.model.disable_adapter()
                 else:

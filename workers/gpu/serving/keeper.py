@@ -11,10 +11,13 @@ it; a dead worker's lease runs out and another takes over.
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from pathlib import Path
 
-from sqlalchemy import select
+import httpx
+from sqlalchemy import delete, exists, select
+from sqlalchemy.orm import Session
 
 from tunelab.db.models import Model, ModelServer, Service
 from tunelab.workers.context import WorkerContext
@@ -76,8 +79,8 @@ class Keeper(threading.Thread):
                 else []
             )
             if server is None or not services:
-                if server is not None:
-                    session.delete(server)
+                if server is not None and not self.remove_if_unused(session):
+                    return True  # a service was placed on it meanwhile
                 log.info("server %s is no longer needed", self.server_id)
                 return False
             engine, model_uri = server.engine, server.model_uri
@@ -88,6 +91,16 @@ class Keeper(threading.Thread):
         self.sync_adapters(wanted)
         return True
 
+    def remove_if_unused(self, session: Session) -> bool:
+        """Delete the server's row unless a live service is on it by now (placement may
+        have committed one since this pass read the services)."""
+        in_use = exists().where(Service.server_id == self.server_id, Service.status.in_(LIVE))
+        gone = session.execute(delete(ModelServer).where(ModelServer.id == self.server_id, ~in_use))
+        if not gone.rowcount:  # type: ignore[attr-defined]
+            return False
+        shutil.rmtree(self.ctx.settings.data_dir / "servers" / self.server_id, True)
+        return True
+
     def restart(self, engine: str, model_uri: str, wanted: dict[str, str]) -> bool:
         first = self.process is None
         self.set_server(status="starting", url=None, pid=None, restarted=not first)
@@ -96,6 +109,7 @@ class Keeper(threading.Thread):
         self.loaded = set()
         try:
             model_dir = local_dir(self.ctx, model_uri)
+            self.lease.renew()  # a download can take a while
             workdir = self.ctx.settings.data_dir / "servers" / self.server_id
             self.process = ServerProcess(self.ctx.settings, engine, model_dir, workdir)
             self.process.start(heartbeat=self.lease.renew)
@@ -118,6 +132,7 @@ class Keeper(threading.Thread):
             self.loaded.discard(service_id)
         for service_id in wanted:
             if service_id not in self.loaded:
+                self.lease.renew()
                 problem = self.load(service_id)
                 if problem is not None:
                     fail_service(self.ctx, service_id, *problem)
@@ -146,8 +161,8 @@ class Keeper(threading.Thread):
             self.process.load_adapter(adapter_name(service_id), folder)
         except AdapterRejected as exc:
             return ("adapter_rejected", f"The adapter cannot be served: {exc}.")
-        except (ServerFailed, FileNotFoundError) as exc:
-            return ("adapter_load_failed", str(exc)[-2000:])
+        except (ServerFailed, FileNotFoundError, httpx.HTTPError) as exc:
+            return ("adapter_load_failed", f"Loading the adapter failed: {exc}"[-2000:])
         return None
 
     def set_server(

@@ -35,14 +35,6 @@ def place(ctx: WorkerContext, event: ServiceDeployRequested, client: object) -> 
             return  # deleted, failed, or placed by an earlier delivery
         model = session.get(Model, service.spec["model_id"])
         request = DeployRequest.model_validate(service.spec["request"])
-        others = session.scalars(
-            select(Service).where(Service.status.in_(LIVE), Service.id != service.id)
-        ).all()
-        in_use = sum(
-            memory_request(s.spec["request"])
-            for s in others
-            if s.spec["request"].get("cluster", "local") == request.cluster
-        )
 
     def fail(code: str, message: str, details: list[dict[str, Any]]) -> None:
         fail_service(ctx, event.data.service_id, code, message, details)
@@ -56,16 +48,20 @@ def place(ctx: WorkerContext, event: ServiceDeployRequested, client: object) -> 
     except FileNotFoundError as exc:
         fail("model_unavailable", f"The model's files cannot be read: {exc}.", [])
         return
-    cluster = clusters(ctx.settings)[request.cluster]
-    problems = fit_problems(ctx.settings, request, cluster, weights_bytes(model_dir), in_use)
-    if problems:
-        summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
-        fail("does_not_fit", f"The service cannot run: {summary}.", problems)
-        return
-    lock = client.lock("tunelab:placement", timeout=30) if client else None  # type: ignore[attr-defined]
+    # Fit and placement under one lock: two deploys must not both count the same free
+    # memory, nor both start a server where one would do.
+    lock = client.lock("tunelab:placement", timeout=60) if client else None  # type: ignore[attr-defined]
     if lock is not None:
         lock.acquire()
     try:
+        cluster = clusters(ctx.settings)[request.cluster]
+        in_use = _memory_in_use(ctx, request.cluster, event.data.service_id)
+        weights = weights_bytes(model_dir)
+        problems = fit_problems(ctx.settings, request, cluster, weights, in_use)
+        if problems:
+            summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+            fail("does_not_fit", f"The service cannot run: {summary}.", problems)
+            return
         shared = what.adapter_uri is not None or model.kind == "base"
         engine = engine_of(ctx.settings) if request.engine == "auto" else request.engine
         _assign(ctx, event, what.server_model_uri, shared, engine)
@@ -73,6 +69,19 @@ def place(ctx: WorkerContext, event: ServiceDeployRequested, client: object) -> 
         if lock is not None:
             lock.release()
     poke()
+
+
+def _memory_in_use(ctx: WorkerContext, cluster: str, service_id: str) -> float:
+    """Memory requested by the cluster's other live services."""
+    with ctx.db.session() as session:
+        others = session.scalars(
+            select(Service).where(Service.status.in_(LIVE), Service.id != service_id)
+        ).all()
+        return sum(
+            memory_request(s.spec["request"])
+            for s in others
+            if s.spec["request"].get("cluster", "local") == cluster
+        )
 
 
 def _assign(
@@ -101,8 +110,9 @@ def _assign(
                 .group_by(ModelServer.id)
                 .order_by(ModelServer.created_at)
             )
+            # A server with no live service is being stopped by its keeper: not joined.
             server = next(
-                (s for s, n in session.execute(counts) if n < ctx.settings.adapters_per_server),
+                (s for s, n in session.execute(counts) if 0 < n < ctx.settings.adapters_per_server),
                 None,
             )
         if server is None:
