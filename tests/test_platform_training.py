@@ -17,7 +17,7 @@ import pytest
 from tests.platform import wait_until
 from tests.platform_fixture import Platform
 from tunelab.synthetic import qa_pairs
-from tunelab.training.basemodel import tiny_base_dir
+from tunelab.training.basemodel import ensure_tiny_base
 
 PAIRS = qa_pairs(100, seed=4242)
 
@@ -202,9 +202,10 @@ def test_a_task_that_cannot_train_fails_with_a_reason_and_so_does_its_experiment
 
 @pytest.mark.timeout(600)
 def test_a_task_on_two_processes_trains_with_zero3_from_a_base_model_in_s3(
-    platform: Platform,
+    platform: Platform, tmp_path: Path
 ) -> None:
-    base = tiny_base_dir(Path(os.environ["TUNELAB_MODEL_CACHE"]))
+    # Built here when this test runs first on a new machine; the workers build it too.
+    base = ensure_tiny_base(Path(os.environ["TUNELAB_MODEL_CACHE"]), tmp_path)
     for path in base.iterdir():
         platform.s3().upload_file(str(path), platform.bucket, f"uploads/acme/tiny/{path.name}")
     # The platform's bucket holds every workspace's objects: only the caller's uploads.
@@ -219,7 +220,7 @@ def test_a_task_on_two_processes_trains_with_zero3_from_a_base_model_in_s3(
         json={"name": "imported", "uri": f"s3://{platform.bucket}/uploads/acme/tiny"},
     )
     assert response.status_code == 201, response.text
-    group(platform, "pair", "tiny-lora", epochs=4, checkpoint_every=10, zero_stage=3)
+    group(platform, "pair", "tiny-lora", epochs=6, checkpoint_every=10, zero_stage=3)
     ranks = task("ranks", "pair", compute={"gpu_type": "cpu", "gpu_count": 2})
     experiment(platform, "split", {**ranks, "base_model": "imported"})
     result = platform.wait_for_experiment("split")
@@ -230,7 +231,8 @@ def test_a_task_on_two_processes_trains_with_zero3_from_a_base_model_in_s3(
     assert "checkpoint: {'step': 30}" in logs  # written by both ranks, uploaded by one
     trained = result["tasks"][0]
     # Gathered from both ranks' partitions, the saved model answers closer than the base
-    # (4 epochs are too few for exact answers; tests/test_training.py checks the weights).
+    # (6 epochs are too few for exact answers; tests/test_training.py checks the weights).
+    # 4 epochs left a margin of about 0.1, too close: one CI run scored 0.099 above.
     assert trained["score"] > trained["base_score"]["score"] + 0.1, trained["evaluation"]
     model = platform.client.get(f"/api/v1/models/{trained['model']}").json()
     assert model["base_model"] == "imported"
