@@ -33,7 +33,9 @@ from tunelab.functions import (
     system,
     triggers,
     webhooks,
+    workspace,
 )
+from tunelab.functions.console import ROUTES as CONSOLE_ROUTES
 from tunelab.functions.middleware import BearerAuth, Idempotency, RequestMetrics
 from tunelab.settings import Settings, get_settings
 from tunelab.store import ObjectStore, open_store
@@ -46,6 +48,9 @@ ROUTES = [
     Route("/healthz", ops.healthz),
     Route("/readyz", ops.readyz),
     Route("/metrics", ops.metrics),
+    Route(f"{API}/workspace", workspace.whoami, methods=["GET"]),
+    Route(f"{API}/clusters", workspace.list_clusters, methods=["GET"]),
+    Route(f"{API}/dataset-options", workspace.dataset_options, methods=["GET"]),
     Route(f"{API}/datasets", datasets.create_dataset, methods=["POST"]),
     Route(f"{API}/datasets", datasets.list_datasets, methods=["GET"]),
     Route(f"{API}/datasets/{{name}}", datasets.get_dataset, methods=["GET"]),
@@ -93,6 +98,7 @@ ROUTES = [
     Route(f"{API}/webhooks/{{name}}/deliveries", webhooks.list_deliveries, methods=["GET"]),
     Route(f"{API}/system/ping", system.ping, methods=["POST"]),
     Route(f"{API}/dead-letters", system.list_dead_letters, methods=["GET"]),
+    *CONSOLE_ROUTES,
 ]
 
 

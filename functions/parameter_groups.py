@@ -143,5 +143,8 @@ def list_presets(request: Request) -> JSONResponse:
                 for name, preset in presets().items()
             ],
             "defaults": Parameters().model_dump(mode="json"),
+            # Types, ranges and choices of every parameter, so a form can check values
+            # as they are typed with the same bounds the server applies.
+            "schema": Parameters.model_json_schema()["properties"],
         }
     )

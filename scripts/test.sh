@@ -14,6 +14,14 @@ if ! command -v pg_ctl >/dev/null && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev
   apt-get install -y -q postgresql >/dev/null || { apt-get update -q && apt-get install -y -q postgresql; }
 fi
 
+# The browser tests drive Debian's chromium (never a browser Playwright downloads), with
+# a CJK font so that the Chinese pages' screenshots show Chinese.
+if { ! [ -x /usr/bin/chromium ] || ! fc-list :lang=zh 2>/dev/null | grep -q .; } \
+    && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  packages="chromium fonts-wqy-microhei"
+  apt-get install -y -q $packages >/dev/null || { apt-get update -q && apt-get install -y -q $packages; }
+fi
+
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
 "$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[test,gpu]'

@@ -197,5 +197,10 @@ def test_rows_longer_than_the_block_size_are_counted(tmp_path: Path) -> None:
     tokenizer = build_tiny_tokenizer(vocab_size=512)
     stats = token_stats(tmp_path / "t.parquet", tokenizer, block_size=64)
     assert stats["rows_over_block_size"] == 1
+    # The console's histogram: every row counted once, the long one in the last bin.
+    histogram = stats["histogram"]
+    assert sum(histogram["counts"]) == 9 and histogram["counts"][-1] == 1
+    assert len(histogram["edges"]) == len(histogram["counts"]) + 1
+    assert histogram["edges"] == sorted(histogram["edges"])
     sampled = token_stats(tmp_path / "t.parquet", tokenizer, block_size=64, max_rows=3)
     assert sampled["sampled"] is True and len(sampled) == len(stats)

@@ -153,7 +153,7 @@ def supervise(settings: Settings, env: dict[str, str]) -> None:
     try:
         running.update((name, spawn(name)) for name in commands)
         print(
-            f"\ntunelab is starting.\n  API:       {address}/api/v1\n"
+            f"\ntunelab is starting.\n  console:   {address}/\n  API:       {address}/api/v1\n"
             f"  health:    {address}/readyz\n  workspace: default\n  token:     {token}\n"
             f"  data:      {data_dir}\nPress Ctrl-C to stop.\n",
             flush=True,

@@ -89,8 +89,24 @@ def token_stats(
     stats: dict[str, Any] = {
         column: _summary(np.asarray(values)) for column, values in lengths.items()
     }
-    stats.update(block_size=block_size, rows_over_block_size=over, sampled=stride > 1)
+    stats.update(
+        block_size=block_size,
+        rows_over_block_size=over,
+        sampled=stride > 1,
+        histogram=_histogram(totals),
+    )
     return stats
+
+
+def _histogram(totals: np.ndarray, bins: int = 20) -> dict[str, list[int]]:
+    """Counts of rendered sample lengths (question + answer + template) in up to `bins`
+    integer-edged bins, for the console's token-length chart."""
+    if not totals.size:
+        return {"edges": [], "counts": []}
+    low, high = int(totals.min()), int(totals.max()) + 1
+    edges = np.unique(np.linspace(low, high, bins + 1).round().astype(int))
+    counts, _ = np.histogram(totals, bins=edges)
+    return {"edges": edges.tolist(), "counts": counts.tolist()}
 
 
 def _summary(values: np.ndarray) -> dict[str, int]:
