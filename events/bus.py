@@ -23,10 +23,17 @@ DELIVER_WEBHOOK_ACTOR = "deliver_webhook"
 
 
 class EventBus:
-    def __init__(self, broker: Broker, db: Database, queue_for: Callable[[str], str]) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        db: Database,
+        queue_for: Callable[[str], str],
+        backend: str = "local",
+    ) -> None:
         self.broker = broker
         self.db = db
         self.queue_for = queue_for
+        self.backend = backend
 
     def publish(self, event: Event) -> None:
         """Record `event` and hand it to its consumers."""
@@ -91,7 +98,8 @@ class EventBus:
     def _send_all(self, event: Event, delivery_ids: list[str]) -> None:
         body = event.to_message()
         for route in ROUTES.get(event.type, ()):
-            self._send(route.worker, route.actor, body)
+            if route.backend in (None, self.backend):
+                self._send(route.worker, route.actor, body)
         # A delivery message carries only its id; the options say which event it is
         # for, so a dead delivery is still shown in the right workspace.
         about = {"workspace": event.workspace, "event_id": event.id, "event_type": event.type}

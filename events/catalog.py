@@ -83,6 +83,8 @@ and chats ("chat") have queues of their own."""
 class Route:
     actor: str
     worker: WorkerKind
+    backend: Literal["local", "kubernetes"] | None = None
+    """Only with this deployment backend (TUNELAB_BACKEND); None: with either."""
 
 
 # Which actors consume which event. Kept as data so the HTTP functions can publish
@@ -91,15 +93,30 @@ ROUTES: dict[str, tuple[Route, ...]] = {
     "dataset.uploaded": (Route("ingest_dataset", "cpu"),),
     # Whenever resources may have freed up or new tasks wait, the scheduler looks again.
     "experiment.created": (Route("schedule_on_created", "cpu"),),
-    "experiment.cancelled": (Route("schedule_on_cancelled", "cpu"),),
-    "task.scheduled": (Route("train_task", "train"),),
+    "experiment.cancelled": (
+        Route("schedule_on_cancelled", "cpu"),
+        Route("delete_cancelled_jobs", "cpu", "kubernetes"),
+    ),
+    # On Kubernetes a task is a Job that trains in its own pod; locally a GPU worker
+    # trains it in a process of its own.
+    "task.scheduled": (
+        Route("train_task", "train", "local"),
+        Route("submit_task_job", "cpu", "kubernetes"),
+    ),
     "task.succeeded": (Route("finish_on_succeeded", "cpu"),),
     "task.failed": (Route("finish_on_failed", "cpu"),),
     "task.cancelled": (Route("finish_on_cancelled", "cpu"),),
-    "service.deploy_requested": (Route("place_service", "gpu"),),
-    # Servers are kept by the GPU workers' reconciler; these events only wake it.
-    "service.placed": (Route("wake_servers_on_placed", "gpu"),),
-    "service.deleted": (Route("wake_servers_on_deleted", "gpu"),),
+    "service.deploy_requested": (
+        Route("place_service", "gpu", "local"),
+        Route("deploy_service_on_kubernetes", "cpu", "kubernetes"),
+    ),
+    # Servers are kept by a reconciler (the GPU workers' locally, the CPU workers' on
+    # Kubernetes); these events only wake it.
+    "service.placed": (Route("wake_servers_on_placed", "gpu", "local"),),
+    "service.deleted": (
+        Route("wake_servers_on_deleted", "gpu", "local"),
+        Route("wake_kube_on_deleted", "cpu", "kubernetes"),
+    ),
     "chat.requested": (Route("answer_chat", "chat"),),
     "batch.created": (Route("run_batch", "cpu"),),
     "system.ping": (Route("answer_ping_cpu", "cpu"), Route("answer_ping_gpu", "gpu")),

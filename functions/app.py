@@ -152,7 +152,7 @@ def create_app(
         app.state.store = store or open_store(conf)
         app.state.broker = broker or build_broker(conf)
         app.state.bus = EventBus(
-            app.state.broker, app.state.db, lambda worker: queue_name(conf, worker)
+            app.state.broker, app.state.db, lambda worker: queue_name(conf, worker), conf.backend
         )
         app.state.queue_metrics = ops.queue_registry(
             app.state.broker.client,

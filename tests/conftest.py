@@ -13,6 +13,7 @@ import pytest
 import redis
 from dramatiq import Worker
 
+from tests.kube import start_control_plane
 from tests.services import ServiceUnavailable, Started, ensure_postgres, ensure_redis, start_s3
 from tunelab.db import Database
 from tunelab.events.broker import queue_name
@@ -49,6 +50,13 @@ def _service(start: type[Started] | object, name: str) -> Iterator[Started]:
 def redis_url() -> Iterator[str]:
     for started in _service(ensure_redis, "Redis"):
         redis.Redis.from_url(started.url).flushdb()
+        yield started.url
+
+
+@pytest.fixture(scope="session")
+def kubeconfig() -> Iterator[str]:
+    """A real Kubernetes API server (1.20, no kubelet) for the whole session."""
+    for started in _service(start_control_plane, "Kubernetes control plane"):
         yield started.url
 
 

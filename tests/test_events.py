@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pydantic
 import pytest
 
+from tunelab.db import Database
+from tunelab.events.bus import EventBus
 from tunelab.events.catalog import EVENT_TYPES, ROUTES, parse_event
 from tunelab.events.dataset import DatasetUploaded, DatasetUploadedData, DatasetValidated
+from tunelab.events.experiment import TaskScheduled, TaskScheduledData
 from tunelab.events.system import Ping, PingData, Pong
 
 
@@ -73,3 +78,40 @@ def test_a_pong_reports_how_long_its_ping_waited() -> None:
 
 def test_every_routed_event_type_is_a_known_type() -> None:
     assert set(ROUTES) <= set(EVENT_TYPES)
+
+
+@pytest.mark.parametrize(
+    ("backend", "actors"),
+    [
+        ("local", {"train_task"}),
+        ("kubernetes", {"submit_task_job"}),
+    ],
+)
+def test_the_backend_decides_who_takes_a_scheduled_task(
+    backend: str, actors: set[str], tmp_path: Path
+) -> None:
+    """Locally a GPU worker trains the task; on Kubernetes a CPU worker makes its Job."""
+    from dramatiq import Message
+    from dramatiq.brokers.stub import StubBroker
+
+    broker = StubBroker()
+    db = Database(f"sqlite:///{tmp_path / 'meta.db'}")
+    db.migrate()
+    bus = EventBus(broker, db, lambda worker: f"q-{worker}", backend)
+    broker.declare_queue("q-cpu")
+    broker.declare_queue("q-train")
+    event = TaskScheduled(
+        workspace=None,
+        subject="experiments/e/tasks/t",
+        data=TaskScheduledData(
+            experiment_id="e1", experiment="e", task_id="t1", task="t", cluster="local"
+        ),
+    )
+    bus.publish(event)
+    sent = {
+        Message.decode(raw).actor_name
+        for queue in ("q-cpu", "q-train")
+        for raw in broker.queues[queue].queue
+    }
+    assert sent == actors
+    db.dispose()

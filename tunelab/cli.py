@@ -46,6 +46,42 @@ def _token_create(args: argparse.Namespace) -> None:
     print(create_token(db, args.workspace))
 
 
+def _train_task(args: argparse.Namespace) -> None:
+    from tunelab.workers.gpu.pod import train_in_pod
+
+    sys.exit(train_in_pod(load_settings(), args.task_id))
+
+
+def _adapter_agent(args: argparse.Namespace) -> None:
+    import os
+    import threading
+
+    from tunelab.events.broker import build_broker
+    from tunelab.workers.kube.agent import AdapterAgent, serve
+    from tunelab.workers.setup import install_broker, make_context
+
+    settings = load_settings()
+    ctx = make_context(settings, install_broker(build_broker(settings)))
+    agent = AdapterAgent(ctx, args.server_id, args.vllm_url)
+    serve(agent, int(os.environ.get("TUNELAB_AGENT_PORT", settings.kube_agent_port)))
+    agent.run(threading.Event())
+
+
+def _fetch_model(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from tunelab.events.broker import build_broker
+    from tunelab.workers.gpu.serving.models import local_dir
+    from tunelab.workers.setup import install_broker, make_context
+
+    settings = load_settings()
+    folder = local_dir(make_context(settings, install_broker(build_broker(settings))), args.uri)
+    target = Path(args.target)
+    target.unlink(missing_ok=True)
+    target.symlink_to(folder, target_is_directory=True)  # same volume in every container
+    print(f"{args.uri} is at {target}")
+
+
 def _up(args: argparse.Namespace) -> None:
     from tunelab.launcher import up
 
@@ -63,6 +99,21 @@ def parser() -> argparse.ArgumentParser:
     worker.add_argument("kind", choices=["cpu", "gpu"])
     worker.set_defaults(run=_worker)
     commands.add_parser("migrate", help="apply database migrations").set_defaults(run=_migrate)
+    train = commands.add_parser(
+        "train-task", help="train one scheduled task here (a Kubernetes Job's pod runs this)"
+    )
+    train.add_argument("task_id")
+    train.set_defaults(run=_train_task)
+    agent = commands.add_parser(
+        "adapter-agent", help="keep a model-server pod's vLLM loaded with its services' adapters"
+    )
+    agent.add_argument("server_id")
+    agent.add_argument("--vllm-url", default="http://127.0.0.1:8000")
+    agent.set_defaults(run=_adapter_agent)
+    fetch = commands.add_parser("fetch-model", help="fetch a model into a folder (a link)")
+    fetch.add_argument("uri")
+    fetch.add_argument("target")
+    fetch.set_defaults(run=_fetch_model)
     token = commands.add_parser("token", help="API tokens")
     token_commands = token.add_subparsers(dest="token_command", required=True)
     create = token_commands.add_parser("create", help="print a new token for a workspace")

@@ -93,6 +93,30 @@ class Settings(BaseSettings):
     chat_timeout_s: float = Field(default=600.0, gt=0)
     """Longest a chat may take, waiting for a restarting server included."""
 
+    backend: Literal["local", "kubernetes"] = "local"
+    """Where training tasks and model servers run: processes of the GPU workers on this
+    machine, or Jobs and Deployments on a Kubernetes cluster (the namespace of each
+    experiment or service)."""
+    kube_config: Path | None = None
+    """kubeconfig file of the cluster; unset: the pod's in-cluster service account."""
+    kube_image: str = "tunelab:gpu"
+    """Image of training pods: tunelab with the `gpu` extra (infra/Dockerfile)."""
+    kube_vllm_image: str = "vllm/vllm-openai:v0.11.0"
+    """Image of model servers: vLLM's OpenAI-compatible server."""
+    kube_service_account: str = "tunelab"
+    kube_env_from: str = "tunelab-config,tunelab-secrets"
+    """ConfigMap and Secret (comma-separated; a name ending in `-secrets` is a Secret)
+    whose TUNELAB_* values pods need to reach Redis, PostgreSQL and the object store;
+    they must exist in every namespace tasks and services run in."""
+    kube_gpu_node_selector: str = "nvidia.com/gpu.present=true"
+    """Node labels (k=v, comma-separated) of GPU nodes for pods that ask for GPUs."""
+    kube_backoff_limit: int = Field(default=3, ge=0, le=100)
+    """Pods a training Job starts again after faults (not after the user's errors)."""
+    kube_agent_port: int = Field(default=8001, ge=1, le=65535)
+    """Port of the adapter sidecar in every model-server pod."""
+    kube_poll_s: float = Field(default=2.0, gt=0)
+    """How often the Kubernetes reconciler reads Jobs, Deployments and their pods."""
+
     allow_private_sources: bool = False
     """Let datasets be fetched from loopback and private networks (off: SSRF)."""
     source_timeout_s: float = Field(default=60.0, gt=0)

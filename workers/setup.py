@@ -10,6 +10,7 @@ import importlib
 import logging
 import signal
 import threading
+from typing import TYPE_CHECKING
 
 import dramatiq
 from dramatiq import Broker, Worker
@@ -24,6 +25,10 @@ from tunelab.store import open_store
 from tunelab.workers import context
 from tunelab.workers.middleware import ConsumedMetrics, DeadLetters
 
+if TYPE_CHECKING:
+    from tunelab.workers.gpu.serving.keeper import Reconciler
+    from tunelab.workers.kube.reconciler import KubeReconciler
+
 ACTOR_MODULES: dict[WorkerKind, tuple[str, ...]] = {
     "cpu": (
         "tunelab.workers.cpu.datasets",
@@ -31,6 +36,7 @@ ACTOR_MODULES: dict[WorkerKind, tuple[str, ...]] = {
         "tunelab.workers.cpu.system",
         "tunelab.workers.cpu.scheduling",
         "tunelab.workers.cpu.batches",
+        "tunelab.workers.kube.actors",
     ),
     "gpu": (
         "tunelab.workers.gpu.system",
@@ -54,7 +60,7 @@ def install_broker(broker: Broker) -> Broker:
 
 def make_context(settings: Settings, broker: Broker) -> context.WorkerContext:
     db = Database(settings.effective_database_url)
-    bus = EventBus(broker, db, lambda worker: queue_name(settings, worker))
+    bus = EventBus(broker, db, lambda worker: queue_name(settings, worker), settings.backend)
     return context.WorkerContext(settings=settings, db=db, store=open_store(settings), bus=bus)
 
 
@@ -91,11 +97,15 @@ def run(settings: Settings, kind: WorkerKind) -> None:
         )
         for queue, threads in lanes(settings, kind)
     ]
-    reconciler = None
-    if kind == "gpu":
+    reconciler: Reconciler | KubeReconciler | None = None
+    if kind == "gpu" and settings.backend == "local":
         from tunelab.workers.gpu.serving.keeper import start_reconciler
 
         reconciler = start_reconciler(ctx, getattr(broker, "client", None))
+    elif kind == "cpu" and settings.backend == "kubernetes":
+        from tunelab.workers.kube.reconciler import start_kube_reconciler
+
+        reconciler = start_kube_reconciler(ctx, getattr(broker, "client", None))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

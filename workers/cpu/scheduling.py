@@ -85,6 +85,16 @@ def task_ref(task: Task, experiment: Experiment) -> dict[str, str]:
     }
 
 
+def scheduled_event(task: Task, experiment: Experiment) -> TaskScheduled:
+    """The task's `task.scheduled`; the same event (and id) whoever builds it again."""
+    return TaskScheduled(
+        id=derived_id(f"{task.id}/task.scheduled"),
+        workspace=task.workspace_id,
+        subject=f"experiments/{experiment.name}/tasks/{task.name}",
+        data=TaskScheduledData(**task_ref(task, experiment), cluster=task.cluster),
+    )
+
+
 def schedule(ctx: WorkerContext, cluster_name: str) -> list[str]:
     """Start every queued task of the cluster that fits, oldest first; a task that
     does not fit yet holds back the ones behind it, so big tasks are not starved.
@@ -116,17 +126,13 @@ def schedule(ctx: WorkerContext, cluster_name: str) -> list[str]:
                 sends.append(_fail_unplaceable(ctx, session, task, experiment, cluster_name))
                 continue
             usage.add(task)
-            if not usage.fits(cluster):
+            # On Kubernetes the cluster's own scheduler places the pods (and queues those
+            # that do not fit yet); this one only keeps count on machines it runs itself.
+            if ctx.settings.backend == "local" and not usage.fits(cluster):
                 break
             task.status, task.started_at = "training", datetime.now(UTC)
             experiment.status = "running"
-            event = TaskScheduled(
-                id=derived_id(f"{task.id}/task.scheduled"),
-                workspace=task.workspace_id,
-                subject=f"experiments/{experiment.name}/tasks/{task.name}",
-                data=TaskScheduledData(**task_ref(task, experiment), cluster=cluster_name),
-            )
-            sends.append(ctx.bus.stage(session, event))
+            sends.append(ctx.bus.stage(session, scheduled_event(task, experiment)))
             started.append(task.name)
     for send in sends:
         send()

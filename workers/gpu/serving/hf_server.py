@@ -134,6 +134,13 @@ def build_app(engine: Engine) -> Starlette:
     async def health(request: Request) -> Response:
         return Response(status_code=200)
 
+    async def models(request: Request) -> Response:
+        """The served model and its loaded adapters, as vLLM lists them."""
+        names = [engine.served_name, *sorted(engine.adapters)]
+        return JSONResponse(
+            {"object": "list", "data": [{"id": n, "object": "model"} for n in names]}
+        )
+
     async def load(request: Request) -> Response:
         body = await request.json()
         try:
@@ -176,6 +183,7 @@ def build_app(engine: Engine) -> Starlette:
     return Starlette(
         routes=[
             Route("/health", health),
+            Route("/v1/models", models),
             Route("/v1/load_lora_adapter", load, methods=["POST"]),
             Route("/v1/unload_lora_adapter", unload, methods=["POST"]),
             Route("/v1/completions", completions, methods=["POST"]),

@@ -1,0 +1,1 @@
+"""The Kubernetes backend: training tasks as Jobs, model servers as Deployments."""

@@ -1,0 +1,73 @@
+"""Actors of the Kubernetes backend (routed only when TUNELAB_BACKEND=kubernetes)."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from tunelab.db.models import Experiment, Task
+from tunelab.events.experiment import ExperimentCancelled, TaskScheduled
+from tunelab.events.service import ServiceDeleted, ServiceDeployRequested
+from tunelab.workers.context import current
+from tunelab.workers.cpu.scheduling import scheduled_event
+from tunelab.workers.gpu.outcomes import TERMINAL, outcome
+from tunelab.workers.kube import jobs, servers
+from tunelab.workers.kube.client import kube
+from tunelab.workers.kube.reconciler import poke
+from tunelab.workers.kube.training import fail_task
+from tunelab.workers.registry import subscriber
+
+
+@subscriber("task.scheduled", "cpu", max_retries=5)
+def submit_task_job(event: TaskScheduled) -> None:
+    """Create the task's Job; a refusal (quota, namespace) fails the task with it."""
+    ctx = current()
+    with ctx.db.session() as session:
+        task = session.get(Task, event.data.task_id)
+        experiment = session.get(Experiment, event.data.experiment_id)
+        if task is None or experiment is None:
+            return
+        if task.status in TERMINAL:
+            ctx.bus.publish(outcome(ctx, event, task))
+            return
+        manifest = jobs.job_manifest(ctx.settings, task, experiment)
+        namespace = experiment.spec["namespace"]
+    refused = jobs.submit(kube(ctx.settings), namespace, manifest)
+    if refused:
+        fail_task(ctx, event.data.task_id, refused["code"], refused["message"])
+
+
+@subscriber("experiment.cancelled", "cpu", max_retries=5)
+def delete_cancelled_jobs(event: ExperimentCancelled) -> None:
+    """Cancel deletes the Jobs (their pods stop) and announces each task's end."""
+    ctx = current()
+    with ctx.db.session() as session:
+        experiment = session.get(Experiment, event.data.experiment_id)
+        if experiment is None:
+            return
+        tasks = list(
+            session.scalars(
+                select(Task).where(Task.experiment_id == experiment.id, Task.started_at.isnot(None))
+            )
+        )
+        namespace = experiment.spec["namespace"]
+        ends = [
+            outcome(ctx, scheduled_event(t, experiment), t)
+            for t in tasks
+            if t.status == "cancelled"
+        ]
+        cancelled = [t.id for t in tasks if t.status == "cancelled"]
+    for task_id in cancelled:
+        jobs.delete(kube(ctx.settings), namespace, task_id)
+    for end in ends:
+        ctx.bus.publish(end)
+
+
+@subscriber("service.deploy_requested", "cpu", max_retries=5)
+def deploy_service_on_kubernetes(event: ServiceDeployRequested) -> None:
+    servers.assign(current(), event)
+    poke()
+
+
+@subscriber("service.deleted", "cpu")
+def wake_kube_on_deleted(event: ServiceDeleted) -> None:
+    poke()

@@ -1,0 +1,128 @@
+"""The adapter sidecar of a model-server pod (`tunelab adapter-agent SERVER_ID`).
+
+The registry (the services on this server, in the database) is the truth, not vLLM's
+memory: every few seconds the agent compares it with what its own vLLM lists, fetches
+and loads what is missing (all of it after vLLM restarts), and unloads what was
+deleted. It answers `/ready` once the adapters it found at start are loaded (the pod's
+readiness: the Service routes requests to this replica only then) and `/adapters`
+with what is loaded, which the reconciler reads to mark services ready.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+
+from tunelab.db.models import Model, Service
+from tunelab.workers.context import WorkerContext
+from tunelab.workers.gpu.serving.adapters import AdapterRejected, check_adapter
+from tunelab.workers.gpu.serving.keeper import LIVE, adapter_name
+from tunelab.workers.gpu.serving.models import local_dir, served
+from tunelab.workers.gpu.serving.status import fail_service
+
+log = logging.getLogger("tunelab.adapters")
+
+
+class AdapterAgent:
+    def __init__(self, ctx: WorkerContext, server_id: str, vllm_url: str) -> None:
+        self.ctx, self.server_id, self.vllm_url = ctx, server_id, vllm_url
+        self.loaded: set[str] = set()
+        self.synced = False
+
+    def wanted(self) -> dict[str, str]:
+        """Service id → adapter URI of every live LoRA service on this server."""
+        with self.ctx.db.session() as session:
+            services = session.scalars(
+                select(Service).where(Service.server_id == self.server_id, Service.status.in_(LIVE))
+            )
+            found = {}
+            for service in services:
+                model = session.get(Model, service.spec["model_id"])
+                adapter = served(model).adapter_uri if model else None
+                if adapter:
+                    found[service.id] = adapter
+            return found
+
+    def listed(self) -> set[str]:
+        reply = httpx.get(f"{self.vllm_url}/v1/models", timeout=10)
+        reply.raise_for_status()
+        return {m["id"] for m in reply.json()["data"]}
+
+    def sync(self) -> None:
+        """One comparison of registry and server; raises httpx.HTTPError while vLLM is
+        not up."""
+        wanted = self.wanted()
+        listed = self.listed()
+        names = {adapter_name(sid): sid for sid in wanted}
+        for name in listed:
+            if name.startswith("svc-") and name not in names:
+                httpx.post(f"{self.vllm_url}/v1/unload_lora_adapter", json={"lora_name": name})
+        loaded = {sid for name, sid in names.items() if name in listed}
+        for service_id, uri in wanted.items():
+            if service_id in loaded:
+                continue
+            try:
+                folder = local_dir(self.ctx, uri)
+                check_adapter(folder, self.ctx.settings.vllm_max_lora_rank)
+            except (AdapterRejected, FileNotFoundError) as exc:
+                fail_service(
+                    self.ctx,
+                    service_id,
+                    "adapter_rejected",
+                    f"The adapter cannot be served: {exc}.",
+                )
+                continue
+            reply = httpx.post(
+                f"{self.vllm_url}/v1/load_lora_adapter",
+                json={"lora_name": adapter_name(service_id), "lora_path": str(folder)},
+                timeout=120,
+            )
+            if reply.status_code == 200:
+                loaded.add(service_id)
+            else:
+                log.warning("loading %s failed: %s", service_id, reply.text[:500])
+        self.loaded = loaded
+        self.synced = self.synced or loaded >= set(wanted)
+
+    def run(self, stop: threading.Event, every_s: float = 2.0) -> None:
+        while not stop.is_set():
+            try:
+                self.sync()
+            except httpx.HTTPError as exc:
+                self.loaded = set()  # vLLM is down or restarting: it holds nothing now
+                log.info("vLLM not answering yet: %s", exc)
+            except Exception:
+                log.exception("adapter sync failed")
+            stop.wait(every_s)
+
+
+def serve(agent: AdapterAgent, port: int) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/ready":
+                self._send(200 if agent.synced else 503, {"ready": agent.synced})
+            elif self.path == "/adapters":
+                self._send(200, {"loaded": sorted(agent.loaded), "synced": agent.synced})
+            else:
+                self._send(404, {"error": "not found"})
+
+        def _send(self, status: int, body: dict[str, Any]) -> None:
+            raw = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def log_message(self, *args: Any) -> None:  # probes every 2 s: not worth a line
+            pass
+
+    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server

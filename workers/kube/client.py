@@ -1,0 +1,41 @@
+"""The official Kubernetes client, configured once per process from settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from kubernetes import client, config
+
+from tunelab.settings import Settings
+
+MANAGED = {"app.kubernetes.io/managed-by": "tunelab"}
+"""Labels on everything tunelab creates; the reconciler lists objects by them."""
+MANAGED_SELECTOR = "app.kubernetes.io/managed-by=tunelab"
+
+
+@dataclass(frozen=True)
+class Kube:
+    core: client.CoreV1Api
+    batch: client.BatchV1Api
+    apps: client.AppsV1Api
+
+
+@lru_cache(maxsize=4)
+def _connect(kubeconfig: str | None) -> Kube:
+    configuration = client.Configuration()
+    if kubeconfig:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    else:
+        config.load_incluster_config(client_configuration=configuration)
+    api = client.ApiClient(configuration)
+    return Kube(client.CoreV1Api(api), client.BatchV1Api(api), client.AppsV1Api(api))
+
+
+def kube(settings: Settings) -> Kube:
+    return _connect(str(settings.kube_config) if settings.kube_config else None)
+
+
+def object_name(prefix: str, resource_id: str) -> str:
+    """A DNS-1123 name for the object of a tunelab id (`tsk_3f…` → `tl-train-tsk-3f…`)."""
+    return f"{prefix}-{resource_id.lower().replace('_', '-')}"[:63].rstrip("-")
