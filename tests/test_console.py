@@ -62,6 +62,11 @@ def page(browser: Browser, platform: Platform) -> Iterator[Page]:
     page = context.new_page()
     page.set_default_timeout(20_000)
     page.on("pageerror", lambda exc: SCRIPT_ERRORS.append(str(exc)))
+    # A style or script the page's policy refused is a console error, not an exception.
+    page.on(
+        "console",
+        lambda m: "Content Security Policy" in m.text and SCRIPT_ERRORS.append(m.text),
+    )
     page.goto(f"{platform.url}/")
     page.fill("input[name=token]", platform.token)
     page.click("button[type=submit]")

@@ -1,6 +1,9 @@
 // The public HTTP API (API.md), and nothing else: every call carries the workspace token.
 
+import { t } from "./i18n.js";
+
 const TOKEN_KEY = "tunelab.token";
+const signedOut = new Set();
 
 export const session = {
   get token() {
@@ -11,6 +14,12 @@ export const session = {
   },
   signOut() {
     localStorage.removeItem(TOKEN_KEY);
+    for (const listener of signedOut) listener();
+  },
+  /** Calls `listener` whenever the token is dropped (sign-out, or a 401). */
+  onSignOut(listener) {
+    signedOut.add(listener);
+    return () => signedOut.delete(listener);
   },
 };
 
@@ -18,7 +27,7 @@ export const session = {
 export class ApiError extends Error {
   constructor(status, body) {
     const error = (body && body.error) || {};
-    super(error.message || `HTTP ${status}`);
+    super(error.message || t("error.http", { status }));
     this.status = status;
     this.code = error.code || "http_error";
     this.details = Array.isArray(error.details) ? error.details : [];
@@ -30,7 +39,9 @@ export class ApiError extends Error {
     for (const detail of this.details) {
       if (!detail.field) continue;
       const field = detail.field.replace(/\[(\d+)\]/g, ".$1");
-      const where = detail.line ? ` (${detail.file ? detail.file + ", " : ""}line ${detail.line})` : "";
+      const where = detail.line
+        ? ` (${detail.file ? detail.file + ", " : ""}${t("field.line")} ${detail.line})`
+        : "";
       out[field] = out[field] ? `${out[field]}; ${detail.message}${where}` : `${detail.message}${where}`;
     }
     return out;
@@ -77,7 +88,7 @@ export function upload(path, form, onProgress) {
     request.open("POST", path);
     request.setRequestHeader("Authorization", `Bearer ${session.token}`);
     request.upload.onprogress = (e) => e.lengthComputable && onProgress(e.loaded / e.total);
-    request.onerror = () => reject(new ApiError(0, { error: { message: "network error" } }));
+    request.onerror = () => reject(new ApiError(0, { error: { message: t("error.network") } }));
     request.onload = async () => {
       const response = new Response(request.responseText, {
         status: request.status,

@@ -99,8 +99,9 @@ function App() {
   const route = useRoute();
 
   useEffect(() => {
-    if (!session.token) return setWorkspace(null);
-    api("/api/v1/workspace").then(setWorkspace, () => setWorkspace(null));
+    if (!session.token) setWorkspace(null);
+    else api("/api/v1/workspace").then(setWorkspace, () => setWorkspace(null));
+    return session.onSignOut(() => setWorkspace(null));
   }, []);
   useEffect(() => {
     if (workspace) startLive();
@@ -122,7 +123,13 @@ function App() {
       <${SignIn} onSignedIn=${(w) => { setWorkspace(w); location.hash = "#/datasets"; }} />`;
   }
   const found = ROUTES.map(([pattern, view]) => [pattern.exec(route.path), view]).find(([m]) => m);
-  const [match, View] = found || [null, null];
+  let [match, View] = found || [null, null];
+  let params = [];
+  try {
+    params = match ? match.slice(1).map(decodeURIComponent) : [];
+  } catch {
+    View = null; // a malformed address: not a page
+  }
   const section = route.path.split("/")[1];
   return html`<header class="topbar">
       <a class="brand" href="#/datasets">tunelab</a>
@@ -136,7 +143,7 @@ function App() {
     </header>
     <main>
       ${View
-        ? html`<${View} key=${route.path} params=${match.slice(1).map(decodeURIComponent)} query=${route.query} />`
+        ? html`<${View} key=${route.path} params=${params} query=${route.query} />`
         : html`<p>${t("common.not_found")}</p>`}
     </main>`;
 }

@@ -30,8 +30,9 @@ async function follow(signal) {
         const event = JSON.parse(message.data);
         for (const listener of listeners) listener(event);
       });
-    } catch {
-      if (signal.aborted) return;
+    } catch (error) {
+      if (signal.aborted || error.status === 401) return; // signed out: App stops us
+      if (error.status === 404) lastId = null; // the cursor's event is gone: start afresh
     }
     await sleep(2000); // the stream ended or broke: pick up where it stopped
   }
@@ -54,14 +55,15 @@ export function useLive(handler) {
 export function useResource(path, { refreshOn = [], moving = () => false, pollMs = 5000 } = {}) {
   const [state, setState] = useState({ data: null, error: null });
   const pending = useRef(null);
-  const load = useCallback(
-    () =>
-      api(path).then(
-        (data) => setState({ data, error: null }),
-        (error) => setState((old) => ({ data: old.data, error })),
-      ),
-    [path],
-  );
+  const latest = useRef(0);
+  const load = useCallback(() => {
+    // Reloads overlap (an event, the poll, a click): only the newest answer is shown.
+    const request = ++latest.current;
+    return api(path).then(
+      (data) => request === latest.current && setState({ data, error: null }),
+      (error) => request === latest.current && setState((old) => ({ data: old.data, error })),
+    );
+  }, [path]);
   useEffect(() => {
     setState({ data: null, error: null });
     load();

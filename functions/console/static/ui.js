@@ -43,12 +43,21 @@ export function Field({ label, error, hint, children, wide }) {
   </label>`;
 }
 
-/** The server's refusal, for what no single field explains. */
-export function FormError({ error }) {
+/** The server's refusal: its message, and each problem whose field the form does not
+ * show (`shown`: the fields the form put an error beside, filled in as it renders). */
+export function FormError({ error, shown }) {
   if (!error) return null;
+  const others = Object.entries(error.fields || {}).filter(([field]) => !shown || !shown.has(field));
   return html`<div class="banner error" role="alert">
-    <strong>${t("error.refused", { status: error.status || "" })}</strong> ${error.message}
+    <strong>${error.status ? t("error.refused", { status: error.status }) : t("error.check")}</strong>
+    ${" "}${error.message}
+    ${others.length ? html`<ul>${others.map(([field, message]) => html`<li><code>${field}</code>: ${message}</li>`)}</ul>` : null}
   </div>`;
+}
+
+/** The first namespace of `cluster`, for when the cluster changes under a form. */
+export function firstNamespace(clusters, cluster) {
+  return clusters.find((c) => c.name === cluster)?.namespaces[0] || "default";
 }
 
 export function Loading({ error }) {

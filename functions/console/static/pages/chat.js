@@ -21,17 +21,18 @@ async function ask(service, history, settings, update, signal) {
   };
   if (settings.system.trim()) json.system = settings.system;
   let text = "";
+  const patch = (change) => signal.aborted || update(change); // cleared meanwhile: drop it
   try {
     await readEvents("/api/v1/chat/compare", { method: "POST", json, signal }, (message) => {
       const body = JSON.parse(message.data);
-      if (message.event === "delta") update({ content: (text += body.text) });
-      else if (message.event === "done") update({ content: body.content, stats: body, pending: false });
-      else if (message.event === "error") update({ error: body.message || body.code, pending: false });
+      if (message.event === "delta") patch({ content: (text += body.text) });
+      else if (message.event === "done") patch({ content: body.content, stats: body, pending: false });
+      else if (message.event === "error") patch({ error: body.message || body.code, pending: false });
     });
   } catch (exc) {
-    if (!signal.aborted) update({ error: exc.message });
+    patch({ error: exc.message });
   }
-  update({ pending: false });
+  patch({ pending: false });
 }
 
 function Answer({ turn }) {
@@ -69,7 +70,11 @@ export function CompareChat({ query }) {
     }
     setColumns(next);
     for (const service of services) {
-      const history = next[service].slice(0, -1).map(({ role, content: c }) => ({ role, content: c }));
+      // Failed or empty answers are not context the model should see.
+      const history = next[service]
+        .slice(0, -1)
+        .filter((turn) => turn.role === "user" || (turn.content && !turn.error))
+        .map(({ role, content: c }) => ({ role, content: c }));
       const update = (patch) => setColumns((old) => {
         const turns = [...old[service]];
         turns[turns.length - 1] = { ...turns[turns.length - 1], ...patch };
@@ -121,7 +126,7 @@ export function CompareChat({ query }) {
     <form class="ask" onSubmit=${submit}>
       <textarea name="question" rows="2" placeholder=${t("chat.placeholder")} value=${question}
         onInput=${(e) => setQuestion(e.target.value)}
-        onKeyDown=${(e) => e.key === "Enter" && !e.shiftKey && submit(e)}></textarea>
+        onKeyDown=${(e) => e.key === "Enter" && !e.shiftKey && !e.isComposing && e.keyCode !== 229 && submit(e)}></textarea>
       <div class="form-actions">
         <button type="submit" class="primary" disabled=${busy || !question.trim()}>${t("chat.send")}</button>
         <button type="button" onClick=${regenerate} disabled=${busy || !columns[services[0]].length}>${t("chat.regenerate")}</button>

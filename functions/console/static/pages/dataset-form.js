@@ -4,7 +4,7 @@
 import { html, useState, useEffect } from "../vendor/preact-htm.js";
 import { api, upload } from "../api.js";
 import { t } from "../i18n.js";
-import { Page, Field, FormError, Options, labelProblem, go } from "../ui.js";
+import { Page, Field, FormError, Options, labelProblem, firstNamespace, go } from "../ui.js";
 
 /** The header row of a CSV file, read from its first 64 KB in the browser. */
 export async function csvColumns(file) {
@@ -30,7 +30,8 @@ export async function csvColumns(file) {
 const EMPTY = {
   name: "", language: "en", cluster: "local", namespace: "default", license: "",
   size_category: "", task_type: "question-answering", subtypes: "",
-  question: "question", answer: "answer", source: "file", uri: "", plugin: "", parameters: "{}",
+  question: "question", answer: "answer", source: "file", uri: "", validate_uri: "", test_uri: "",
+  plugin: "", parameters: "{}",
 };
 
 function metadataOf(form, labels) {
@@ -87,12 +88,26 @@ export function DatasetForm() {
     return found;
   }
   const local = check(touched);
-  const error = (...names) => local[names[0]] || names.map((n) => server[n]).find(Boolean) || "";
+  const shown = new Set();
+  const error = (...names) => {
+    names.forEach((n) => shown.add(n));
+    return local[names[0]] || names.map((n) => server[n]).find(Boolean) || "";
+  };
+  const labelErrors = Object.entries(server).filter(([field]) => field.startsWith("labels"));
+  labelErrors.forEach(([field]) => shown.add(field));
   const namespaces = clusters.find((c) => c.name === form.cluster)?.namespaces || [form.namespace];
 
+  function chooseSource(e) {
+    // The file inputs are made afresh when their source comes back: forget old choices.
+    setForm({ ...form, source: e.target.value });
+    setFiles({});
+    setColumns([]);
+  }
+
   async function chooseFile(split, file) {
-    setFiles({ ...files, [split]: file });
-    if (split !== "file" || !file) return;
+    setFiles((old) => ({ ...old, [split]: file }));
+    if (split !== "file") return;
+    if (!file) return setColumns([]);
     const found = await csvColumns(file);
     setColumns(found);
     const pick = (wanted, fallback) => (found.includes(wanted) ? wanted : fallback);
@@ -115,7 +130,12 @@ export function DatasetForm() {
       } else {
         const source = form.source === "plugin"
           ? { type: "plugin", plugin: form.plugin, parameters: JSON.parse(form.parameters) }
-          : { type: form.uri.startsWith("s3://") ? "s3" : "http", uri: form.uri };
+          : {
+              type: form.uri.startsWith("s3://") ? "s3" : "http",
+              uri: form.uri,
+              ...(form.validate_uri ? { validate_uri: form.validate_uri } : {}),
+              ...(form.test_uri ? { test_uri: form.test_uri } : {}),
+            };
         await api("/api/v1/datasets", { method: "POST", json: { ...metadata, source } });
       }
       go(`#/datasets/${encodeURIComponent(form.name)}`);
@@ -132,11 +152,11 @@ export function DatasetForm() {
 
   return html`<${Page} title=${t("datasets.upload")}>
     <form class="form" onSubmit=${submit} novalidate>
-      <${FormError} error=${refusal} />
+      <${FormError} error=${refusal} shown=${shown} />
       <fieldset><legend>${t("datasets.source")}</legend>
         <div class="radios">
           ${["file", "remote", "plugin"].map((s) => html`<label><input type="radio" name="source" value=${s}
-            checked=${form.source === s} onChange=${set("source")} /> ${t(`datasets.source_${s}`)}</label>`)}
+            checked=${form.source === s} onChange=${chooseSource} /> ${t(`datasets.source_${s}`)}</label>`)}
         </div>
         ${form.source === "file" ? html`
           <${Field} label=${t("split.train")} error=${error("file")} hint=${t("datasets.file_hint")}>
@@ -149,16 +169,22 @@ export function DatasetForm() {
             <input type="file" name="test" accept=".csv,text/csv" onChange=${(e) => chooseFile("test", e.target.files[0])} />
           </${Field}>` : null}
         ${form.source === "remote" ? html`
-          <${Field} label=${t("datasets.uri")} error=${error("uri", "source.uri")} hint=${t("datasets.uri_hint")} wide>
+          <${Field} label=${t("datasets.uri")} error=${error("uri", "source.uri", "source.http.uri", "source.s3.uri")} hint=${t("datasets.uri_hint")} wide>
             <input name="uri" value=${form.uri} placeholder="https://… / s3://…" onInput=${set("uri")} />
+          </${Field}>
+          <${Field} label=${t("datasets.validate_uri")} error=${error("validate_uri", "source.http.validate_uri", "source.s3.validate_uri")} wide>
+            <input name="validate_uri" value=${form.validate_uri} onInput=${set("validate_uri")} />
+          </${Field}>
+          <${Field} label=${t("datasets.test_uri")} error=${error("test_uri", "source.http.test_uri", "source.s3.test_uri")} wide>
+            <input name="test_uri" value=${form.test_uri} onInput=${set("test_uri")} />
           </${Field}>` : null}
         ${form.source === "plugin" ? html`
-          <${Field} label=${t("datasets.plugin")} error=${error("plugin", "source.plugin")}>
+          <${Field} label=${t("datasets.plugin")} error=${error("plugin", "source.plugin", "source.plugin.plugin")}>
             <select name="plugin" value=${form.plugin} onChange=${set("plugin")}>
               <${Options} blank=${t("common.choose")} items=${options.plugins.map((p) => [p.name, p.name])} />
             </select>
           </${Field}>
-          <${Field} label=${t("datasets.plugin_parameters")} error=${error("parameters", "source.parameters")} wide>
+          <${Field} label=${t("datasets.plugin_parameters")} error=${error("parameters", "source.parameters", "source.plugin.parameters")} wide>
             <textarea name="parameters" rows="3" value=${form.parameters} onInput=${set("parameters")}></textarea>
           </${Field}>` : null}
       </fieldset>
@@ -172,7 +198,7 @@ export function DatasetForm() {
           </select>
         </${Field}>
         <${Field} label=${t("field.cluster")} error=${error("cluster")}>
-          <select name="cluster" value=${form.cluster} onChange=${set("cluster")}><${Options} items=${clusters.map((c) => c.name)} /></select>
+          <select name="cluster" value=${form.cluster} onChange=${(e) => setForm({ ...form, cluster: e.target.value, namespace: firstNamespace(clusters, e.target.value) })}><${Options} items=${clusters.map((c) => c.name)} /></select>
         </${Field}>
         <${Field} label=${t("field.namespace")} error=${error("namespace")}>
           <select name="namespace" value=${form.namespace} onChange=${set("namespace")}><${Options} items=${namespaces} /></select>
@@ -200,7 +226,7 @@ export function DatasetForm() {
             onInput=${(e) => setLabels(labels.map((l, j) => (j === i ? [l[0], e.target.value] : l)))} />
           <button type="button" class="link" onClick=${() => setLabels(labels.filter((_, j) => j !== i))}>${t("common.remove")}</button>
         </div>`)}
-        ${error("labels") ? html`<small class="field-error" role="alert">${error("labels")}</small>` : null}
+        ${labelErrors.map(([field, message]) => html`<small class="field-error" role="alert">${field}: ${message}</small>`)}
         <button type="button" onClick=${() => setLabels([...labels, ["", ""]])}>${t("datasets.add_label")}</button>
       </fieldset>
       <fieldset><legend>${t("field.feature_mapping")}</legend>

@@ -17,7 +17,7 @@ export function DatasetList() {
   return html`<${Page} title=${t("nav.datasets")} actions=${actions}>
     ${!data ? html`<${Loading} error=${error} />` : !data.items.length
       ? html`<${Empty}>${t("datasets.none")}</${Empty}>`
-      : html`<table class="list" data-testid="datasets">
+      : html`<div class="table-wrap"><table class="list" data-testid="datasets">
           <thead><tr>
             <th>${t("field.name")}</th><th>${t("field.status")}</th><th>${t("datasets.rows")}</th>
             <th>${t("field.language")}</th><th>${t("field.labels")}</th><th>${t("field.created")}</th>
@@ -30,7 +30,7 @@ export function DatasetList() {
             <td><${Labels} labels=${d.labels} /></td>
             <td><${When} iso=${d.created_at} /></td>
           </tr>`)}</tbody>
-        </table>`}
+        </table></div>`}
   </${Page}>`;
 }
 
@@ -63,7 +63,7 @@ function TokenStats({ tokens }) {
   return html`<div class="panel">
     <h2>${t("datasets.tokens")}</h2>
     <table class="compact">
-      <thead><tr><th></th><th>min</th><th>${t("datasets.median")}</th><th>p95</th><th>max</th></tr></thead>
+      <thead><tr><th></th><th>${t("datasets.min")}</th><th>${t("datasets.median")}</th><th>${t("datasets.p95")}</th><th>${t("datasets.max")}</th></tr></thead>
       <tbody>${row("question")}${row("answer")}</tbody>
     </table>
     <p class="muted">${t("datasets.over_block", { rows: tokens.rows_over_block_size, block: tokens.block_size })}
@@ -93,10 +93,10 @@ function Preview({ name }) {
   if (!data) return html`<${Loading} error=${error} />`;
   return html`<div class="panel">
     <h2>${t("datasets.preview")}</h2>
-    <table class="list preview" data-testid="preview">
+    <div class="table-wrap"><table class="list preview" data-testid="preview">
       <thead><tr><th>#</th><th>${t("field.question")}</th><th>${t("field.answer")}</th></tr></thead>
       <tbody>${data.rows.map((r, i) => html`<tr><td>${i + 1}</td><td>${r.question}</td><td>${r.answer}</td></tr>`)}</tbody>
-    </table>
+    </table></div>
   </div>`;
 }
 
@@ -104,7 +104,8 @@ export function DatasetDetail({ params: [name] }) {
   const path = `/api/v1/datasets/${encodeURIComponent(name)}`;
   const { data: d, error } = useResource(path, {
     refreshOn: ["dataset."],
-    moving: (x) => !FINAL.includes(x.status),
+    // A dataset awaiting its upload moves only when the client uploads: no polling.
+    moving: (x) => !FINAL.includes(x.status) && x.status !== "awaiting_upload",
   });
   const [refusal, setRefusal] = useState(null);
   async function remove() {
@@ -130,7 +131,7 @@ export function DatasetDetail({ params: [name] }) {
       <dt>${t("field.size_category")}</dt><dd>${d.size_category || "—"}</dd>
       <dt>${t("field.task_type")}</dt><dd>${d.task?.type} ${(d.task?.subtypes || []).join(", ")}</dd>
       <dt>${t("field.feature_mapping")}</dt><dd>${d.feature_mapping?.question} → ${t("field.question")}, ${d.feature_mapping?.answer} → ${t("field.answer")}</dd>
-      <dt>${t("datasets.rows")}</dt><dd>${Object.entries(d.splits || {}).map(([split, s]) => `${t(`split.${split}`)}: ${s.rows ?? "—"}`).join(" · ") || "—"}</dd>
+      <dt>${t("datasets.rows")}</dt><dd>${Object.entries(d.splits || {}).map(([split, s]) => `${t(`split_name.${split}`)}: ${s.rows ?? "—"}`).join(" · ") || "—"}</dd>
       <dt>${t("field.created")}</dt><dd><${When} iso=${d.created_at} /></dd>
     </dl>
     <${Problems} error=${d.error} />

@@ -32,12 +32,12 @@ export function EventFeed() {
     <p class="muted"><span class="live-dot"></span> ${t("events.live")}</p>
     ${!events ? html`<${Loading} error=${error} />` : !shown.length
       ? html`<${Empty}>${t("events.none")}</${Empty}>`
-      : html`<table class="list events" data-testid="events">
+      : html`<div class="table-wrap"><table class="list events" data-testid="events">
           <thead><tr><th>${t("events.time")}</th><th>${t("events.type")}</th><th>${t("events.subject")}</th><th>${t("events.data")}</th></tr></thead>
           <tbody>${shown.map((e) => html`<tr data-type=${e.type}>
             <td><${When} iso=${e.time} /></td><td><code>${e.type}</code></td><td>${e.subject}</td>
             <td><code class="data">${summary(e.data)}</code></td>
           </tr>`)}</tbody>
-        </table>`}
+        </table></div>`}
   </${Page}>`;
 }

@@ -89,9 +89,20 @@ export function ExperimentForm() {
 
   const problems = problemsOf(form, tasks, known, touched);
   const server = refusal?.fields || {};
-  const error = (key) => problems[key] || server[key] || "";
+  const shown = new Set();
+  const error = (key) => {
+    shown.add(key);
+    return problems[key] || server[key] || "";
+  };
   const cluster = known.clusters.find((c) => c.name === form.cluster);
   const set = (key) => (e) => setForm({ ...form, [key]: e.target.value });
+
+  function chooseCluster(name) {
+    // What the old cluster offered may not exist in the new one.
+    const next = known.clusters.find((c) => c.name === name);
+    setForm({ ...form, cluster: name, namespace: next?.namespaces[0] || "default" });
+    setTasks(tasks.map((task) => (next && !(task.gpu_type in next.gpus) ? { ...task, gpu_type: "cpu" } : task)));
+  }
 
   async function submit(event) {
     event.preventDefault();
@@ -121,7 +132,7 @@ export function ExperimentForm() {
   }
   return html`<${Page} title=${t("experiments.create")}>
     <form class="form" onSubmit=${submit} novalidate>
-      <${FormError} error=${refusal} />
+      <${FormError} error=${refusal} shown=${shown} />
       ${touched && Object.keys(problems).length ? html`<div class="banner warn" role="alert">${t("check.fix_fields")}</div>` : null}
       <fieldset class="grid"><legend>${t("experiments.about")}</legend>
         <${Field} label=${t("field.name")} error=${error("name")} hint=${t("check.dns_label")}>
@@ -130,7 +141,7 @@ export function ExperimentForm() {
           <select name="evaluation" value=${form.evaluation} onChange=${set("evaluation")}>
             <${Options} items=${known.evaluations.map((m) => [m.name, `${m.name}`])} /></select></${Field}>
         <${Field} label=${t("field.cluster")} error=${error("cluster")}>
-          <select name="cluster" value=${form.cluster} onChange=${set("cluster")}><${Options} items=${known.clusters.map((c) => c.name)} /></select></${Field}>
+          <select name="cluster" value=${form.cluster} onChange=${(e) => chooseCluster(e.target.value)}><${Options} items=${known.clusters.map((c) => c.name)} /></select></${Field}>
         <${Field} label=${t("field.namespace")} error=${error("namespace")}>
           <select name="namespace" value=${form.namespace} onChange=${set("namespace")}><${Options} items=${cluster?.namespaces || [form.namespace]} /></select></${Field}>
       </fieldset>

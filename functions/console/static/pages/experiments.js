@@ -18,7 +18,7 @@ export function ExperimentList() {
   return html`<${Page} title=${t("nav.experiments")} actions=${actions}>
     ${!data ? html`<${Loading} error=${error} />` : !data.items.length
       ? html`<${Empty}>${t("experiments.none")}</${Empty}>`
-      : html`<table class="list" data-testid="experiments">
+      : html`<div class="table-wrap"><table class="list" data-testid="experiments">
           <thead><tr><th>${t("field.name")}</th><th>${t("field.status")}</th><th>${t("experiments.tasks")}</th>
             <th>${t("experiments.best")}</th><th>${t("field.created")}</th></tr></thead>
           <tbody>${data.items.map((x) => html`<tr data-name=${x.name}>
@@ -27,7 +27,7 @@ export function ExperimentList() {
             <td>${x.tasks.map((task) => html`<span class="chip">${task.name}: ${t(`status.${task.status}`)}</span>`)}</td>
             <td>${x.best_task || "—"}</td><td><${When} iso=${x.created_at} /></td>
           </tr>`)}</tbody>
-        </table>`}
+        </table></div>`}
   </${Page}>`;
 }
 
@@ -119,7 +119,7 @@ function TaskCard({ experiment, task, best }) {
       <dt>${t("field.base_model")}</dt><dd>${task.base_model}</dd>
       <dt>${t("field.dataset")}</dt><dd>${task.dataset}</dd>
       <dt>${t("field.parameter_group")}</dt><dd>${task.parameter_group}</dd>
-      <dt>${t("field.compute")}</dt><dd>${task.compute.gpu_type} × ${task.compute.gpu_count}</dd>
+      <dt>${t("field.compute")}</dt><dd>${task.compute.gpu_type === "cpu" ? t("experiments.no_gpu") : task.compute.gpu_type} × ${task.compute.gpu_count}</dd>
       <dt>${t("experiments.progress")}</dt><dd>${p.total_steps
         ? html`<${Bar} value=${p.step} max=${p.total_steps}
             label=${t("experiments.step_of", { step: p.step, total: p.total_steps, epoch: formatNumber(p.epoch, 2) })} />`

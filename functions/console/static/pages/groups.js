@@ -5,7 +5,7 @@ import { html, useState, useEffect } from "../vendor/preact-htm.js";
 import { api } from "../api.js";
 import { t, formatNumber } from "../i18n.js";
 import { useResource } from "../live.js";
-import { Page, Loading, Empty, When, Field, FormError, Options, labelProblem, go } from "../ui.js";
+import { Page, Loading, Empty, When, Field, FormError, Options, labelProblem, firstNamespace, go } from "../ui.js";
 
 export function GroupList() {
   const { data, error, reload } = useResource("/api/v1/parameter-groups");
@@ -25,18 +25,18 @@ export function GroupList() {
     <${FormError} error=${refusal} />
     ${!data ? html`<${Loading} error=${error} />` : !data.items.length
       ? html`<${Empty}>${t("groups.none")}</${Empty}>`
-      : html`<table class="list" data-testid="groups">
+      : html`<div class="table-wrap"><table class="list" data-testid="groups">
           <thead><tr><th>${t("field.name")}</th><th>${t("field.cluster")}</th><th>${t("groups.method")}</th>
             <th>${t("param.learning_rate")}</th><th>${t("param.epochs")}</th><th>${t("param.batch_size")}</th>
             <th>${t("field.created")}</th><th></th></tr></thead>
           <tbody>${data.items.map((g) => html`<tr data-name=${g.name}>
             <td>${g.name}</td><td>${g.cluster} / ${g.namespace}</td>
-            <td>${g.finetune_type} · ${g.parameters.peft ? `LoRA r${g.parameters.lora_rank}` : t("groups.full")}</td>
+            <td>${g.finetune_type} · ${g.parameters.peft ? t("groups.lora", { rank: g.parameters.lora_rank }) : t("groups.full")}</td>
             <td>${formatNumber(g.parameters.learning_rate, 6)}</td><td>${g.parameters.epochs}</td>
             <td>${g.parameters.batch_size}</td><td><${When} iso=${g.created_at} /></td>
             <td><button class="link danger" onClick=${() => remove(g.name)}>${t("common.delete")}</button></td>
           </tr>`)}</tbody>
-        </table>`}
+        </table></div>`}
   </${Page}>`;
 }
 
@@ -46,24 +46,25 @@ function rangeProblem(text, schema) {
   const value = Number(text);
   if (text === "" || Number.isNaN(value)) return t("check.number");
   if (schema.type === "integer" && !Number.isInteger(value)) return t("check.integer");
-  const low = schema.minimum ?? schema.exclusiveMinimum;
-  const high = schema.maximum ?? schema.exclusiveMaximum;
-  const tooLow = schema.minimum !== undefined ? value < schema.minimum : value <= schema.exclusiveMinimum;
-  const tooHigh = schema.maximum !== undefined ? value > schema.maximum : value >= schema.exclusiveMaximum;
-  if ((low !== undefined && tooLow) || (high !== undefined && tooHigh)) {
-    return t("check.range", {
-      low: low === undefined ? "−∞" : `${schema.minimum !== undefined ? "≥" : ">"} ${low}`,
-      high: high === undefined ? "∞" : `${schema.maximum !== undefined ? "≤" : "<"} ${high}`,
-    });
-  }
-  return "";
+  const bounds = [];
+  if (schema.minimum !== undefined) bounds.push([value >= schema.minimum, `≥ ${schema.minimum}`]);
+  if (schema.exclusiveMinimum !== undefined) bounds.push([value > schema.exclusiveMinimum, `> ${schema.exclusiveMinimum}`]);
+  if (schema.maximum !== undefined) bounds.push([value <= schema.maximum, `≤ ${schema.maximum}`]);
+  if (schema.exclusiveMaximum !== undefined) bounds.push([value < schema.exclusiveMaximum, `< ${schema.exclusiveMaximum}`]);
+  if (bounds.every(([ok]) => ok)) return "";
+  const words = bounds.map(([, bound]) => bound);
+  return words.length === 2
+    ? t("check.range", { low: words[0], high: words[1] })
+    : t("check.bound", { bound: words[0] });
 }
 
 /** A form value (always a string or boolean) as the JSON value the API takes. */
 function toValue(text, schema) {
   if (schema.type === "integer" || schema.type === "number") return Number(text);
   if (schema.type === "boolean") return Boolean(text);
-  if (schema.anyOf?.some((s) => s.type === "null")) return text === "" ? null : text === "true";
+  if (schema.anyOf?.some((s) => s.type === "null")) {
+    return text === "" || text === null ? null : text === true || text === "true";
+  }
   if (schema.anyOf?.some((s) => s.type === "array")) {
     return text === "all-linear" ? text : text.split(",").map((s) => s.trim()).filter(Boolean);
   }
@@ -124,6 +125,7 @@ export function GroupForm() {
   }
   const schema = catalogue.schema;
   const server = refusal ? refusal.fields : {};
+  const claimed = new Set(["name", "cluster", "namespace", ...Object.keys(schema).map((k) => `parameters.${k}`)]);
   const problems = Object.fromEntries(Object.keys(schema).map((k) => [k, rangeProblem(values[k], schema[k])]));
   const nameProblem = form.name ? labelProblem(form.name) : "";
 
@@ -156,14 +158,14 @@ export function GroupForm() {
   const namespaces = clusters.find((c) => c.name === form.cluster)?.namespaces || [form.namespace];
   return html`<${Page} title=${t("groups.create")}>
     <form class="form" onSubmit=${submit} novalidate>
-      <${FormError} error=${refusal} />
+      <${FormError} error=${refusal} shown=${claimed} />
       <fieldset class="grid"><legend>${t("groups.about")}</legend>
         <${Field} label=${t("field.name")} error=${nameProblem || server.name} hint=${t("check.dns_label")}>
           <input name="name" value=${form.name} autocomplete="off" onInput=${(e) => setForm({ ...form, name: e.target.value })} />
         </${Field}>
         <${Field} label=${t("groups.finetune_type")}><select name="finetune_type" disabled><option>SFT</option></select></${Field}>
         <${Field} label=${t("field.cluster")} error=${server.cluster}>
-          <select name="cluster" value=${form.cluster} onChange=${(e) => setForm({ ...form, cluster: e.target.value })}>
+          <select name="cluster" value=${form.cluster} onChange=${(e) => setForm({ ...form, cluster: e.target.value, namespace: firstNamespace(clusters, e.target.value) })}>
             <${Options} items=${clusters.map((c) => c.name)} /></select>
         </${Field}>
         <${Field} label=${t("field.namespace")} error=${server.namespace}>

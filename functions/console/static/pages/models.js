@@ -5,13 +5,13 @@ import { html, useState, useEffect } from "../vendor/preact-htm.js";
 import { api } from "../api.js";
 import { t, formatNumber } from "../i18n.js";
 import { useResource } from "../live.js";
-import { Page, Loading, Empty, When, Field, FormError, Options, labelProblem, spanProblems, go } from "../ui.js";
+import { Page, Loading, Empty, When, Field, FormError, Options, labelProblem, spanProblems, firstNamespace, go } from "../ui.js";
 
 function Lineage({ model }) {
   if (model.kind === "base") return html`<span class="muted">${model.builtin ? t("models.builtin") : model.uri}</span>`;
   return html`<span class="lineage">
     ${model.base_model} → <a href=${`#/experiments/${encodeURIComponent(model.experiment)}`}>${model.experiment}</a>
-    / ${model.task}${model.dataset ? html` · ${t("field.dataset")} ${model.dataset}` : null}
+    / ${model.task}${model.dataset?.name ? html` · ${t("field.dataset")} ${model.dataset.name}` : null}
     · ${model.adapter ? t("models.adapter") : t("models.full")}
   </span>`;
 }
@@ -21,17 +21,17 @@ export function ModelList() {
   return html`<${Page} title=${t("nav.models")}>
     ${!data ? html`<${Loading} error=${error} />` : !data.items.length
       ? html`<${Empty}>${t("models.none")}</${Empty}>`
-      : html`<table class="list" data-testid="models">
+      : html`<div class="table-wrap"><table class="list" data-testid="models">
           <thead><tr><th>${t("field.name")}</th><th>${t("models.kind")}</th><th>${t("models.lineage")}</th>
             <th>${t("experiments.score")}</th><th>${t("field.created")}</th><th></th></tr></thead>
           <tbody>${data.items.map((m) => html`<tr data-name=${m.name}>
             <td>${m.name}</td><td>${t(`models.kind_${m.kind}`)}</td><td><${Lineage} model=${m} /></td>
             <td>${m.score === null || m.score === undefined ? "—"
-              : html`${formatNumber(m.score)} <small class="muted">${t("models.base_score", { score: formatNumber(m.base_score?.score) })}</small>`}</td>
+              : html`${formatNumber(m.score)} <small class="muted">${t("models.base_score", { score: formatNumber(m.base_score) })}</small>`}</td>
             <td><${When} iso=${m.created_at} /></td>
             <td><a class="button" href=${`#/models/${encodeURIComponent(m.name)}/deploy`}>${t("models.deploy")}</a></td>
           </tr>`)}</tbody>
-        </table>`}
+        </table></div>`}
   </${Page}>`;
 }
 
@@ -59,7 +59,11 @@ export function DeployForm({ params: [model] }) {
   if (!/^\d+$/.test(form.gpu_count)) problems["resources.gpu_count"] = t("check.integer");
   if (!/^\d+$/.test(form.replicas) || Number(form.replicas) < 1) problems.replicas = t("check.integer");
   const server = refusal?.fields || {};
-  const error = (key) => problems[key] || server[key] || "";
+  const shown = new Set();
+  const error = (key) => {
+    shown.add(key);
+    return problems[key] || server[key] || "";
+  };
   const set = (key) => (e) => setForm({ ...form, [key]: e.target.value });
   const setSpan = (kind, bound) => (e) => setForm({ ...form, [kind]: { ...form[kind], [bound]: e.target.value } });
 
@@ -87,12 +91,12 @@ export function DeployForm({ params: [model] }) {
   const namespaces = clusters.find((c) => c.name === form.cluster)?.namespaces || [form.namespace];
   return html`<${Page} title=${t("models.deploy_title", { model })}>
     <form class="form" onSubmit=${submit} novalidate>
-      <${FormError} error=${refusal} />
+      <${FormError} error=${refusal} shown=${shown} />
       <fieldset class="grid"><legend>${t("models.service")}</legend>
         <${Field} label=${t("models.service_name")} error=${error("name")} hint=${t("check.dns_label")}>
           <input name="name" value=${form.name} onInput=${set("name")} /></${Field}>
         <${Field} label=${t("field.cluster")} error=${error("cluster")}>
-          <select name="cluster" value=${form.cluster} onChange=${set("cluster")}><${Options} items=${clusters.map((c) => c.name)} /></select></${Field}>
+          <select name="cluster" value=${form.cluster} onChange=${(e) => setForm({ ...form, cluster: e.target.value, namespace: firstNamespace(clusters, e.target.value) })}><${Options} items=${clusters.map((c) => c.name)} /></select></${Field}>
         <${Field} label=${t("field.namespace")} error=${error("namespace")}>
           <select name="namespace" value=${form.namespace} onChange=${set("namespace")}><${Options} items=${namespaces} /></select></${Field}>
         <${Field} label=${t("field.gpu_count")} error=${error("resources.gpu_count")} hint=${t("models.gpu_hint")}>

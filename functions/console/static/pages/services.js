@@ -1,7 +1,7 @@
 // Model services: status while they deploy, delete, and up to three ticked for
 // comparison chat (a fourth is refused here, as the API would refuse it).
 
-import { html, useState } from "../vendor/preact-htm.js";
+import { html, useState, useEffect } from "../vendor/preact-htm.js";
 import { api } from "../api.js";
 import { t } from "../i18n.js";
 import { useResource } from "../live.js";
@@ -39,6 +39,10 @@ export function ServiceList() {
     }
   }
   const ready = new Set((data?.items || []).filter((s) => s.status === "ready").map((s) => s.name));
+  useEffect(() => {
+    // A ticked service that stopped being ready (deleted, failed) is no longer ticked.
+    if (data) setTicked((old) => old.filter((n) => ready.has(n)));
+  }, [data]);
   const canCompare = ticked.length > 0 && ticked.every((n) => ready.has(n));
   const actions = html`<button class="primary" disabled=${!canCompare}
     onClick=${() => go(`#/chat?services=${ticked.map(encodeURIComponent).join(",")}`)}>
@@ -49,7 +53,7 @@ export function ServiceList() {
     <p class="muted">${t("services.tick_hint", { max: MAX_COMPARED })}</p>
     ${!data ? html`<${Loading} error=${error} />` : !data.items.length
       ? html`<${Empty}>${t("services.none")}</${Empty}>`
-      : html`<table class="list" data-testid="services">
+      : html`<div class="table-wrap"><table class="list" data-testid="services">
           <thead><tr><th></th><th>${t("field.name")}</th><th>${t("services.model")}</th><th>${t("field.status")}</th>
             <th>${t("services.server")}</th><th>${t("field.created")}</th><th></th></tr></thead>
           <tbody>${data.items.map((s) => html`<tr data-name=${s.name} data-status=${s.status}>
@@ -64,6 +68,6 @@ export function ServiceList() {
             <td><${When} iso=${s.created_at} /></td>
             <td><button class="link danger" onClick=${() => remove(s.name)}>${t("common.delete")}</button></td>
           </tr>`)}</tbody>
-        </table>`}
+        </table></div>`}
   </${Page}>`;
 }
