@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     experiment or service)."""
     kube_config: Path | None = None
     """kubeconfig file of the cluster; unset: the pod's in-cluster service account."""
-    kube_image: str = "tunelab:gpu"
+    kube_image: str = "tunelab-gpu:latest"
     """Image of training pods: tunelab with the `gpu` extra (infra/Dockerfile)."""
     kube_vllm_image: str = "vllm/vllm-openai:v0.11.0"
     """Image of model servers: vLLM's OpenAI-compatible server."""

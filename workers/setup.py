@@ -64,14 +64,23 @@ def make_context(settings: Settings, broker: Broker) -> context.WorkerContext:
     return context.WorkerContext(settings=settings, db=db, store=open_store(settings), bus=bus)
 
 
-def import_actors(kind: WorkerKind) -> None:
-    for module in ACTOR_MODULES[kind]:
+def import_actors(kind: WorkerKind, settings: Settings | None = None) -> None:
+    modules = ACTOR_MODULES[kind]
+    if kind == "cpu" and settings is not None and settings.backend == "kubernetes":
+        modules += ("tunelab.workers.gpu.serving.actors",)  # the chat relay
+    for module in modules:
         importlib.import_module(module)
 
 
 def lanes(settings: Settings, kind: WorkerKind) -> list[tuple[str, int]]:
     """The queues a worker process of `kind` consumes, each with its own threads."""
     if kind == "cpu":
+        if settings.backend == "kubernetes":
+            # Model servers run as Deployments: relaying chats to them needs no GPU node.
+            return [
+                (settings.cpu_queue, settings.cpu_worker_threads),
+                (settings.chat_queue, settings.chat_worker_threads),
+            ]
         return [(settings.cpu_queue, settings.cpu_worker_threads)]
     return [
         (settings.gpu_queue, settings.gpu_worker_threads),
@@ -85,7 +94,7 @@ def run(settings: Settings, kind: WorkerKind) -> None:
     broker = install_broker(build_broker(settings))
     ctx = make_context(settings, broker)
     context.install(ctx)
-    import_actors(kind)
+    import_actors(kind, settings)
     # One Dramatiq worker per queue: threads busy with hours of training cannot take
     # the GPU queue's next event.
     workers = [
