@@ -546,3 +546,30 @@ def test_a_service_becomes_a_deployment_whose_every_ready_replica_gets_the_adapt
     servers.reconcile_servers(ctx, api)
     with pytest.raises(ApiException):
         api.apps.read_namespaced_deployment(name, namespace)
+
+
+def test_a_service_the_namespace_quota_refuses_fails_with_the_reason(
+    ctx: WorkerContext, api: Kube, namespace: str
+) -> None:
+    api.core.create_namespaced_resource_quota(
+        namespace,
+        {"metadata": {"name": "gpus"}, "spec": {"hard": {"requests.nvidia.com/gpu": "0"}}},
+    )
+    wait_for(
+        "the quota's usage",
+        lambda: api.core.read_namespaced_resource_quota("gpus", namespace).status.used is not None,
+    )
+    with ctx.db.session() as session:
+        base = Model(name="tiny-llama", kind="base", uri="builtin://tiny-llama", spec={})
+        session.add(base)
+        session.flush()
+        session.expunge(base)
+    refused = add_service(ctx, "wants-a-gpu", base, namespace)
+    elsewhere = add_service(ctx, "nowhere", base, "no-such-namespace")
+    servers.reconcile_servers(ctx, api)
+    error = service_row(ctx, refused).error
+    assert service_row(ctx, refused).status == "failed" and error is not None
+    assert error["code"] == "quota_exceeded" and "nvidia.com/gpu" in error["message"]
+    assert api.apps.list_namespaced_deployment(namespace).items == []
+    error = service_row(ctx, elsewhere).error
+    assert error is not None and error["code"] == "namespace_missing"

@@ -29,7 +29,13 @@ from tunelab.workers.gpu.serving.process import SERVED_NAME
 from tunelab.workers.gpu.serving.status import fail_service, mark_ready
 from tunelab.workers.kube.client import MANAGED, MANAGED_SELECTOR, Kube, object_name
 from tunelab.workers.kube.jobs import env_from, gpu_placement
-from tunelab.workers.kube.reasons import quota_event, refusal, stuck_pod
+from tunelab.workers.kube.reasons import (
+    namespace_missing,
+    quota_event,
+    refusal,
+    stuck_pod,
+    transient,
+)
 
 log = logging.getLogger("tunelab.kube")
 
@@ -204,12 +210,23 @@ def service_manifest(server_id: str) -> dict[str, Any]:
 
 
 def _ensure(kube: Kube, namespace: str, manifest: dict[str, Any], service: dict[str, Any]) -> None:
+    """Create the Deployment and Service unless they exist. The Deployment's pod is first
+    created as a server-side dry run: a ResourceQuota that would refuse the pods refuses
+    it now, with its reason, instead of leaving a Deployment without pods."""
     name = manifest["metadata"]["name"]
     try:
         kube.apps.read_namespaced_deployment(name, namespace)
     except ApiException as exc:
         if exc.status != 404:
             raise
+        template = manifest["spec"]["template"]
+        probe = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, **template["metadata"]},
+            "spec": template["spec"],
+        }
+        kube.core.create_namespaced_pod(namespace, probe, dry_run="All")
         kube.apps.create_namespaced_deployment(namespace, manifest)
     try:
         kube.core.read_namespaced_service(name, namespace)
@@ -272,8 +289,16 @@ def reconcile_server(ctx: WorkerContext, kube: Kube, server: ModelServer) -> Non
     manifest = deployment_manifest(ctx.settings, server.id, server.model_uri, request)
     try:
         kube.core.read_namespace(namespace)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        fail_all(**namespace_missing(namespace))
+        return
+    try:
         _ensure(kube, namespace, manifest, service_manifest(server.id))
     except ApiException as exc:
+        if transient(exc):
+            raise  # the next pass tries again
         fail_all(**refusal(exc, f"the model server of {services[0].name!r}", namespace))
         return
     pods = kube.core.list_namespaced_pod(
