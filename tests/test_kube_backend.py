@@ -360,6 +360,8 @@ def test_a_job_that_kept_failing_or_a_user_error_exit_ends_the_task_without_more
     (pod,) = wait_for("the Job's pod", lambda: pods_of(api, namespace, f"job-name={name}"))
     patch_pod_status(api, pod, terminated(jobs.EXIT_USER_ERROR, "Error"))
     reconcile_jobs(ctx, api)
+    error = task_row(ctx, user_error.id).error
+    assert error is not None and error["code"] == "invalid_task"
     error = task_row(ctx, crashing.id).error
     assert error is not None and error["code"] == "training_crashed"
     assert "1 attempt(s)" in error["message"] and "exit code 1 (OOMKilled)" in error["message"]
@@ -518,8 +520,12 @@ def test_a_service_becomes_a_deployment_whose_every_ready_replica_gets_the_adapt
         assert service_row(ctx, plain).status == "ready"
         assert "service.ready" in event_types(ctx)
 
-        # The model server restarts empty: the sidecar puts the adapter back.
+        # The model server restarts empty: the replica is not ready until the sidecar has
+        # put the adapter back.
+        ready_url = f"http://127.0.0.1:{ctx.settings.kube_agent_port}/ready"
+        assert httpx.get(ready_url).status_code == 200
         model_server.close()
+        wait_for("the replica to be unready", lambda: httpx.get(ready_url).status_code == 503)
         model_server = ServerProcess(
             ctx.settings, "transformers", base_dir, ctx.settings.data_dir / "srv2"
         )
@@ -531,21 +537,23 @@ def test_a_service_becomes_a_deployment_whose_every_ready_replica_gets_the_adapt
             return adapter_name(lora) in {m["id"] for m in models}
 
         wait_for("the adapter back in the restarted server", listed, 60)
+        wait_for("the replica ready again", lambda: httpx.get(ready_url).status_code == 200)
     finally:
         stop.set()
         http.shutdown()
         http.server_close()
         model_server.close()
 
-    # Deleting the last services stops the server: Deployment and Service are removed.
+    # Deleting the last services (as DELETE /api/v1/services does) stops the server:
+    # its Deployment and Service are removed.
     with ctx.db.session() as session:
         for service_id in (lora, plain):
-            row = session.get(Service, service_id)
-            assert row is not None
-            row.status = "deleted"
+            session.delete(session.get(Service, service_id))
     servers.reconcile_servers(ctx, api)
     with pytest.raises(ApiException):
         api.apps.read_namespaced_deployment(name, namespace)
+    with pytest.raises(ApiException):
+        api.core.read_namespaced_service(name, namespace)
 
 
 def test_a_service_the_namespace_quota_refuses_fails_with_the_reason(
@@ -573,3 +581,22 @@ def test_a_service_the_namespace_quota_refuses_fails_with_the_reason(
     assert api.apps.list_namespaced_deployment(namespace).items == []
     error = service_row(ctx, elsewhere).error
     assert error is not None and error["code"] == "namespace_missing"
+
+
+def test_a_training_task_whose_job_vanished_fails_instead_of_waiting_forever(
+    ctx: WorkerContext, api: Kube, namespace: str
+) -> None:
+    from tunelab.workers.kube.training import MISSING_AFTER, reconcile_jobs
+
+    task = add_task(ctx, namespace)
+    submit(ctx, task)
+    jobs.delete(api, namespace, task.id)  # deleted by hand
+    reconcile_jobs(ctx, api)
+    assert task_row(ctx, task.id).status == "training"  # it may still be on its way
+    with ctx.db.session() as session:
+        row = session.get(Task, task.id)
+        assert row is not None and row.started_at is not None
+        row.started_at = row.started_at - MISSING_AFTER
+    reconcile_jobs(ctx, api)
+    error = task_row(ctx, task.id).error
+    assert error is not None and error["code"] == "job_missing"

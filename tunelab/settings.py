@@ -103,7 +103,6 @@ class Settings(BaseSettings):
     """Image of training pods: tunelab with the `gpu` extra (infra/Dockerfile)."""
     kube_vllm_image: str = "vllm/vllm-openai:v0.11.0"
     """Image of model servers: vLLM's OpenAI-compatible server."""
-    kube_service_account: str = "tunelab"
     kube_env_from: str = "tunelab-config,tunelab-secrets"
     """ConfigMap and Secret (comma-separated; a name ending in `-secrets` is a Secret)
     whose TUNELAB_* values pods need to reach Redis, PostgreSQL and the object store;
@@ -114,6 +113,8 @@ class Settings(BaseSettings):
     """Pods a training Job starts again after faults (not after the user's errors)."""
     kube_agent_port: int = Field(default=8001, ge=1, le=65535)
     """Port of the adapter sidecar in every model-server pod."""
+    kube_start_timeout_s: float = Field(default=1800.0, gt=0)
+    """Longest a model service waits for a ready replica before it fails with the reason."""
     kube_poll_s: float = Field(default=2.0, gt=0)
     """How often the Kubernetes reconciler reads Jobs, Deployments and their pods."""
 

@@ -43,6 +43,10 @@ def train_in_pod(settings: Settings, task_id: str) -> int:
     except JobCrashed:
         log.exception("training crashed; the Job starts another pod, which resumes")
         return EXIT_CRASHED
-    if result is not None:
-        ctx.bus.publish(result)
+    if result is None:
+        # Another pod holds the task's lease (a duplicate): this one did nothing, and
+        # exiting 0 would tell the Job the task is done.
+        log.error("task %s is held by another live job; not training it here", task_id)
+        return EXIT_CRASHED
+    ctx.bus.publish(result)
     return EXIT_USER_ERROR if isinstance(result, TaskFailed) else 0

@@ -17,7 +17,25 @@ from tunelab.workers.kube.training import fail_task
 from tunelab.workers.registry import subscriber
 
 
-@subscriber("task.scheduled", "cpu", max_retries=5)
+def job_not_created(event: TaskScheduled, error: str) -> None:
+    fail_task(
+        current(),
+        event.data.task_id,
+        "job_not_created",
+        f"The task's Kubernetes Job could not be created: {error}"[:2000],
+    )
+
+
+# Retried with back-off for up to about an hour: a busy API server, or a ResourceQuota
+# that has room once other work in the namespace finishes.
+@subscriber(
+    "task.scheduled",
+    "cpu",
+    on_give_up=job_not_created,
+    max_retries=16,
+    min_backoff=5_000,
+    max_backoff=300_000,
+)
 def submit_task_job(event: TaskScheduled) -> None:
     """Create the task's Job; a refusal (quota, namespace) fails the task with it."""
     ctx = current()

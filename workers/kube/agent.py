@@ -3,9 +3,10 @@
 The registry (the services on this server, in the database) is the truth, not vLLM's
 memory: every few seconds the agent compares it with what its own vLLM lists, fetches
 and loads what is missing (all of it after vLLM restarts), and unloads what was
-deleted. It answers `/ready` once the adapters it found at start are loaded (the pod's
-readiness: the Service routes requests to this replica only then) and `/adapters`
-with what is loaded, which the reconciler reads to mark services ready.
+deleted. It answers `/ready` while vLLM is up and holds every adapter it has served before (the
+pod's readiness: the Service routes requests to this replica only then; an adapter of a
+newly deployed service does not take the replica out of rotation while it loads), and
+`/adapters` with what is loaded, which the reconciler reads to mark services ready.
 """
 
 from __future__ import annotations
@@ -28,12 +29,19 @@ from tunelab.workers.gpu.serving.status import fail_service
 
 log = logging.getLogger("tunelab.adapters")
 
+LOAD_ATTEMPTS = 3
+"""Refused loads of one adapter before its service fails with the server's reason."""
+
 
 class AdapterAgent:
     def __init__(self, ctx: WorkerContext, server_id: str, vllm_url: str) -> None:
         self.ctx, self.server_id, self.vllm_url = ctx, server_id, vllm_url
         self.loaded: set[str] = set()
-        self.synced = False
+        self.known: set[str] = set()
+        """Services whose adapters this replica has held: after a vLLM restart it is not
+        ready until they are all back."""
+        self.failures: dict[str, int] = {}
+        self.ready = False
 
     def wanted(self) -> dict[str, str]:
         """Service id → adapter URI of every live LoRA service on this server."""
@@ -85,10 +93,16 @@ class AdapterAgent:
             )
             if reply.status_code == 200:
                 loaded.add(service_id)
-            else:
-                log.warning("loading %s failed: %s", service_id, reply.text[:500])
+                self.failures.pop(service_id, None)
+                continue
+            log.warning("loading %s failed: %s", service_id, reply.text[:500])
+            self.failures[service_id] = self.failures.get(service_id, 0) + 1
+            if self.failures[service_id] >= LOAD_ATTEMPTS:
+                message = f"The model server refused the adapter: {reply.text}"[:2000]
+                fail_service(self.ctx, service_id, "adapter_load_failed", message)
         self.loaded = loaded
-        self.synced = self.synced or loaded >= set(wanted)
+        self.known |= loaded
+        self.ready = self.known & set(wanted) <= loaded
 
     def run(self, stop: threading.Event, every_s: float = 2.0) -> None:
         while not stop.is_set():
@@ -96,6 +110,7 @@ class AdapterAgent:
                 self.sync()
             except httpx.HTTPError as exc:
                 self.loaded = set()  # vLLM is down or restarting: it holds nothing now
+                self.ready = False
                 log.info("vLLM not answering yet: %s", exc)
             except Exception:
                 log.exception("adapter sync failed")
@@ -106,9 +121,9 @@ def serve(agent: AdapterAgent, port: int) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path == "/ready":
-                self._send(200 if agent.synced else 503, {"ready": agent.synced})
+                self._send(200 if agent.ready else 503, {"ready": agent.ready})
             elif self.path == "/adapters":
-                self._send(200, {"loaded": sorted(agent.loaded), "synced": agent.synced})
+                self._send(200, {"loaded": sorted(agent.loaded), "ready": agent.ready})
             else:
                 self._send(404, {"error": "not found"})
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from kubernetes import client, config
 
@@ -24,16 +26,36 @@ class Kube:
 @lru_cache(maxsize=4)
 def _connect(kubeconfig: str | None) -> Kube:
     configuration = client.Configuration()
+    # The config loaders are the client's only untyped calls.
     if kubeconfig:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, client_configuration=configuration
+        )
     else:
-        config.load_incluster_config(client_configuration=configuration)
+        config.load_incluster_config(  # type: ignore[no-untyped-call]
+            client_configuration=configuration
+        )
     api = client.ApiClient(configuration)
     return Kube(client.CoreV1Api(api), client.BatchV1Api(api), client.AppsV1Api(api))
 
 
 def kube(settings: Settings) -> Kube:
     return _connect(str(settings.kube_config) if settings.kube_config else None)
+
+
+def create(call: Callable[..., Any], namespace: str, manifest: dict[str, Any], **kw: Any) -> Any:
+    """`call(namespace, manifest)`: the client takes plain manifests as well as its models
+    (its type hints name only the models)."""
+    return call(namespace, manifest, **kw)
+
+
+def meta(obj: Any) -> tuple[str, str, dict[str, str]]:
+    """An object's name, namespace and labels (always set on what the server returns)."""
+    return obj.metadata.name, obj.metadata.namespace, obj.metadata.labels or {}
+
+
+SECURE = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+"""securityContext of every container tunelab creates."""
 
 
 def object_name(prefix: str, resource_id: str) -> str:

@@ -18,7 +18,7 @@ from kubernetes.client import ApiException
 from tunelab.clusters import CPU_TYPE
 from tunelab.db.models import Experiment, Task
 from tunelab.settings import Settings
-from tunelab.workers.kube.client import MANAGED, Kube, object_name
+from tunelab.workers.kube.client import MANAGED, SECURE, Kube, create, object_name
 from tunelab.workers.kube.reasons import namespace_missing, refusal, transient
 
 EXIT_USER_ERROR = 42
@@ -93,6 +93,7 @@ def job_manifest(settings: Settings, task: Task, experiment: Experiment) -> dict
                     "env": env,
                     "envFrom": env_from(settings),
                     "resources": resources_of(task.spec["resources"], gpus),
+                    "securityContext": SECURE,
                     "volumeMounts": [
                         {"name": "scratch", "mountPath": "/tmp"},
                         {"name": "cache", "mountPath": "/cache"},
@@ -158,13 +159,13 @@ def submit(kube: Kube, namespace: str, manifest: dict[str, Any]) -> dict[str, An
         "spec": template["spec"],
     }
     try:
-        kube.core.create_namespaced_pod(namespace, probe, dry_run="All")
-        kube.batch.create_namespaced_job(namespace, manifest)
+        create(kube.core.create_namespaced_pod, namespace, probe, dry_run="All")
+        create(kube.batch.create_namespaced_job, namespace, manifest)
     except ApiException as exc:
         if exc.status == 409:
             return None  # a redelivery: the Job is there already
         if transient(exc):
-            raise  # the message is retried
+            raise  # retried: the API is busy, or a quota has room once other work ends
         return refusal(exc, what, namespace)
     return None
 
@@ -173,7 +174,7 @@ def delete(kube: Kube, namespace: str, task_id: str) -> None:
     """Delete the task's Job and its pods (gone already is fine)."""
     try:
         kube.batch.delete_namespaced_job(
-            job_name(task_id), namespace, propagation_policy="Background"
+            job_name(task_id), namespace, propagation_policy="Background", _preload_content=False
         )
     except ApiException as exc:
         if exc.status != 404:

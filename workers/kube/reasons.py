@@ -7,10 +7,14 @@ from typing import Any
 
 from kubernetes.client import ApiException
 
-# Waiting reasons of a container that will not start by itself.
+from tunelab.quantity import parse_quantity
+
+# Waiting reasons of a container that will not start by itself (a first ErrImagePull may
+# be a registry hiccup; ImagePullBackOff is after retries).
 STUCK_WAITING = {
-    "ErrImagePull": "its image cannot be pulled",
     "ImagePullBackOff": "its image cannot be pulled",
+    "CrashLoopBackOff": "it keeps crashing",
+    "RunContainerError": "its container cannot run",
     "InvalidImageName": "its image name is not valid",
     "CreateContainerConfigError": "its configuration refers to something missing",
     "CreateContainerError": "its container cannot be created",
@@ -32,7 +36,7 @@ def refusal(exc: ApiException, what: str, namespace: str) -> dict[str, Any]:
             "code": "quota_exceeded",
             "message": f"Namespace {namespace!r} has no room for {what}: its ResourceQuota "
             f"refuses it ({message.split('forbidden: ', 1)[-1]}). Ask for less CPU, memory "
-            "or GPUs, or wait for other work there to finish.",
+            "or GPUs than the quota's limit, or ask an administrator to raise it.",
         }
     if exc.status == 404 and "namespaces" in message:
         return namespace_missing(namespace)
@@ -42,6 +46,26 @@ def refusal(exc: ApiException, what: str, namespace: str) -> dict[str, Any]:
             "message": f"tunelab may not create {what} in namespace {namespace!r}: {message}",
         }
     return {"code": "kubernetes_error", "message": f"Kubernetes refused {what}: {message}"}
+
+
+def quota_never_fits(message: str) -> bool:
+    """Whether a quota refusal asks for more than the quota's hard limit (it will never
+    fit) rather than more than is free right now ("requested: limits.cpu=4, used:
+    limits.cpu=2, limited: limits.cpu=4")."""
+
+    def amounts(label: str) -> dict[str, float]:
+        section = message.split(f"{label}: ", 1)[-1].split(", used:")[0].split(", limited:")[0]
+        found = {}
+        for part in section.split(","):
+            name, _, value = part.strip().partition("=")
+            try:
+                found[name] = float(parse_quantity(value))
+            except ValueError:
+                continue
+        return found
+
+    requested, limited = amounts("requested"), amounts("limited")
+    return any(requested[k] > limited[k] for k in requested.keys() & limited.keys())
 
 
 def namespace_missing(namespace: str) -> dict[str, Any]:
@@ -55,7 +79,10 @@ def namespace_missing(namespace: str) -> dict[str, Any]:
 def transient(exc: ApiException) -> bool:
     """Worth asking again: the server is busy or failing, or a new namespace's default
     service account is not made yet."""
-    return exc.status in (0, 429) or exc.status >= 500 or "service account" in api_message(exc)
+    message = api_message(exc)
+    if exc.status == 403 and "exceeded quota" in message:
+        return not quota_never_fits(message)  # it fits once other work finishes
+    return exc.status in (0, 429) or exc.status >= 500 or "service account" in message
 
 
 def stuck_pod(pod: Any) -> str | None:

@@ -12,14 +12,15 @@ replica reports its adapter loaded.
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 from kubernetes.client import ApiException
-from sqlalchemy import delete, exists, select
+from sqlalchemy import select
 
 from tunelab.db.models import Model, ModelServer, Service
-from tunelab.events.service import ServiceDeployRequested, ServicePlaced
+from tunelab.events.service import ServiceDeployRequested, ServicePlaced, ServiceRef
 from tunelab.serving_rules import DeployRequest
 from tunelab.settings import Settings
 from tunelab.workers.context import WorkerContext
@@ -27,7 +28,15 @@ from tunelab.workers.gpu.serving.keeper import LIVE
 from tunelab.workers.gpu.serving.models import served
 from tunelab.workers.gpu.serving.process import SERVED_NAME
 from tunelab.workers.gpu.serving.status import fail_service, mark_ready
-from tunelab.workers.kube.client import MANAGED, MANAGED_SELECTOR, Kube, object_name
+from tunelab.workers.kube.client import (
+    MANAGED,
+    MANAGED_SELECTOR,
+    SECURE,
+    Kube,
+    create,
+    meta,
+    object_name,
+)
 from tunelab.workers.kube.jobs import env_from, gpu_placement
 from tunelab.workers.kube.reasons import (
     namespace_missing,
@@ -79,12 +88,15 @@ def assign(ctx: WorkerContext, event: ServiceDeployRequested) -> None:
 
 
 def _with_room(ctx: WorkerContext, session: Any, model_uri: str, namespace: str) -> Any:
+    # Locked: a server being retired (no live service) must not be joined meanwhile.
     candidates = session.scalars(
-        select(ModelServer).where(
+        select(ModelServer)
+        .where(
             ModelServer.engine == ENGINE,
             ModelServer.model_uri == model_uri,
             ModelServer.shared.is_(True),
         )
+        .with_for_update()
     )
     for server in candidates:
         services = list(
@@ -100,6 +112,14 @@ def _with_room(ctx: WorkerContext, session: Any, model_uri: str, namespace: str)
     return None
 
 
+def server_labels(server_id: str) -> dict[str, str]:
+    return {
+        **MANAGED,
+        "app.kubernetes.io/component": "model-server",
+        "tunelab.io/server-id": server_id,
+    }
+
+
 def _resources(request: DeployRequest) -> dict[str, Any]:
     res = request.resources
     requests = {"cpu": str(res.cpu.request), "memory": str(res.memory.request)}
@@ -112,11 +132,7 @@ def _resources(request: DeployRequest) -> dict[str, Any]:
 def deployment_manifest(
     settings: Settings, server_id: str, model_uri: str, request: DeployRequest
 ) -> dict[str, Any]:
-    labels = {
-        **MANAGED,
-        "app.kubernetes.io/component": "model-server",
-        "tunelab.io/server-id": server_id,
-    }
+    labels = server_labels(server_id)
     shared_env = [{"name": "TUNELAB_MODEL_CACHE", "value": "/models/cache"}]
     vllm_args = [
         "--model", "/models/base",
@@ -137,6 +153,7 @@ def deployment_manifest(
                     "command": ["tunelab", "fetch-model", model_uri, "/models/base"],
                     "env": shared_env,
                     "envFrom": env_from(settings),
+                    "securityContext": SECURE,
                     "volumeMounts": [{"name": "models", "mountPath": "/models"}],
                 }
             ],
@@ -149,6 +166,7 @@ def deployment_manifest(
                     "env": [{"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"}],
                     "ports": [{"name": "http", "containerPort": VLLM_PORT}],
                     "resources": _resources(request),
+                    "securityContext": SECURE,
                     "readinessProbe": {
                         "httpGet": {"path": "/health", "port": VLLM_PORT},
                         "periodSeconds": 5,
@@ -175,6 +193,7 @@ def deployment_manifest(
                         "periodSeconds": 2,
                     },
                     "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+                    "securityContext": SECURE,
                     "volumeMounts": [{"name": "models", "mountPath": "/models"}],
                 },
             ],
@@ -201,7 +220,7 @@ def service_manifest(server_id: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": server_name(server_id), "labels": MANAGED},
+        "metadata": {"name": server_name(server_id), "labels": server_labels(server_id)},
         "spec": {
             "selector": {"tunelab.io/server-id": server_id},
             "ports": [{"name": "http", "port": VLLM_PORT, "targetPort": VLLM_PORT}],
@@ -226,21 +245,31 @@ def _ensure(kube: Kube, namespace: str, manifest: dict[str, Any], service: dict[
             "metadata": {"name": name, **template["metadata"]},
             "spec": template["spec"],
         }
-        kube.core.create_namespaced_pod(namespace, probe, dry_run="All")
-        kube.apps.create_namespaced_deployment(namespace, manifest)
+        create(kube.core.create_namespaced_pod, namespace, probe, dry_run="All")
+        _create_once(kube.apps.create_namespaced_deployment, namespace, manifest)
     try:
         kube.core.read_namespaced_service(name, namespace)
     except ApiException as exc:
         if exc.status != 404:
             raise
-        kube.core.create_namespaced_service(namespace, service)
+        _create_once(kube.core.create_namespaced_service, namespace, service)
+
+
+def _create_once(call: Any, namespace: str, manifest: dict[str, Any]) -> None:
+    try:
+        create(call, namespace, manifest)
+    except ApiException as exc:
+        if exc.status != 409:  # made meanwhile by an earlier pass: the same object
+            raise
 
 
 def remove(kube: Kube, namespace: str, server_id: str) -> None:
     name = server_name(server_id)
     for call in (kube.apps.delete_namespaced_deployment, kube.core.delete_namespaced_service):
         try:
-            call(name, namespace)
+            # Not parsed: older servers answer a Service's DELETE with a Status object,
+            # which this client's models do not take.
+            call(name, namespace, _preload_content=False)
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -277,13 +306,16 @@ def reconcile_server(ctx: WorkerContext, kube: Kube, server: ModelServer) -> Non
         )
         models = {s.id: session.get(Model, s.spec["model_id"]) for s in services}
     if not services:
-        _retire(ctx, kube, server.id)
+        _retire(ctx, server.id)
         return
     request = DeployRequest.model_validate(services[0].spec["request"])
     namespace, name = request.namespace, server_name(server.id)
+    waiting = [s for s in services if s.status == "deploying"]
 
-    def fail_all(code: str, message: str) -> None:
-        for service in services:
+    def fail_waiting(code: str, message: str) -> None:
+        # Ready services keep serving from the replicas that work; only those still
+        # waiting for their first ready replica are told it will not come.
+        for service in waiting:
             fail_service(ctx, service.id, code, message)
 
     manifest = deployment_manifest(ctx.settings, server.id, server.model_uri, request)
@@ -292,42 +324,68 @@ def reconcile_server(ctx: WorkerContext, kube: Kube, server: ModelServer) -> Non
     except ApiException as exc:
         if exc.status != 404:
             raise
-        fail_all(**namespace_missing(namespace))
+        fail_waiting(**namespace_missing(namespace))
         return
     try:
         _ensure(kube, namespace, manifest, service_manifest(server.id))
     except ApiException as exc:
         if transient(exc):
             raise  # the next pass tries again
-        fail_all(**refusal(exc, f"the model server of {services[0].name!r}", namespace))
+        fail_waiting(**refusal(exc, f"the model server of {services[0].name!r}", namespace))
         return
     pods = kube.core.list_namespaced_pod(
         namespace, label_selector=f"tunelab.io/server-id={server.id}"
     ).items
+    ready = ready_pods(pods)
+    _set_server(ctx, server.id, namespace, bool(ready))
+    if waiting and not ready:
+        trouble = _start_trouble(kube, namespace, name, pods)
+        if trouble is None and _waited_too_long(ctx, waiting):
+            trouble = (
+                "start_timeout",
+                "No replica of the model server became ready in "
+                f"{ctx.settings.kube_start_timeout_s:.0f} s{_unscheduled(pods)}.",
+            )
+        if trouble:
+            fail_waiting(*trouble)
+        return
+    reports = [loaded_on(ctx.settings, pod) for pod in ready]
+    for service in waiting:
+        model = models[service.id]
+        adapter = model is not None and served(model).adapter_uri
+        if not adapter or all(service.id in report for report in reports):
+            mark_ready(ctx, service.id)
+
+
+def _start_trouble(
+    kube: Kube, namespace: str, name: str, pods: list[Any]
+) -> tuple[str, str] | None:
     for pod in pods:
         stuck = stuck_pod(pod)
         if stuck:
-            fail_all("server_cannot_start", f"The model server cannot start: {stuck}.")
-            return
+            return "server_cannot_start", f"The model server cannot start: {stuck}."
     if not pods:
         events = kube.core.list_namespaced_event(namespace).items
         mine = [e for e in events if (e.involved_object.name or "").startswith(name)]
         refused = quota_event(mine)
         if refused:
-            fail_all("quota_exceeded", f"Kubernetes will not create the server's pods: {refused}")
-            return
-    ready = ready_pods(pods)
-    _set_server(ctx, server.id, namespace, bool(ready))
-    if not ready:
-        return
-    reports = [loaded_on(ctx.settings, pod) for pod in ready]
-    for service in services:
-        model = models[service.id]
-        adapter = model is not None and served(model).adapter_uri
-        if service.status == "deploying" and (
-            not adapter or all(service.id in report for report in reports)
-        ):
-            mark_ready(ctx, service.id)
+            return "quota_exceeded", f"Kubernetes will not create the server's pods: {refused}"
+    return None
+
+
+def _waited_too_long(ctx: WorkerContext, waiting: list[Service]) -> bool:
+    oldest = min(s.created_at for s in waiting)
+    oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
+    return datetime.now(UTC) - oldest > timedelta(seconds=ctx.settings.kube_start_timeout_s)
+
+
+def _unscheduled(pods: list[Any]) -> str:
+    """The scheduler's word on a pod it could not place, if any."""
+    for pod in pods:
+        for condition in pod.status.conditions or []:
+            if condition.type == "PodScheduled" and condition.status == "False":
+                return f": {condition.message or condition.reason}"
+    return ""
 
 
 def _set_server(ctx: WorkerContext, server_id: str, namespace: str, ready: bool) -> None:
@@ -339,24 +397,55 @@ def _set_server(ctx: WorkerContext, server_id: str, namespace: str, ready: bool)
         server.url = f"http://{server_name(server_id)}.{namespace}.svc:{VLLM_PORT}"
 
 
-def _retire(ctx: WorkerContext, kube: Kube, server_id: str) -> None:
-    """Delete the Deployment and Service of a server no live service needs (unless a
-    service was placed on it since this pass looked)."""
+def _retire(ctx: WorkerContext, server_id: str) -> None:
+    """Forget a server no live service needs (unless a service was placed on it since this
+    pass looked); `sweep` then deletes its Deployment and Service."""
     with ctx.db.session() as session:
-        namespaces = {
-            s.spec["request"]["namespace"]
-            for s in session.scalars(select(Service).where(Service.server_id == server_id))
-        }
-        in_use = exists().where(Service.server_id == server_id, Service.status.in_(LIVE))
-        gone = session.execute(
-            delete(ModelServer).where(ModelServer.id == server_id, ~in_use)
-        ).rowcount  # type: ignore[attr-defined]
-    if gone:
-        for namespace in namespaces:
+        server = session.get(ModelServer, server_id, with_for_update=True)
+        in_use = session.scalar(
+            select(Service.id).where(Service.server_id == server_id, Service.status.in_(LIVE))
+        )
+        if server is not None and in_use is None:
+            session.delete(server)
+
+
+def sweep(ctx: WorkerContext, kube: Kube) -> None:
+    """Delete model-server Deployments and Services whose server is no longer in the
+    database (its services were deleted or failed): they would hold GPUs for nothing."""
+    with ctx.db.session() as session:
+        known = set(session.scalars(select(ModelServer.id)))
+    found: list[Any] = [
+        *kube.apps.list_deployment_for_all_namespaces(label_selector=SERVER_SELECTOR).items,
+        *kube.core.list_service_for_all_namespaces(label_selector=SERVER_SELECTOR).items,
+    ]
+    for obj in found:
+        _, namespace, labels = meta(obj)
+        server_id = labels.get("tunelab.io/server-id", "")
+        if server_id and server_id not in known:
+            log.info("removing model server %s from %s", server_id, namespace)
             remove(kube, namespace, server_id)
 
 
+def replace_lost(ctx: WorkerContext) -> None:
+    """A deploying service left without a server (its server was retired while it was
+    being placed) is placed again."""
+    with ctx.db.session() as session:
+        lost = [
+            ServiceDeployRequested(
+                workspace=s.workspace_id,
+                subject=f"services/{s.name}",
+                data=ServiceRef(service_id=s.id, name=s.name, model=s.model),
+            )
+            for s in session.scalars(
+                select(Service).where(Service.status == "deploying", Service.server_id.is_(None))
+            )
+        ]
+    for event in lost:
+        assign(ctx, event)
+
+
 def reconcile_servers(ctx: WorkerContext, kube: Kube) -> None:
+    replace_lost(ctx)
     with ctx.db.session() as session:
         servers = list(session.scalars(select(ModelServer).where(ModelServer.engine == ENGINE)))
         session.expunge_all()
@@ -365,3 +454,4 @@ def reconcile_servers(ctx: WorkerContext, kube: Kube) -> None:
             reconcile_server(ctx, kube, server)
         except Exception:
             log.exception("reconciling model server %s failed", server.id)
+    sweep(ctx, kube)
