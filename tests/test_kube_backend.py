@@ -600,3 +600,23 @@ def test_a_training_task_whose_job_vanished_fails_instead_of_waiting_forever(
     reconcile_jobs(ctx, api)
     error = task_row(ctx, task.id).error
     assert error is not None and error["code"] == "job_missing"
+
+
+def test_a_server_pods_init_container_fetches_the_model_into_its_volume(tmp_path: Path) -> None:
+    """`tunelab fetch-model`, the model-server pod's init container, run here: the folder
+    vLLM is started on holds the model."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TUNELAB_DATA_DIR": str(tmp_path)}
+    target = tmp_path / "models" / "base"
+    target.parent.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "tunelab.cli", "fetch-model", "builtin://tiny-llama", str(target)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (target / "config.json").exists() and any(target.glob("*.safetensors"))

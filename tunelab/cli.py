@@ -70,12 +70,11 @@ def _adapter_agent(args: argparse.Namespace) -> None:
 def _fetch_model(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from tunelab.events.broker import build_broker
-    from tunelab.workers.gpu.serving.models import local_dir
-    from tunelab.workers.setup import install_broker, make_context
+    from tunelab.store import open_store
+    from tunelab.workers.gpu.serving.models import model_folder
 
     settings = load_settings()
-    folder = local_dir(make_context(settings, install_broker(build_broker(settings))), args.uri)
+    folder = model_folder(settings, open_store(settings), args.uri)
     target = Path(args.target)
     target.unlink(missing_ok=True)
     target.symlink_to(folder, target_is_directory=True)  # same volume in every container

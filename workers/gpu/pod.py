@@ -15,9 +15,7 @@ from tunelab.db.models import Experiment, Task
 from tunelab.events.experiment import TaskFailed
 from tunelab.settings import Settings
 from tunelab.workers import context
-from tunelab.workers.cpu.scheduling import scheduled_event
 from tunelab.workers.gpu.outcomes import JobCrashed
-from tunelab.workers.gpu.training import run_task
 from tunelab.workers.kube.jobs import EXIT_USER_ERROR
 
 log = logging.getLogger("tunelab.pod")
@@ -31,6 +29,10 @@ def train_in_pod(settings: Settings, task_id: str) -> int:
 
     ctx = make_context(settings, install_broker(build_broker(settings)))
     context.install(ctx)
+    # Actor modules bind to the broker when imported: only now that it is installed.
+    from tunelab.workers.cpu.scheduling import scheduled_event
+    from tunelab.workers.gpu.training import run_task
+
     with ctx.db.session() as session:
         task = session.get(Task, task_id)
         experiment = session.get(Experiment, task.experiment_id) if task else None

@@ -15,6 +15,7 @@ from typing import Any
 from filelock import FileLock
 
 from tunelab.db.models import Model
+from tunelab.settings import Settings
 from tunelab.store import ObjectStore, key_from_uri
 from tunelab.training.models import resolve_model_dir
 from tunelab.workers.context import WorkerContext
@@ -46,9 +47,13 @@ def served(model: Model) -> Served:
 
 def local_dir(ctx: WorkerContext, uri: str) -> Path:
     """A local folder with the model or adapter at `uri`, fetched once into the cache."""
-    if uri.startswith(("local://", f"s3://{getattr(ctx.store, 'bucket', '')}/")):
-        return _fetch(ctx.store, key_from_uri(uri), ctx.settings.model_cache_dir / "platform")
-    return resolve_model_dir(uri, ctx.settings, ctx.store)
+    return model_folder(ctx.settings, ctx.store, uri)
+
+
+def model_folder(settings: Settings, store: ObjectStore, uri: str) -> Path:
+    if uri.startswith(("local://", f"s3://{getattr(store, 'bucket', '')}/")):
+        return _fetch(store, key_from_uri(uri), settings.model_cache_dir / "platform")
+    return resolve_model_dir(uri, settings, store)
 
 
 def _fetch(store: ObjectStore, prefix: str, cache: Path) -> Path:
