@@ -284,21 +284,14 @@ def patch_pod_status(api: Kube, pod: Any, status: dict[str, Any]) -> None:
     )
 
 
+def train_container(phase: str, state: dict[str, Any]) -> dict[str, Any]:
+    """Pod status with the training container in `state`, as a kubelet reports it."""
+    container = {"name": "train", "image": IMAGE, "imageID": "", "ready": False}
+    return {"phase": phase, "containerStatuses": [{**container, "restartCount": 0, "state": state}]}
+
+
 def terminated(code: int, reason: str) -> dict[str, Any]:
-    ended = {"exitCode": code, "reason": reason}
-    return {
-        "phase": "Failed",
-        "containerStatuses": [
-            {
-                "name": "train",
-                "image": IMAGE,
-                "imageID": "",
-                "ready": False,
-                "restartCount": 0,
-                "state": {"terminated": ended},
-            }
-        ],
-    }
+    return train_container("Failed", {"terminated": {"exitCode": code, "reason": reason}})
 
 
 def test_a_pod_that_cannot_pull_its_image_fails_the_task(
@@ -311,23 +304,7 @@ def test_a_pod_that_cannot_pull_its_image_fails_the_task(
     name = jobs.job_name(task.id)
     (pod,) = wait_for("the Job's pod", lambda: pods_of(api, namespace, f"job-name={name}"))
     waiting = {"reason": "ImagePullBackOff", "message": f'Back-off pulling image "{IMAGE}"'}
-    patch_pod_status(
-        api,
-        pod,
-        {
-            "phase": "Pending",
-            "containerStatuses": [
-                {
-                    "name": "train",
-                    "image": IMAGE,
-                    "imageID": "",
-                    "ready": False,
-                    "restartCount": 0,
-                    "state": {"waiting": waiting},
-                }
-            ],
-        },
-    )
+    patch_pod_status(api, pod, train_container("Pending", {"waiting": waiting}))
     reconcile_jobs(ctx, api)
     error = task_row(ctx, task.id).error
     assert error is not None and error["code"] == "pod_cannot_start"

@@ -49,6 +49,20 @@ def create(call: Callable[..., Any], namespace: str, manifest: dict[str, Any], *
     return call(namespace, manifest, **kw)
 
 
+def dry_run_pod(kube: Kube, namespace: str, manifest: dict[str, Any]) -> None:
+    """Create a pod of the workload's template as a server-side dry run: admission (a
+    ResourceQuota, a policy) refuses it now, with its reason, if it would refuse the
+    workload's pods later. Raises ApiException."""
+    template = manifest["spec"]["template"]
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": manifest["metadata"]["name"], **template["metadata"]},
+        "spec": template["spec"],
+    }
+    create(kube.core.create_namespaced_pod, namespace, pod, dry_run="All")
+
+
 def meta(obj: Any) -> tuple[str, str, dict[str, str]]:
     """An object's name, namespace and labels (always set on what the server returns)."""
     return obj.metadata.name, obj.metadata.namespace, obj.metadata.labels or {}

@@ -18,7 +18,14 @@ from kubernetes.client import ApiException
 from tunelab.clusters import CPU_TYPE
 from tunelab.db.models import Experiment, Task
 from tunelab.settings import Settings
-from tunelab.workers.kube.client import MANAGED, SECURE, Kube, create, object_name
+from tunelab.workers.kube.client import (
+    MANAGED,
+    SECURE,
+    Kube,
+    create,
+    dry_run_pod,
+    object_name,
+)
 from tunelab.workers.kube.reasons import namespace_missing, refusal, transient
 
 EXIT_USER_ERROR = 42
@@ -139,10 +146,7 @@ def job_manifest(settings: Settings, task: Task, experiment: Experiment) -> dict
 
 def submit(kube: Kube, namespace: str, manifest: dict[str, Any]) -> dict[str, Any] | None:
     """Create the Job; None when it exists (or now does), else the reason it cannot.
-
-    A pod of the Job's template is first created as a server-side dry run: a
-    ResourceQuota that would refuse the pod refuses it now, with its reason, instead of
-    leaving a Job whose pods never appear.
+    Its pod is dry-run first, so a quota's refusal is told now, not as a Job without pods.
     """
     what = f"training task {manifest['metadata']['labels']['tunelab.io/task']!r}"
     try:
@@ -151,15 +155,8 @@ def submit(kube: Kube, namespace: str, manifest: dict[str, Any]) -> dict[str, An
         if exc.status == 404:
             return namespace_missing(namespace)
         raise
-    template = manifest["spec"]["template"]
-    probe = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": manifest["metadata"]["name"], **template["metadata"]},
-        "spec": template["spec"],
-    }
     try:
-        create(kube.core.create_namespaced_pod, namespace, probe, dry_run="All")
+        dry_run_pod(kube, namespace, manifest)
         create(kube.batch.create_namespaced_job, namespace, manifest)
     except ApiException as exc:
         if exc.status == 409:

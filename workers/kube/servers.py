@@ -34,6 +34,7 @@ from tunelab.workers.kube.client import (
     SECURE,
     Kube,
     create,
+    dry_run_pod,
     meta,
     object_name,
 )
@@ -229,23 +230,15 @@ def service_manifest(server_id: str) -> dict[str, Any]:
 
 
 def _ensure(kube: Kube, namespace: str, manifest: dict[str, Any], service: dict[str, Any]) -> None:
-    """Create the Deployment and Service unless they exist. The Deployment's pod is first
-    created as a server-side dry run: a ResourceQuota that would refuse the pods refuses
-    it now, with its reason, instead of leaving a Deployment without pods."""
+    """Create the Deployment and Service unless they exist; the Deployment's pod is
+    dry-run first, so a quota's refusal is told now, not as a Deployment without pods."""
     name = manifest["metadata"]["name"]
     try:
         kube.apps.read_namespaced_deployment(name, namespace)
     except ApiException as exc:
         if exc.status != 404:
             raise
-        template = manifest["spec"]["template"]
-        probe = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, **template["metadata"]},
-            "spec": template["spec"],
-        }
-        create(kube.core.create_namespaced_pod, namespace, probe, dry_run="All")
+        dry_run_pod(kube, namespace, manifest)
         _create_once(kube.apps.create_namespaced_deployment, namespace, manifest)
     try:
         kube.core.read_namespaced_service(name, namespace)

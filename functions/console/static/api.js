@@ -67,9 +67,11 @@ async function failure(response) {
   return new ApiError(response.status, body);
 }
 
-/** A JSON (or text) answer; ApiError for any status that is not 2xx. */
-export async function api(path, { method = "GET", json, signal } = {}) {
-  const extra = json === undefined ? {} : { "Content-Type": "application/json" };
+/** The response to a request with the token (and a JSON body, if given); ApiError for
+ * any status that is not 2xx. */
+async function send(path, { method = "GET", json, signal, accept }) {
+  const extra = accept ? { Accept: accept } : {};
+  if (json !== undefined) extra["Content-Type"] = "application/json";
   const response = await fetch(path, {
     method,
     headers: headers(extra),
@@ -77,6 +79,12 @@ export async function api(path, { method = "GET", json, signal } = {}) {
     signal,
   });
   if (!response.ok) throw await failure(response);
+  return response;
+}
+
+/** A JSON (or text) answer; ApiError for any status that is not 2xx. */
+export async function api(path, options = {}) {
+  const response = await send(path, options);
   const type = response.headers.get("content-type") || "";
   return type.includes("json") ? response.json() : response.text();
 }
@@ -120,16 +128,8 @@ function parseBlock(block) {
 
 /** Reads server-sent events with fetch (EventSource cannot send a token); resolves at
  * the end of the stream, rejects with ApiError when the server refuses it. */
-export async function readEvents(path, { method = "GET", json, signal } = {}, onEvent) {
-  const extra = { Accept: "text/event-stream" };
-  if (json !== undefined) extra["Content-Type"] = "application/json";
-  const response = await fetch(path, {
-    method,
-    headers: headers(extra),
-    body: json === undefined ? undefined : JSON.stringify(json),
-    signal,
-  });
-  if (!response.ok) throw await failure(response);
+export async function readEvents(path, options = {}, onEvent) {
+  const response = await send(path, { ...options, accept: "text/event-stream" });
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
   for (;;) {
