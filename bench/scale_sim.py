@@ -1,8 +1,8 @@
-"""Scale simulation: many no-op trainings and chats through tunelab's real queues and database.
+"""Scale simulation: many no-op trainings through tunelab's real queues and database.
 
 Run by hand against a running platform (`tunelab up` in another terminal):
 
-    .venv/bin/python bench/scale_sim.py [--tasks 10,50,200] [--chats 2,5,10] [--seconds 20]
+    .venv/bin/python bench/scale_sim.py [--tasks 10,50,200] [--seconds 20]
 
 Like bench/events.py it reads the API address, token and Redis URL from the data
 directory that `tunelab up` writes (override with --api, --token, --redis-url); the
@@ -12,20 +12,18 @@ What is real: the Redis broker (Dramatiq's RedisBroker, built by `build_broker`)
 `EventBus` (each event one INSERT into `events`, then one enqueue per route in
 `events/catalog.py`), the Dramatiq `Worker` consuming them (same threads and 10 ms
 poll as `tunelab worker`), the progress write of a training (the task row's UPDATE, as
-`workers/gpu/relay.py` does, then a `task.progress` event), the chat relay (`Relay`:
-one XADD per piece onto the request's Redis stream, read back with `read_answer`) and
-the web console's event stream (`GET /api/v1/events/stream`, through the API).
-What is not: training and generation. Sim workers (1 "cpu" and --gpu-procs "gpu"
-processes started here) consume the same routes on queues of their own (`scale-sim-*`)
-so that the platform's own workers neither train nor look for model servers:
+`workers/gpu/relay.py` does, then a `task.progress` event) and the web console's event
+stream (`GET /api/v1/events/stream`, through the API). What is not: training. Sim
+workers (1 "cpu" and --gpu-procs "gpu" processes started here) consume the same routes
+on queues of their own (`scale-sim-*`) so that the platform's own workers do not train:
 
 - `task.scheduled` -> `train_task`: marks the task running, then every 1/--progress-hz s
   updates its row and publishes `task.progress` (as the relay does, 2/s), and after its
   length publishes `task.succeeded` -> `finish_on_succeeded` (cpu), which marks it done.
   --tasks N slots each run one task after another, so N train at once.
-- `chat.requested` (published the way the API's `ask()` does, --chats M per second) ->
-  `answer_chat`: two primary-key reads (the service and its server, in the real one),
-  --deltas pieces at --tokens-per-s, a `done` piece, then `chat.answered`.
+
+Chats are not events any more (the API sends them straight to the model servers), so
+they are not simulated here: bench/chat.py measures them.
 
 Meanwhile --probe-rate real pings go through the API to the platform's own CPU and GPU
 workers (their pongs' latency, beside an idle baseline measured first) and --consoles
@@ -57,7 +55,6 @@ import redis
 from sqlalchemy import create_engine, func, select, text, update
 from sqlalchemy.orm import sessionmaker
 
-from tunelab.chat_protocol import read_answer
 from tunelab.db import Database
 from tunelab.db.models import EventRecord, Experiment, Task, Workspace
 from tunelab.events.broker import build_broker
@@ -70,18 +67,10 @@ from tunelab.events.experiment import (
     TaskSucceeded,
     TaskSucceededData,
 )
-from tunelab.events.service import (
-    ChatAnswered,
-    ChatAnsweredData,
-    ChatRequested,
-    ChatRequestedData,
-    ChatSettings,
-    ChatUsage,
-)
 from tunelab.settings import get_settings, load_settings
 
 PREFIX = "scale-sim"
-SIM_QUEUES = {w: f"{PREFIX}-{w}" for w in ("cpu", "gpu", "train", "chat")}
+SIM_QUEUES = {w: f"{PREFIX}-{w}" for w in ("cpu", "gpu", "train")}
 FOUNDATION = {"drain": 1658.0, "p50": 8.2, "p99": 28.6, "intake": 88.0}
 """README's Benchmarks, 2026-11-28, 2-core machine, SQLite: no-op events/s drained by two
 CPU worker processes; HTTP -> CPU actor latency p50/p99 in ms; pings accepted/s over HTTP."""
@@ -146,21 +135,19 @@ class WidePool(Database):
 
 
 def sim_worker(role: str, opts: dict[str, Any], out: Any, stop: Any) -> None:
-    """One sim worker process: "cpu" (task outcomes) or "gpu" (no-op training, chats)."""
+    """One sim worker process: "cpu" (task outcomes) or "gpu" (no-op training)."""
     import dramatiq
     from dramatiq import Worker
-
-    from tunelab.workers.gpu.serving.chat import Relay
 
     logging.basicConfig(level=logging.WARNING)
     settings = get_settings()
     broker = build_broker(settings)
     dramatiq.set_broker(broker)
-    threads = opts["train_threads"] + 32 if role == "gpu" else settings.cpu_worker_threads
+    threads = opts["train_threads"] if role == "gpu" else settings.cpu_worker_threads
     db = WidePool(opts["database_url"], threads)
     bus = EventBus(broker, db, sim_queue, "local")
     rec = Recorder(out)
-    hz, interval = opts["progress_hz"], 1 / opts["tokens_per_s"]
+    hz = opts["progress_hz"]
 
     def set_task(task_id: str, **fields: Any) -> None:
         # What relay.Run._set does for every progress publish.
@@ -213,36 +200,11 @@ def sim_worker(role: str, opts: dict[str, Any], out: Any, stop: Any) -> None:
         rec.add("queue_cpu", age_ms(event.time))
         set_task(event.data.task_id, status="succeeded", finished_at=datetime.now(UTC))
 
-    @dramatiq.actor(
-        actor_name="answer_chat", queue_name=SIM_QUEUES["chat"], max_retries=0, time_limit=600_000
-    )
-    def answer_chat(message: dict[str, Any]) -> None:
-        event = ChatRequested.model_validate(message)
-        rec.add("queue_chat", age_ms(event.time))
-        for _ in range(2):  # the real one reads the service, its model, then its server
-            with db.session() as session:
-                session.get(Workspace, event.workspace)
-        relay = Relay(broker.client, event.data.request_id)
-        started = time.monotonic()
-        for i in range(opts["deltas"]):
-            time.sleep(max(0.0, started + i * interval - time.monotonic()))
-            relay.put("delta", text=" tok")
-        result = ChatAnsweredData(
-            request_id=event.data.request_id,
-            service=event.data.service,
-            usage=ChatUsage(prompt_tokens=8, completion_tokens=opts["deltas"]),
-            latency_ms=round(age_ms(event.time), 1),
-            tokens_per_second=opts["tokens_per_s"],
-            finish_reason="length",
-        )
-        relay.put("done", content=" tok" * opts["deltas"], **result.model_dump(mode="json"))
-        bus.publish(ChatAnswered.following(event, data=result))
-
     poll = settings.worker_poll_ms
     if role == "cpu":
         lanes = [(SIM_QUEUES["cpu"], settings.cpu_worker_threads)]
     else:
-        lanes = [(SIM_QUEUES["train"], opts["train_threads"]), (SIM_QUEUES["chat"], 32)]
+        lanes = [(SIM_QUEUES["train"], opts["train_threads"])]
     workers = [Worker(broker, queues={q}, worker_threads=n, worker_timeout=poll) for q, n in lanes]
     for worker in workers:
         worker.start()
@@ -259,7 +221,6 @@ def sim_worker(role: str, opts: dict[str, Any], out: Any, stop: Any) -> None:
 @dataclass
 class Scenario:
     tasks: int
-    chats: float
     seconds: float
     start: float = 0.0
     end: float = 0.0
@@ -268,7 +229,7 @@ class Scenario:
 
     @property
     def label(self) -> str:
-        return "idle" if not self.tasks and not self.chats else f"N={self.tasks} M={self.chats:g}"
+        return f"N={self.tasks}" if self.tasks else "idle"
 
 
 class Driver:
@@ -353,37 +314,6 @@ class Driver:
                 at, span = at + span, length
         return runs
 
-    def chat(self, pool_lock: threading.Lock, inflight: list[int]) -> None:
-        request_id = uuid.uuid4().hex
-        began = time.perf_counter()
-        self.bus.publish(
-            ChatRequested(
-                workspace=self.workspace,
-                subject="services/scale-sim",
-                data=ChatRequestedData(
-                    request_id=request_id,
-                    service_id="scale-sim",
-                    service="scale-sim",
-                    messages=[{"role": "user", "content": "What is 2 times 3?"}],
-                    settings=ChatSettings(max_tokens=self.args.deltas),
-                ),
-            )
-        )
-        first = None
-        for kind, _body in read_answer(self.redis, request_id, 60):
-            if first is None:
-                first = (time.perf_counter() - began) * 1000
-                self.note("chat_first", first)
-            if kind == "done":
-                total = (time.perf_counter() - began) * 1000
-                self.note(
-                    "chat_overhead", total - (self.args.deltas - 1) / self.args.tokens_per_s * 1000
-                )
-            elif kind == "error":
-                self.note("chat_error", 1.0)
-        with pool_lock:
-            inflight[0] -= 1
-
     def run(self, sc: Scenario) -> None:
         runs = self.plan(sc)
         with self.db.session() as session:
@@ -406,8 +336,6 @@ class Driver:
         cmds0 = int(self.redis.info("stats")["total_commands_processed"])
         sc.start = time.time()
         t0 = time.monotonic()
-        pool_lock, inflight = threading.Lock(), [0]
-        chats_sent = 0
         with ThreadPoolExecutor(max_workers=128) as pool:
             i = 0
             while (now := time.monotonic() - t0) < sc.seconds:
@@ -429,11 +357,6 @@ class Driver:
                         ),
                     )
                     i += 1
-                while sc.chats and chats_sent < now * sc.chats:
-                    with pool_lock:
-                        inflight[0] += 1
-                    pool.submit(self.chat, pool_lock, inflight)
-                    chats_sent += 1
                 time.sleep(0.005)
             sc.end = time.time()
             with self.db.session() as session:
@@ -453,21 +376,20 @@ class Driver:
                             Task.id.in_([t for _, t, _ in starts[:i]]),
                         )
                     )
-                if not busy and not inflight[0] and not self._sim_depth():
+                if not busy and not self._sim_depth():
                     break
                 time.sleep(0.2)
             drain = time.monotonic() - drain_from
         seconds = sc.end - sc.start
         progress = sum(max(1, int(span * self.args.progress_hz)) for _, span in runs)
         probes = 3 * self.args.probe_rate * seconds  # a ping, a pong from each worker kind
-        offered = (progress + 2 * i + 2 * chats_sent + probes) / seconds
+        offered = (progress + 2 * i + probes) / seconds  # task.scheduled, task.succeeded
         sc.figures.update(
             offered=offered,
             recorded=(seq1 - seq0) / seconds,
             redis_cmds=(cmds1 - cmds0) / seconds,
             drain=drain,
             tasks_started=i,
-            chats=chats_sent,
         )
         if xact0 is not None and xact1 is not None:
             sc.figures["pg_xacts"] = (xact1 - xact0) / seconds
@@ -579,12 +501,6 @@ def report(scenarios: list[Scenario], args: argparse.Namespace) -> None:
         ("scheduled->train p50 ms", lambda sc: stat(sc, "queue_train", 50)),
         ("scheduled->train p99 ms", lambda sc: stat(sc, "queue_train", 99)),
         ("succeeded->cpu p99 ms", lambda sc: stat(sc, "queue_cpu", 99)),
-        ("chat requested->worker p50 ms", lambda sc: stat(sc, "queue_chat", 50)),
-        ("chat requested->worker p99 ms", lambda sc: stat(sc, "queue_chat", 99)),
-        ("chat first piece p50 ms", lambda sc: stat(sc, "chat_first", 50)),
-        ("chat first piece p99 ms", lambda sc: stat(sc, "chat_first", 99)),
-        ("chat overhead p99 ms", lambda sc: stat(sc, "chat_overhead", 99)),
-        ("chat errors", lambda sc: float(len(sc.samples.get("chat_error", [])))),
         ("real ping->CPU actor p50 ms", lambda sc: stat(sc, "pong_cpu", 50)),
         ("real ping->CPU actor p99 ms", lambda sc: stat(sc, "pong_cpu", 99)),
         ("real ping->GPU actor p99 ms", lambda sc: stat(sc, "pong_gpu", 99)),
@@ -619,8 +535,8 @@ def report(scenarios: list[Scenario], args: argparse.Namespace) -> None:
                 )
     print(
         f"\n{args.seconds:g} s per scenario, tasks {args.task_seconds:g} s long, "
-        f"{args.progress_hz:g} progress/s each; chats {args.deltas} pieces at "
-        f"{args.tokens_per_s:g}/s; {args.consoles} consoles; {args.probe_rate:g} real pings/s"
+        f"{args.progress_hz:g} progress/s each; {args.consoles} consoles; "
+        f"{args.probe_rate:g} real pings/s"
     )
 
 
@@ -644,13 +560,10 @@ def main() -> None:
     parser.add_argument("--redis-url", default=settings.redis_url or _read(data / "redis.url"))
     parser.add_argument("--database-url", default=settings.effective_database_url)
     parser.add_argument("--tasks", default="10,50,200", help="concurrent trainings per scenario")
-    parser.add_argument("--chats", default="2,5,10", help="chats/s per scenario (or one value)")
     parser.add_argument("--seconds", type=float, default=20, help="length of each scenario")
     parser.add_argument("--baseline-seconds", type=float, default=6)
     parser.add_argument("--task-seconds", type=float, default=10, help="length of a training")
     parser.add_argument("--progress-hz", type=float, default=2.0)
-    parser.add_argument("--deltas", type=int, default=32, help="pieces per chat answer")
-    parser.add_argument("--tokens-per-s", type=float, default=50.0, help="pieces/s of an answer")
     parser.add_argument("--gpu-procs", type=int, default=2, help="sim GPU worker processes")
     parser.add_argument("--consoles", type=int, default=2, help="event streams held open")
     parser.add_argument("--probe-rate", type=float, default=2.0, help="real pings/s via the API")
@@ -659,10 +572,6 @@ def main() -> None:
         raise SystemExit("no token or Redis URL: start `tunelab up` or pass --token/--redis-url")
     os.environ["TUNELAB_REDIS_URL"] = args.redis_url  # for the sim workers' settings
     tasks = [int(n) for n in args.tasks.split(",")]
-    chats = [float(m) for m in args.chats.split(",")]
-    chats = chats * len(tasks) if len(chats) == 1 else chats
-    if len(chats) != len(tasks):
-        raise SystemExit("--chats takes one value or one per --tasks value")
 
     driver = Driver(args, args.database_url)
     for name in SIM_QUEUES.values():
@@ -675,8 +584,6 @@ def main() -> None:
     opts = {
         "database_url": args.database_url,
         "progress_hz": args.progress_hz,
-        "tokens_per_s": args.tokens_per_s,
-        "deltas": args.deltas,
         "train_threads": math.ceil(max(tasks) / args.gpu_procs) + 4,
     }
     roles = ["cpu"] + ["gpu"] * args.gpu_procs
@@ -705,7 +612,7 @@ def main() -> None:
         if not ready.acquire(timeout=120):
             raise SystemExit("a sim worker did not start")
     idle_sim = driver.redis_rate(3.0)
-    sim_lanes = 1 + 2 * args.gpu_procs
+    sim_lanes = 1 + args.gpu_procs  # cpu, and train in each sim GPU process
     print(
         f"Redis with nothing to do: {idle_platform[0]:.0f} commands/s, {idle_platform[1]:.0f}"
         f" fetch scripts/s (the platform's workers); {idle_sim[0]:.0f} and {idle_sim[1]:.0f}"
@@ -722,8 +629,8 @@ def main() -> None:
         thread.start()
     time.sleep(1.0)  # consoles connected
     began = time.time()
-    scenarios = [Scenario(0, 0.0, args.baseline_seconds)]
-    scenarios += [Scenario(n, m, args.seconds) for n, m in zip(tasks, chats, strict=True)]
+    scenarios = [Scenario(0, args.baseline_seconds)]
+    scenarios += [Scenario(n, args.seconds) for n in tasks]
     try:
         for sc in scenarios:
             print(f"{sc.label}: {sc.seconds:g} s ...", flush=True)

@@ -32,11 +32,12 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from tunelab.serving.served import SERVED_NAME
 from tunelab.settings import Settings
 from tunelab.synthetic import qa_pairs
 from tunelab.training.basemodel import ensure_tiny_base
 from tunelab.training.template import render_prompt
-from tunelab.workers.gpu.serving.process import SERVED_NAME, ServerProcess
+from tunelab.workers.gpu.serving.process import ServerProcess
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -28,5 +28,4 @@ def queue_name(settings: Settings, worker: str) -> str:
         "cpu": settings.cpu_queue,
         "gpu": settings.gpu_queue,
         "train": settings.train_queue,
-        "chat": settings.chat_queue,
     }[worker]

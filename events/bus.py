@@ -7,6 +7,7 @@ actor consumes it; a repeated publish of the same event id records nothing new.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from dramatiq import Broker, Message
 from sqlalchemy import select
@@ -35,6 +36,11 @@ class EventBus:
         self.queue_for = queue_for
         self.backend = backend
 
+    @property
+    def redis(self) -> Any:
+        """The broker's Redis client (None with a stub broker, as in tests)."""
+        return getattr(self.broker, "client", None)
+
     def publish(self, event: Event) -> None:
         """Record `event` and hand it to its consumers."""
         try:
@@ -54,9 +60,10 @@ class EventBus:
         Recording beside the state change it announces means a reader never sees the
         change without its event. A repeat of a recorded event (a redelivery, perhaps
         after a crash between commit and send) is sent to its consumers again, which
-        are idempotent, but not recorded or delivered to webhooks twice.
+        are idempotent, but not recorded or delivered to webhooks twice. A fresh event
+        (a random id) cannot be a repeat: it costs no look-up.
         """
-        if _recorded(session, event):
+        if not event.fresh and _recorded(session, event):
             unsent = list(
                 session.scalars(
                     select(WebhookDelivery.id).where(

@@ -23,8 +23,6 @@ from tunelab.events.experiment import (
 )
 from tunelab.events.model import ModelRegistered
 from tunelab.events.service import (
-    ChatAnswered,
-    ChatRequested,
     ServiceDeleted,
     ServiceDeployRequested,
     ServiceFailed,
@@ -52,8 +50,6 @@ AnyEvent = Annotated[
     | ServiceReady
     | ServiceFailed
     | ServiceDeleted
-    | ChatRequested
-    | ChatAnswered
     | BatchCreated
     | BatchCompleted
     | BatchFailed
@@ -74,9 +70,10 @@ def parse_event(obj: dict[str, Any] | str | bytes) -> Event:
     return _adapter.validate_json(obj)  # type: ignore[no-any-return]
 
 
-WorkerKind = Literal["cpu", "gpu", "train", "chat"]
+WorkerKind = Literal["cpu", "gpu", "train"]
 """Where an actor runs: the CPU workers, or the GPU workers, whose trainings ("train")
-and chats ("chat") have queues of their own."""
+have a queue of their own. Chats are not events: they go from the API straight to the
+model servers (tunelab.serving)."""
 
 
 @dataclass(frozen=True)
@@ -117,7 +114,6 @@ ROUTES: dict[str, tuple[Route, ...]] = {
         Route("wake_servers_on_deleted", "gpu", "local"),
         Route("wake_kube_on_deleted", "cpu", "kubernetes"),
     ),
-    "chat.requested": (Route("answer_chat", "chat"),),
     "batch.created": (Route("run_batch", "cpu"),),
     "system.ping": (Route("answer_ping_cpu", "cpu"), Route("answer_ping_gpu", "gpu")),
 }

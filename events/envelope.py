@@ -53,6 +53,12 @@ class Event(BaseModel):
         fields.setdefault("subject", cause.subject)
         return cls(id=event_id, **fields)
 
+    @property
+    def fresh(self) -> bool:
+        """Whether the id was made here, at random (not derived, not parsed from a
+        message): no earlier delivery can have recorded this event."""
+        return "id" not in self.model_fields_set
+
     def to_webhooks(self) -> bool:
         """Whether webhooks receive this event."""
         return True

@@ -6,7 +6,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis.asyncio
 from dramatiq import Broker
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -15,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from tunelab.auth import TokenCache
 from tunelab.db import Database
 from tunelab.errors import MethodNotAllowed, NotFound, TunelabError
 from tunelab.events.broker import build_broker, queue_name
@@ -30,13 +30,20 @@ from tunelab.functions import (
     ops,
     parameter_groups,
     services,
+    stored_chats,
     system,
     triggers,
+    usage,
     webhooks,
     workspace,
 )
 from tunelab.functions.console import ROUTES as CONSOLE_ROUTES
+from tunelab.functions.http import error_response
 from tunelab.functions.middleware import BearerAuth, Idempotency, RequestMetrics
+from tunelab.serving.gateway import Gateway
+from tunelab.serving.routes import ChangeListener, RouteTable
+from tunelab.serving.stored_chats import ChatArchive
+from tunelab.serving.usage import Flusher, UsageMeter
 from tunelab.settings import Settings, get_settings
 from tunelab.store import ObjectStore, open_store
 
@@ -83,7 +90,13 @@ ROUTES = [
     Route(f"{API}/services/{{name}}", services.delete_service, methods=["DELETE"]),
     Route(f"{API}/chat/compare", chat.compare, methods=["POST"]),
     Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),
+    Route("/v1/chat/completions", stored_chats.list_chats, methods=["GET"]),
+    Route("/v1/chat/completions/{id}", stored_chats.get_chat, methods=["GET"]),
+    Route("/v1/chat/completions/{id}", stored_chats.update_chat, methods=["POST"]),
+    Route("/v1/chat/completions/{id}", stored_chats.delete_chat, methods=["DELETE"]),
+    Route("/v1/chat/completions/{id}/messages", stored_chats.chat_messages, methods=["GET"]),
     Route("/v1/models", chat.list_openai_models, methods=["GET"]),
+    Route(f"{API}/usage", usage.get_usage, methods=["GET"]),
     Route(f"{API}/batches", batches.create_batch, methods=["POST"]),
     Route(f"{API}/batches", batches.list_batches, methods=["GET"]),
     Route(f"{API}/batches/{{id}}", batches.get_batch, methods=["GET"]),
@@ -104,7 +117,7 @@ ROUTES = [
 
 async def tunelab_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, TunelabError)
-    return JSONResponse(exc.to_json(), status_code=exc.status)
+    return error_response(request.url.path, exc)
 
 
 async def http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -117,20 +130,13 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
     else:
         error = TunelabError(str(exc.detail))
         error.status, error.code = exc.status_code, "http_error"
-    return JSONResponse(error.to_json(), status_code=error.status, headers=exc.headers)
+    return error_response(request.url.path, error, headers=exc.headers)
 
 
 async def server_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return JSONResponse(
-        {
-            "error": {
-                "code": "internal_error",
-                "message": "The server failed; the error is in its log.",
-            }
-        },
-        status_code=500,
-    )
+    error = TunelabError("The server failed; the error is in its log.")
+    return error_response(request.url.path, error)
 
 
 def create_app(
@@ -155,16 +161,25 @@ def create_app(
             app.state.broker, app.state.db, lambda worker: queue_name(conf, worker), conf.backend
         )
         app.state.queue_metrics = ops.queue_registry(
-            app.state.broker.client,
-            [conf.cpu_queue, conf.gpu_queue, conf.train_queue, conf.chat_queue],
+            app.state.broker.client, [conf.cpu_queue, conf.gpu_queue, conf.train_queue]
         )
-        # Chat answers come back on Redis streams, read without tying up a thread each.
-        app.state.redis = (
-            redis.asyncio.from_url(conf.redis_url, socket_timeout=30) if conf.redis_url else None
+        app.state.tokens = TokenCache(app.state.db, conf.token_cache_s)
+        # The data plane: chats go from here straight to the model servers.
+        routes = RouteTable(app.state.db)
+        listener = ChangeListener(app.state.bus.redis, routes)
+        app.state.archive = ChatArchive(conf.chat_retention_days)
+        meter = UsageMeter()
+        flusher = Flusher(
+            [lambda: meter.flush(app.state.db), lambda: app.state.archive.flush(app.state.db)],
+            conf.traffic_flush_s,
         )
+        app.state.gateway = Gateway(conf, app.state.store, routes, meter)
+        listener.start()
+        flusher.start()
         yield
-        if app.state.redis is not None:
-            await app.state.redis.aclose()
+        await app.state.gateway.aclose()
+        listener.stop()
+        flusher.stop()  # the last counts and stored chats are written
         if db is None:
             app.state.db.dispose()
 

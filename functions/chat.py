@@ -1,9 +1,10 @@
 """Chatting with deployed services: side-by-side comparison, and the OpenAI-compatible
 `/v1/chat/completions` and `/v1/models`.
 
-Each chat is a `chat.requested` event that a GPU worker answers through the service's
-server, writing the answer piece by piece to a Redis stream named by the request; this
-function reads that stream and answers in JSON or as server-sent events.
+These are the data plane: each chat goes through the gateway straight to its service's
+model server, with no event, no queue and no database write on its way. Usage is
+metered in memory; the chat itself is kept only when the request (or the service)
+says `store`.
 """
 
 from __future__ import annotations
@@ -17,22 +18,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import Response
 
-from tunelab.chat_protocol import (
-    Message,
-    OpenAIRequest,
-    completion_body,
-    decode,
-    stream_key,
-    usage_of,
-)
 from tunelab.db.models import Service
-from tunelab.errors import Conflict, NotFound, TunelabError, Unavailable
-from tunelab.events.service import ChatRequested, ChatRequestedData, ChatSettings
+from tunelab.errors import TunelabError
 from tunelab.functions.http import parse, read_json, respond, workspace_id
+from tunelab.serving.gateway import Answer, ChatFailed, Gateway, Upstream
+from tunelab.serving.openai import MAX_TOKENS_LIMIT, ChatRequest, Message, Sampling, completion
+from tunelab.serving.routes import Route
+from tunelab.streams import EventStream, until_disconnected
 
 
 class CompareRequest(BaseModel):
@@ -42,79 +37,45 @@ class CompareRequest(BaseModel):
     system: str | None = None
     temperature: float = Field(default=0.0, ge=0, le=2)
     top_p: float = Field(default=1.0, gt=0, le=1)
-    max_tokens: int = Field(default=128, ge=1, le=8192)
+    max_tokens: int = Field(default=128, ge=1, le=MAX_TOKENS_LIMIT)
     stream: bool = False
+    store: bool | None = None
+    """Keep each service's chat (as `store` on /v1/chat/completions)."""
 
 
-ERROR_STATUS = {"not_found": 404, "not_ready": 409, "server_error": 400, "timeout": 504}
-"""HTTP status of a chat that failed, by the error code its GPU worker gave."""
+def _gateway(request: Request) -> Gateway:
+    return request.app.state.gateway  # type: ignore[no-any-return]
 
 
-def ready_services(request: Request, names: list[str], field: str) -> list[Service]:
-    """The workspace's services of those names, in order; 404 naming the unknown ones,
-    409 naming those not ready."""
-    workspace = workspace_id(request)
-    with request.app.state.db.session() as session:
-        rows = {
-            s.name: s
-            for s in session.scalars(
-                select(Service).where(Service.workspace_id == workspace, Service.name.in_(names))
-            )
-        }
-    unknown = [n for n in names if n not in rows]
-    if unknown:
-        raise NotFound(
-            f"No services named {unknown}.",
-            [{"field": field, "message": f"no service {n!r}"} for n in unknown],
+def _keep(
+    request: Request,
+    route: Route,
+    store: bool | None,
+    messages: list[dict[str, str]],
+    body: dict[str, Any],
+    metadata: dict[str, str] | None = None,
+) -> None:
+    if store if store is not None else route.store:
+        request.app.state.archive.keep(
+            chat_id=body["id"],
+            workspace_id=route.workspace_id,
+            service=route.service,
+            messages=messages,
+            completion={**body, "metadata": metadata or {}},
+            metadata=metadata,
         )
-    waiting = [n for n in names if rows[n].status != "ready"]
-    if waiting:
-        raise Conflict(
-            f"Services {waiting} are not ready.",
-            [{"field": field, "message": f"{n!r} is {rows[n].status}"} for n in waiting],
-        )
-    return [rows[n] for n in names]
 
 
-def ask(
-    request: Request, service: Service, messages: list[dict[str, str]], settings: ChatSettings
-) -> str:
-    """Publish one chat; the request id whose stream carries the answer."""
-    request_id = uuid.uuid4().hex
-    request.app.state.bus.publish(
-        ChatRequested(
-            workspace=service.workspace_id,
-            subject=f"services/{service.name}",
-            data=ChatRequestedData(
-                request_id=request_id,
-                service_id=service.id,
-                service=service.name,
-                messages=messages,
-                settings=settings,
-            ),
-        )
+def _completion(chat_id: str, created: int, route: Route, answer: Answer) -> dict[str, Any]:
+    return completion(
+        chat_id,
+        created,
+        route.service,
+        answer.content,
+        answer.finish_reason,
+        answer.prompt_tokens,
+        answer.completion_tokens,
     )
-    return request_id
-
-
-async def pieces(request: Request, request_id: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-    """(kind, body) of each piece of the answer until `done` or `error`."""
-    redis = request.app.state.redis
-    if redis is None:
-        raise Unavailable("Chat needs the broker's Redis; set TUNELAB_REDIS_URL.")
-    key, last = stream_key(request_id), "0"
-    deadline = time.monotonic() + request.app.state.settings.chat_timeout_s + 30
-    while time.monotonic() < deadline:
-        reply = await redis.xread({key: last}, block=2000, count=100)
-        for _, entries in reply or []:
-            for entry_id, fields in entries:
-                last = entry_id
-                kind, body = decode(fields)
-                yield kind, body
-                if kind in ("done", "error"):
-                    await redis.delete(key)
-                    return
-    yield "error", {"code": "timeout", "message": "No answer came in time."}
 
 
 def _messages(system: str | None, messages: list[Message]) -> list[dict[str, str]]:
@@ -122,145 +83,143 @@ def _messages(system: str | None, messages: list[Message]) -> list[dict[str, str
     return head + [m.model_dump() for m in messages]
 
 
+def _result(route: Route, answer: Answer) -> dict[str, Any]:
+    return {
+        "service": route.service,
+        "content": answer.content,
+        "usage": {
+            "prompt_tokens": answer.prompt_tokens,
+            "completion_tokens": answer.completion_tokens,
+        },
+        "latency_ms": round(answer.latency_s * 1000, 1),
+        "tokens_per_second": answer.tokens_per_second,
+        "finish_reason": answer.finish_reason,
+    }
+
+
+def _failure(route: Route, exc: TunelabError) -> dict[str, Any]:
+    return {"service": route.service, "error": {"code": exc.code, "message": exc.message}}
+
+
 async def compare(request: Request) -> Any:
     spec = parse(CompareRequest, await read_json(request), "chat")
-    services = await run_in_threadpool(ready_services, request, spec.services, "services")
-    settings = ChatSettings(
-        temperature=spec.temperature, top_p=spec.top_p, max_tokens=spec.max_tokens
-    )
+    gateway = _gateway(request)
+    routes = await gateway.resolve(workspace_id(request), spec.services, "services")
+    sampling = Sampling(temperature=spec.temperature, top_p=spec.top_p, max_tokens=spec.max_tokens)
     messages = _messages(spec.system, spec.messages)
-    ids = [await run_in_threadpool(ask, request, s, messages, settings) for s in services]
+    ups = [await gateway.prepare(r, messages, sampling) for r in routes]
+    created = int(time.time())
+
+    def keep(up: Upstream, answer: Answer) -> dict[str, Any]:
+        body = _completion(f"chatcmpl-{uuid.uuid4().hex}", created, up.route, answer)
+        _keep(request, up.route, spec.store, messages, body)
+        return _result(up.route, answer)
+
     if spec.stream:
-        return StreamingResponse(
-            _compare_events(request, services, ids), media_type="text/event-stream"
-        )
-    results = await asyncio.gather(
-        *(_result(request, s, i) for s, i in zip(services, ids, strict=True))
-    )
+        return EventStream(_compare_events(gateway, ups, keep))
+
+    async def one(up: Upstream) -> dict[str, Any]:
+        try:
+            return keep(up, await gateway.complete(up))
+        except TunelabError as exc:
+            return _failure(up.route, exc)
+
+    results = await until_disconnected(request, asyncio.gather(*(one(up) for up in ups)))
+    if isinstance(results, Response):
+        return results
     return respond({"results": results})
 
 
-async def _result(request: Request, service: Service, request_id: str) -> dict[str, Any]:
-    async for kind, body in pieces(request, request_id):
-        if kind == "done":
-            return {
-                "service": service.name,
-                "content": body["content"],
-                "usage": body["usage"],
-                "latency_ms": body["latency_ms"],
-                "tokens_per_second": body["tokens_per_second"],
-                "finish_reason": body.get("finish_reason"),
-            }
-        if kind == "error":
-            return {"service": service.name, "error": body}
-    raise AssertionError("unreachable: pieces always ends with done or error")
+def _sse(kind: str, body: dict[str, Any]) -> str:
+    return f"event: {kind}\ndata: {json.dumps(body, ensure_ascii=False)}\n\n"
 
 
-async def _compare_events(
-    request: Request, services: list[Service], ids: list[str]
-) -> AsyncIterator[str]:
+async def _compare_events(gateway: Gateway, ups: list[Upstream], keep: Any) -> AsyncIterator[str]:
     queue: asyncio.Queue[str | None] = asyncio.Queue()
 
-    async def relay(service: Service, request_id: str) -> None:
+    async def relay(up: Upstream) -> None:
+        name = up.route.service
         try:
-            async for kind, body in pieces(request, request_id):
-                body = {"service": service.name, **body}
-                await queue.put(f"event: {kind}\ndata: {json.dumps(body)}\n\n")
-        except Exception as exc:  # the client must see this service's stream end badly
-            body = {"service": service.name, "code": "internal_error", "message": str(exc)}
-            await queue.put(f"event: error\ndata: {json.dumps(body)}\n\n")
+            async for piece in gateway.stream(up):
+                if isinstance(piece, str):
+                    await queue.put(_sse("delta", {"service": name, "text": piece}))
+                else:
+                    await queue.put(_sse("done", keep(up, piece)))
+        except TunelabError as exc:
+            await queue.put(
+                _sse("error", {"service": name, "code": exc.code, "message": exc.message})
+            )
         finally:
             await queue.put(None)
 
-    tasks = [asyncio.create_task(relay(s, i)) for s, i in zip(services, ids, strict=True)]
-    open_streams = len(tasks)
-    while open_streams:
-        item = await queue.get()
-        if item is None:
-            open_streams -= 1
-            continue
-        yield item
-    yield "event: end\ndata: {}\n\n"
-
-
-def _openai_error(exc: TunelabError) -> JSONResponse:
-    kind = {404: "not_found_error", 409: "invalid_request_error"}.get(exc.status, "api_error")
-    body = {"error": {"message": exc.message, "type": kind, "code": exc.code, "param": None}}
-    return JSONResponse(body, status_code=exc.status)
+    tasks = [asyncio.create_task(relay(up)) for up in ups]
+    try:
+        open_streams = len(tasks)
+        while open_streams:
+            item = await queue.get()
+            if item is None:
+                open_streams -= 1
+                continue
+            yield item
+        yield "event: end\ndata: {}\n\n"
+    finally:
+        for task in tasks:  # the client left: every service's generation stops
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def chat_completions(request: Request) -> Any:
-    spec = parse(OpenAIRequest, await read_json(request), "chat completion")
-    try:
-        (service,) = await run_in_threadpool(ready_services, request, [spec.model], "model")
-    except TunelabError as exc:
-        return _openai_error(exc)
-    settings = spec.chat_settings()
-    request_id = await run_in_threadpool(
-        ask, request, service, _messages(None, spec.messages), settings
-    )
-    chat_id, created = f"chatcmpl-{request_id}", int(time.time())
+    spec = parse(ChatRequest, await read_json(request), "chat completion")
+    gateway = _gateway(request)
+    (route,) = await gateway.resolve(workspace_id(request), [spec.model], "model")
+    messages = [m.model_dump() for m in spec.messages]
+    up = await gateway.prepare(route, messages, spec.sampling(), spec.max_tokens_field)
+    chat_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if spec.stream:
         usage = bool((spec.stream_options or {}).get("include_usage"))
-        return StreamingResponse(
-            _openai_chunks(request, request_id, chat_id, created, spec.model, usage),
-            media_type="text/event-stream",
-        )
-    async for kind, body in pieces(request, request_id):
-        if kind == "error":
-            # 4xx for what asking again cannot change: the openai client retries 5xx.
-            status = ERROR_STATUS.get(body["code"], 502)
-            kind_name = "invalid_request_error" if status < 500 else "api_error"
-            return JSONResponse(
-                {"error": {"message": body["message"], "type": kind_name, "code": body["code"]}},
-                status_code=status,
-            )
-        if kind == "done":
-            return respond(completion_body(chat_id, created, spec.model, body))
-    raise AssertionError("unreachable: pieces always ends with done or error")
+        return EventStream(_openai_chunks(request, spec, up, messages, chat_id, created, usage))
+    answer = await until_disconnected(request, gateway.complete(up))
+    if isinstance(answer, Response):
+        return answer
+    body = _completion(chat_id, created, route, answer)
+    _keep(request, route, spec.store, messages, body, spec.metadata)
+    return respond(body)
 
 
 async def _openai_chunks(
-    request: Request, request_id: str, chat_id: str, created: int, model: str, usage: bool
+    request: Request,
+    spec: ChatRequest,
+    up: Upstream,
+    messages: list[dict[str, str]],
+    chat_id: str,
+    created: int,
+    usage: bool,
 ) -> AsyncIterator[str]:
-    def chunk(delta: dict[str, Any], finish: str | None, **extra: Any) -> str:
-        body = {
-            "id": chat_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            **extra,
-        }
-        return f"data: {json.dumps(body)}\n\n"
+    head = {"id": chat_id, "object": "chat.completion.chunk", "created": created}
+    head["model"] = up.route.service
+
+    def chunk(delta: dict[str, Any], finish: str | None) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return f"data: {json.dumps({**head, 'choices': [choice]}, ensure_ascii=False)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""}, None)
-    async for kind, body in pieces(request, request_id):
-        if kind == "delta":
-            yield chunk({"content": body["text"]}, None)
-        elif kind == "done":
-            yield chunk({}, body.get("finish_reason") or "stop")
+    try:
+        async for piece in _gateway(request).stream(up):
+            if isinstance(piece, str):
+                yield chunk({"content": piece}, None)
+                continue
+            yield chunk({}, piece.finish_reason or "stop")
+            body = _completion(chat_id, created, up.route, piece)
             if usage:
-                yield (
-                    "data: "
-                    + json.dumps(
-                        {
-                            "id": chat_id,
-                            "object": "chat.completion.chunk",
-                            "created": created,
-                            "model": model,
-                            "choices": [],
-                            "usage": usage_of(body),
-                        }
-                    )
-                    + "\n\n"
-                )
-        else:
-            yield f"data: {json.dumps({'error': body})}\n\n"
+                yield f"data: {json.dumps({**head, 'choices': [], 'usage': body['usage']})}\n\n"
+            _keep(request, up.route, spec.store, messages, body, spec.metadata)
+    except ChatFailed as exc:
+        error = {"message": exc.message, "type": "api_error", "param": None, "code": exc.code}
+        yield f"data: {json.dumps({'error': error})}\n\n"
     yield "data: [DONE]\n\n"
 
 
-def list_openai_models(request: Request) -> JSONResponse:
+def list_openai_models(request: Request) -> Response:
     with request.app.state.db.session() as session:
         rows = session.scalars(
             select(Service)

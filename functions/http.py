@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from tunelab.errors import BadRequest, Invalid
+from tunelab.errors import BadRequest, Invalid, TunelabError
+from tunelab.serving import openai
+
+OPENAI_PREFIX = "/v1/"
+"""Routes of OpenAI's API: their errors take OpenAI's shape, whatever the status."""
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -55,3 +60,15 @@ def workspace_id(request: Request) -> str:
 
 def respond(body: Any, status: int = 200) -> JSONResponse:
     return JSONResponse(body, status_code=status)
+
+
+def error_response(
+    path: str, exc: TunelabError, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """The error as the route's contract shapes it: OpenAI's under /v1, tunelab's else."""
+    if path.startswith(OPENAI_PREFIX):
+        param = exc.details[0].get("field") if exc.details else None
+        body = openai.error(exc.status, exc.message, exc.code, param)
+    else:
+        body = exc.to_json()
+    return JSONResponse(body, status_code=exc.status, headers=headers)

@@ -15,21 +15,25 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tunelab.auth import resolve_token
+from tunelab.auth import TokenCache
 from tunelab.db import Database
 from tunelab.db.models import IdempotencyKey
 from tunelab.errors import Conflict, Invalid, TooLarge, TunelabError, Unauthorized
+from tunelab.functions.http import error_response
 from tunelab.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 PROTECTED_PREFIXES = ("/api/", "/v1/")
+DATA_PLANE = frozenset({"/v1/chat/completions", "/api/v1/chat/compare"})
+"""Chats: never replayed from an Idempotency-Key (its stored response would keep the
+chat's text), each is simply answered again."""
 MAX_BODY_BYTES = 51 << 20
 """A dataset file (50 MB) and its form fields; the largest body any POST takes."""
 ABANDONED_AFTER = timedelta(minutes=10)
 """An Idempotency-Key claimed this long ago without an answer is taken over."""
 
 
-def _error(exc: TunelabError) -> JSONResponse:
-    return JSONResponse(exc.to_json(), status_code=exc.status)
+def _error(scope: Scope, exc: TunelabError) -> JSONResponse:
+    return error_response(scope["path"], exc)
 
 
 class RequestMetrics:
@@ -58,29 +62,34 @@ class RequestMetrics:
 
 
 class BearerAuth:
-    """Puts the token's workspace in scope["workspace"]; 401 for a missing or bad token."""
+    """Puts the token's workspace in scope["workspace"]; 401 for a missing or bad token.
 
-    def __init__(self, app: ASGIApp, db: Database | None = None) -> None:
+    A token verified in the last few seconds is taken from the app's TokenCache, in the
+    event loop: most requests then cost no thread hop and no database round trip.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.db = db
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIXES):
             await self.app(scope, receive, send)
             return
-        db = self.db or scope["app"].state.db
+        tokens: TokenCache = scope["app"].state.tokens
         scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
+        token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            response = _error(Unauthorized("Send 'Authorization: Bearer <token>'."))
+            response = _error(scope, Unauthorized("Send 'Authorization: Bearer <token>'."))
             await response(scope, receive, send)
             return
-        workspace = await run_in_threadpool(resolve_token, db, token.strip())
+        workspace = tokens.cached(token) or await run_in_threadpool(tokens.resolve, token)
         if workspace is None:
             response = _error(
+                scope,
                 Unauthorized(
                     "The token is not valid; create one with "
                     "'tunelab token create --workspace NAME'."
-                )
+                ),
             )
             await response(scope, receive, send)
             return
@@ -100,7 +109,12 @@ class Idempotency:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or "workspace" not in scope:
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or "workspace" not in scope
+            or scope["path"] in DATA_PLANE
+        ):
             await self.app(scope, receive, send)
             return
         key = Headers(scope=scope).get("idempotency-key")
@@ -116,15 +130,14 @@ class Idempotency:
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > MAX_BODY_BYTES:
-                    await _error(TooLarge(f"The request body is over {MAX_BODY_BYTES >> 20} MB."))(
-                        scope, receive, send
-                    )
+                    too_large = TooLarge(f"The request body is over {MAX_BODY_BYTES >> 20} MB.")
+                    await _error(scope, too_large)(scope, receive, send)
                     return
                 spool.write(chunk)
                 more = message.get("more_body", False)
             request_hash = _request_hash(scope, spool)
 
-            replay = await run_in_threadpool(_claim, db, workspace_id, key, request_hash)
+            replay = await run_in_threadpool(_claim, scope, db, workspace_id, key, request_hash)
             if replay is not None:
                 await replay(scope, receive, send)
                 return
@@ -179,7 +192,9 @@ def _request_hash(scope: Scope, spool: IO[bytes]) -> str:
     return digest.hexdigest()
 
 
-def _claim(db: Database, workspace_id: str, key: str, request_hash: str) -> Response | None:
+def _claim(
+    scope: Scope, db: Database, workspace_id: str, key: str, request_hash: str
+) -> Response | None:
     """Claim the key for this request, or return the response a repeat must get."""
     try:
         with db.session() as session:
@@ -194,19 +209,21 @@ def _claim(db: Database, workspace_id: str, key: str, request_hash: str) -> Resp
                 )
                 return None
     except IntegrityError:
-        return _error(Conflict("A request with this Idempotency-Key is still in progress."))
+        return _error(scope, Conflict("A request with this Idempotency-Key is still in progress."))
     if row.request_hash != request_hash:
         return _error(
+            scope,
             Invalid(
                 "This Idempotency-Key was used with another request body; "
                 "use a new key for a new request.",
                 [{"field": "Idempotency-Key", "message": "reused"}],
-            )
+            ),
         )
     if row.status_code is None:
         age = datetime.now(UTC) - row.created_at.replace(tzinfo=row.created_at.tzinfo or UTC)
         if age < ABANDONED_AFTER:
-            return _error(Conflict("A request with this Idempotency-Key is still in progress."))
+            in_progress = Conflict("A request with this Idempotency-Key is still in progress.")
+            return _error(scope, in_progress)
         # The first request died without an answer (its process was killed): take over.
         with db.session() as session:
             session.execute(

@@ -22,6 +22,7 @@ from tunelab.errors import Conflict, Invalid, NotFound
 from tunelab.events.service import ServiceDeleted, ServiceDeployRequested, ServiceRef
 from tunelab.functions.http import parse, read_json, respond, workspace_id
 from tunelab.functions.models import visible_model
+from tunelab.serving.routes import announce_change
 from tunelab.serving_rules import DeployRequest
 from tunelab.times import iso
 
@@ -141,4 +142,5 @@ def delete_service(request: Request) -> JSONResponse:
             ),
         )
     send()
+    announce_change(state.bus.redis)  # its chats stop at once, in every API process
     return respond({"name": service.name, "deleted": True})

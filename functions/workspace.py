@@ -12,7 +12,7 @@ from tunelab.functions.http import respond
 from tunelab.workers.cpu.plugins import available as available_plugins
 
 
-def whoami(request: Request) -> JSONResponse:
+async def whoami(request: Request) -> JSONResponse:
     return respond({"name": request.scope["workspace"].name})
 
 

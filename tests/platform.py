@@ -41,10 +41,16 @@ class Processes:
     logs: Path
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, *args: str, python: str = sys.executable, module: str = "tunelab.cli"
+    ) -> subprocess.Popen[bytes]:
+        """`python -m module args` (a `tunelab` command unless `module` says otherwise)."""
         with (self.logs / f"{name}.log").open("ab") as log:  # the child keeps its own handle
             self.children[name] = subprocess.Popen(
-                tunelab(*args), env=dict(self.env), stdout=log, stderr=subprocess.STDOUT
+                [python, "-m", module, *args],
+                env=dict(self.env),
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         return self.children[name]
 

@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,7 +77,8 @@ def platform(
     s3_endpoint: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Platform]:
-    """The platform's processes; a test module may set `PLATFORM_ENV` for more settings."""
+    """The platform's processes; a test module may set `PLATFORM_ENV` for more settings,
+    and `PLATFORM_API_PYTHON` for the interpreter (environment) the API runs in."""
     tmp = tmp_path_factory.mktemp("platform")
     database = f"tunelab_platform_{secrets.token_hex(4)}"
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:
@@ -123,7 +125,9 @@ def platform(
         text=True,
     ).stdout.strip()
     processes = Processes(env, tmp)
-    processes.start("api", "api")
+    processes.start(
+        "api", "api", python=getattr(request.module, "PLATFORM_API_PYTHON", sys.executable)
+    )
     processes.start("cpu-worker", "worker", "cpu")
     processes.start("gpu-worker", "worker", "gpu")
     url = f"http://127.0.0.1:{port}"

@@ -382,3 +382,33 @@ def test_an_oversized_body_with_an_idempotency_key_is_413_without_being_kept(api
     )
     assert_error(response, 413, "too_large")
     assert api.count(Dataset) == 0 and api.count(IdempotencyKey) == 0
+
+
+def test_a_verified_token_is_trusted_for_seconds_and_a_revoked_one_refused_after(
+    tmp_path: Path, redis_url: str, queues: dict[str, str]
+) -> None:
+    from datetime import UTC, datetime
+
+    from tests.platform import wait_until
+    from tunelab.db.models import ApiToken
+
+    settings = make_settings(tmp_path, redis_url, queues).model_copy(update={"token_cache_s": 0.5})
+    db = Database(settings.effective_database_url)
+    db.migrate()
+    token = create_token(db, "acme")
+    auth = {"authorization": f"Bearer {token}"}
+    with TestClient(create_app(settings, db=db)) as client:
+        assert client.get("/api/v1/workspace", headers=auth).json() == {"name": "acme"}
+        with db.session() as session:
+            session.execute(
+                ApiToken.__table__.update().values(revoked_at=datetime.now(UTC))  # type: ignore[attr-defined]
+            )
+        wait_until(
+            lambda: client.get("/api/v1/workspace", headers=auth).status_code == 401,
+            "the revoked token to be refused",
+            timeout=5,
+        )
+        refused = client.get("/v1/models", headers=auth)
+        assert refused.status_code == 401
+        assert refused.json()["error"]["type"] == "authentication_error"  # OpenAI's shape
+    db.dispose()

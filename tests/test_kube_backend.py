@@ -436,8 +436,8 @@ def make_ready(api: Kube, pod: Any) -> None:
 def test_a_service_becomes_a_deployment_whose_every_ready_replica_gets_the_adapters(
     ctx: WorkerContext, api: Kube, namespace: str
 ) -> None:
+    from tunelab.serving.served import adapter_name
     from tunelab.training.basemodel import ensure_tiny_base
-    from tunelab.workers.gpu.serving.keeper import adapter_name
     from tunelab.workers.gpu.serving.process import ServerProcess
     from tunelab.workers.kube.agent import AdapterAgent, serve
 

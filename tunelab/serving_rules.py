@@ -40,6 +40,8 @@ class DeployRequest(BaseModel):
     replicas: int = Field(default=1, ge=1, le=16)
     engine: Literal["auto", "vllm", "transformers"] = "auto"
     """What serves it; `auto` is the deployment's choice (TUNELAB_SERVING_ENGINE)."""
+    store: bool = False
+    """Keep every chat of the service (as if each request set `store: true`)."""
 
 
 def weights_bytes(model_dir: Path) -> int:

@@ -88,10 +88,18 @@ class Settings(BaseSettings):
     """LoRA services one base-model server holds before another server is started."""
     serving_overhead_gib: float = Field(default=2.0, ge=0)
     """Memory a model server needs beside weights and KV-cache (runtime, buffers)."""
-    chat_worker_threads: int = Field(default=32, ge=1, le=256)
-    """Chats a GPU worker process relays at once: they wait on a model server, not a CPU."""
     chat_timeout_s: float = Field(default=600.0, gt=0)
     """Longest a chat may take, waiting for a restarting server included."""
+    chat_retention_days: float = Field(default=30.0, gt=0)
+    """How long a stored chat (`store: true`) is kept before it is deleted."""
+    batch_requests_per_server: int = Field(default=4, ge=1, le=1024)
+    """Requests of batches one model server answers at once, across all CPU workers:
+    interactive chats keep the rest of its capacity."""
+    traffic_flush_s: float = Field(default=2.0, gt=0, le=300)
+    """How often usage counts and stored chats are written to the database."""
+    token_cache_s: float = Field(default=5.0, ge=0, le=300)
+    """How long a verified API token is trusted without asking the database again:
+    a revoked token is refused at most this long after."""
 
     backend: Literal["local", "kubernetes"] = "local"
     """Where training tasks and model servers run: processes of the GPU workers on this
@@ -117,6 +125,10 @@ class Settings(BaseSettings):
     """Longest a model service waits for a ready replica before it fails with the reason."""
     kube_poll_s: float = Field(default=2.0, gt=0)
     """How often the Kubernetes reconciler reads Jobs, Deployments and their pods."""
+    kube_server_url: str = "http://{name}.{namespace}.svc:{port}"
+    """How the API reaches a model server's Kubernetes Service ({name}, {namespace} and
+    {port} are filled in): its cluster DNS name, load-balanced over the ready replicas.
+    An API outside the cluster points this at whatever exposes the Services."""
 
     allow_private_sources: bool = False
     """Let datasets be fetched from loopback and private networks (off: SSRF)."""
@@ -140,10 +152,6 @@ class Settings(BaseSettings):
     @property
     def train_queue(self) -> str:
         return f"{self.gpu_queue}-train"
-
-    @property
-    def chat_queue(self) -> str:
-        return f"{self.gpu_queue}-chat"
 
     @property
     def model_cache_dir(self) -> Path:

@@ -8,8 +8,10 @@ at a real base model's tokenizer.json to measure with that one instead.
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import shutil
 import tempfile
 from functools import lru_cache
 from pathlib import Path
@@ -20,6 +22,14 @@ from tunelab.settings import Settings
 
 VERSION = 1
 SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|eos|>", "<|system|>", "<|user|>", "<|assistant|>"]
+BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<|eos|>"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+"""The built-in base model's chat template: a role tag, the content, end of turn."""
+CONTEXT = 1024
+"""The built-in base model's context (max_position_embeddings)."""
 _TEXT = (
     "the be to of and a in that have it for not on with he as you do at this but his by "
     "from they we say her she or an will my one all would there their what so up out if "
@@ -72,6 +82,17 @@ def tiny_tokenizer_path(data_dir: Path) -> Path:
 @lru_cache(maxsize=4)
 def _load(path: str) -> Tokenizer:
     return Tokenizer.from_file(path)
+
+
+def write_prompt_files(data_dir: Path, out: Path) -> None:
+    """The files a prompt of the built-in base model is rendered and counted with, as
+    its saved tokenizer has them, made without torch or the model's weights."""
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(tiny_tokenizer_path(data_dir), out / "tokenizer.json")
+    config = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD}
+    (out / "tokenizer_config.json").write_text(json.dumps(config))
+    (out / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    (out / "config.json").write_text(json.dumps({"max_position_embeddings": CONTEXT}))
 
 
 def default_tokenizer(settings: Settings) -> Tokenizer:

@@ -48,13 +48,29 @@ ACTOR_MODULES: dict[WorkerKind, tuple[str, ...]] = {
 log = logging.getLogger("tunelab.worker")
 
 
-def install_broker(broker: Broker) -> Broker:
-    """Make `broker` the one actors bind to, with tunelab's middleware."""
+def with_middleware(broker: Broker) -> Broker:
+    """`broker` with tunelab's middleware."""
     # `after_*` hooks run in reverse order: placed before Retries, DeadLetters runs after
     # it, when `message.failed` is final.
     broker.add_middleware(DeadLetters(), before=Retries)
     broker.add_middleware(ConsumedMetrics())
-    dramatiq.set_broker(broker)
+    return broker
+
+
+def install_broker(broker: Broker) -> Broker:
+    """Make `broker`, with tunelab's middleware, the one actors bind to."""
+    dramatiq.set_broker(with_middleware(broker))
+    return broker
+
+
+def lane_broker(settings: Settings, actors: Broker, queue: str) -> Broker:
+    """A broker of its own for the Dramatiq Worker of one queue, holding that queue's
+    actors. Dramatiq supports one Worker per broker (each adds its own middleware to
+    it); a lane per queue keeps hours of training from holding up the GPU queue."""
+    broker = with_middleware(build_broker(settings))
+    for actor in actors.actors.values():
+        if actor.queue_name == queue:
+            broker.declare_actor(actor)
     return broker
 
 
@@ -65,27 +81,17 @@ def make_context(settings: Settings, broker: Broker) -> context.WorkerContext:
 
 
 def import_actors(kind: WorkerKind, settings: Settings | None = None) -> None:
-    modules = ACTOR_MODULES[kind]
-    if kind == "cpu" and settings is not None and settings.backend == "kubernetes":
-        modules += ("tunelab.workers.gpu.serving.actors",)  # the chat relay
-    for module in modules:
+    for module in ACTOR_MODULES[kind]:
         importlib.import_module(module)
 
 
 def lanes(settings: Settings, kind: WorkerKind) -> list[tuple[str, int]]:
     """The queues a worker process of `kind` consumes, each with its own threads."""
     if kind == "cpu":
-        if settings.backend == "kubernetes":
-            # Model servers run as Deployments: relaying chats to them needs no GPU node.
-            return [
-                (settings.cpu_queue, settings.cpu_worker_threads),
-                (settings.chat_queue, settings.chat_worker_threads),
-            ]
         return [(settings.cpu_queue, settings.cpu_worker_threads)]
     return [
         (settings.gpu_queue, settings.gpu_worker_threads),
         (settings.train_queue, settings.train_worker_threads),
-        (settings.chat_queue, settings.chat_worker_threads),
     ]
 
 
@@ -95,11 +101,9 @@ def run(settings: Settings, kind: WorkerKind) -> None:
     ctx = make_context(settings, broker)
     context.install(ctx)
     import_actors(kind, settings)
-    # One Dramatiq worker per queue: threads busy with hours of training cannot take
-    # the GPU queue's next event.
     workers = [
         Worker(
-            broker,
+            lane_broker(settings, broker, queue),
             queues={queue},
             worker_threads=threads,
             worker_timeout=settings.worker_poll_ms,
@@ -110,11 +114,11 @@ def run(settings: Settings, kind: WorkerKind) -> None:
     if kind == "gpu" and settings.backend == "local":
         from tunelab.workers.gpu.serving.keeper import start_reconciler
 
-        reconciler = start_reconciler(ctx, getattr(broker, "client", None))
+        reconciler = start_reconciler(ctx, ctx.bus.redis)
     elif kind == "cpu" and settings.backend == "kubernetes":
         from tunelab.workers.kube.reconciler import start_kube_reconciler
 
-        reconciler = start_kube_reconciler(ctx, getattr(broker, "client", None))
+        reconciler = start_kube_reconciler(ctx, ctx.bus.redis)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -123,10 +127,11 @@ def run(settings: Settings, kind: WorkerKind) -> None:
         log.info("%s worker consuming %s with %d threads", kind, queue, threads)
     stop.wait()
     log.info("%s worker stopping", kind)
-    for worker in workers:
-        worker.stop(timeout=30_000)
-    if reconciler is not None:
+    if reconciler is not None:  # model servers stop while the workers finish their work
         reconciler.stopping.set()
         reconciler.poke()
+    for worker in workers:
+        worker.stop(timeout=20_000)
+    if reconciler is not None:
         reconciler.join(timeout=60)
     ctx.db.dispose()

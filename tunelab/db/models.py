@@ -303,3 +303,40 @@ class DeadLetter(Base):
     retries: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = _created()
+
+
+class UsageRecord(Base):
+    """A service's traffic in one hour, summed over every process that served it."""
+
+    __tablename__ = "usage"
+    __table_args__ = (UniqueConstraint("workspace_id", "service", "hour"),)
+    id: Mapped[str] = _id()
+    workspace_id: Mapped[str] = _workspace()
+    service: Mapped[str] = mapped_column(String(63))
+    """The service's name: usage outlives a deleted service, and a name is what is asked."""
+    hour: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    errors: Mapped[int] = mapped_column(BigInteger, default=0)
+    cancelled: Mapped[int] = mapped_column(BigInteger, default=0)
+    """Requests whose client went away before the answer was done."""
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    ttft_ms: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """Time to first token of streamed answers: {"buckets", "count", "sum"}."""
+    latency_ms: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """Whole request: {"buckets", "count", "sum"} (bounds in tunelab.serving.usage)."""
+
+
+class StoredChat(Base):
+    """A chat whose request asked to store it; gone after `expires_at`."""
+
+    __tablename__ = "stored_chats"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """The completion's id (`chatcmpl-...`)."""
+    workspace_id: Mapped[str] = _workspace()
+    service: Mapped[str] = mapped_column(String(63), index=True)
+    messages: Mapped[list[Any]] = mapped_column(JSON)
+    completion: Mapped[dict[str, Any]] = mapped_column(JSON)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    created_at: Mapped[datetime] = _created()
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

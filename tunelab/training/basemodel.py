@@ -21,17 +21,13 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from tunelab.params import Parameters
 from tunelab.synthetic import qa_pairs
+from tunelab.tokenizer import BOS, CHAT_TEMPLATE, CONTEXT, EOS, PAD, tiny_tokenizer_path
 from tunelab.tokenizer import VERSION as TOKENIZER_VERSION
-from tunelab.tokenizer import tiny_tokenizer_path
 
 log = logging.getLogger("tunelab.basemodel")
 
 NAME = "tiny-llama"
 VERSION = 1
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<|eos|>"
-    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
 PRETRAIN_SEED = 20261128
 PRETRAIN = Parameters(
     peft=False,
@@ -53,7 +49,7 @@ def tiny_config(vocab_size: int, tokenizer: PreTrainedTokenizerFast) -> LlamaCon
         num_hidden_layers=4,
         num_attention_heads=4,
         num_key_value_heads=4,
-        max_position_embeddings=1024,
+        max_position_embeddings=CONTEXT,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -65,9 +61,9 @@ def tiny_config(vocab_size: int, tokenizer: PreTrainedTokenizerFast) -> LlamaCon
 def tiny_tokenizer(data_dir: Path) -> PreTrainedTokenizerFast:
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_file=str(tiny_tokenizer_path(data_dir)),
-        bos_token="<|bos|>",
-        eos_token="<|eos|>",
-        pad_token="<|pad|>",
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer

@@ -32,12 +32,12 @@ import torch.distributed as dist
 from pydantic import BaseModel
 
 from tunelab.params import Parameters
+from tunelab.processes import die_with_parent
 from tunelab.settings import get_settings
 from tunelab.store import ObjectNotFound, ObjectStore, key_from_uri, open_store
 from tunelab.training.evaluate import evaluate
 from tunelab.training.model_io import UnsupportedSetup, load_model, load_tokenizer, save_model
 from tunelab.training.models import resolve_model_dir
-from tunelab.training.process import die_with_parent
 from tunelab.training.template import PromptTooLong, TemplateError, encode_pair
 from tunelab.training.trainer import Stopped, Trainer, TrainingData
 

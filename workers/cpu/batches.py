@@ -1,6 +1,8 @@
 """Running a batch: each line of the input file is a chat request in OpenAI's batch
-format; good lines are asked of their services a few at a time, bad ones are reported
-by line. Results and errors are written to the object store as JSONL, in input order.
+format; good lines go through the same gateway as interactive chats, a few at a time and
+at most TUNELAB_BATCH_REQUESTS_PER_SERVER per model server across all workers, so a big
+batch cannot starve the people chatting with the same server. Bad lines are reported by
+line. Results and errors are written to the object store as JSONL, in input order.
 
 A worker that dies midway leaves the message to be redelivered, and the batch runs
 again from its first line: its files are only written once it is complete.
@@ -8,20 +10,17 @@ again from its first line: its files are only written once it is complete.
 
 from __future__ import annotations
 
+import asyncio
 import json
-import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import dramatiq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import select
 
-from tunelab.chat_protocol import OpenAIRequest, completion_body, read_answer
-from tunelab.db.models import Batch, Service
+from tunelab.db.models import Batch
+from tunelab.errors import Conflict, NotFound, TunelabError
 from tunelab.events.batch import (
     BatchCompleted,
     BatchCounts,
@@ -29,15 +28,21 @@ from tunelab.events.batch import (
     BatchFailed,
     BatchFailedData,
 )
-from tunelab.events.service import ChatRequested, ChatRequestedData
+from tunelab.serving.gateway import Gateway
+from tunelab.serving.openai import ChatRequest, completion
+from tunelab.serving.routes import RouteTable
+from tunelab.serving.slots import ServerSlots
+from tunelab.serving.usage import UsageMeter
 from tunelab.store import keys
 from tunelab.workers.context import WorkerContext, current
 from tunelab.workers.registry import subscriber
 
-IN_FLIGHT = 8
-"""Requests of one batch asked at once: enough to keep a server's batches full."""
+IN_FLIGHT = 16
+"""Lines of one batch under way at once (each waits for a slot of its server)."""
 PROGRESS_EVERY_S = 1.0
 FINAL = ("completed", "failed")
+LINE_CODES = {NotFound: "model_not_found", Conflict: "model_not_ready"}
+"""A line's error code when its service is unknown or not ready."""
 
 
 class BatchLine(BaseModel):
@@ -45,7 +50,7 @@ class BatchLine(BaseModel):
     custom_id: str = Field(min_length=1, max_length=512)
     method: Literal["POST"]
     url: Literal["/v1/chat/completions"]
-    body: OpenAIRequest
+    body: ChatRequest
 
 
 class Problem(Exception):
@@ -54,24 +59,24 @@ class Problem(Exception):
         self.code, self.message, self.custom_id = code, message, custom_id
 
 
-def parse_lines(raw: bytes, services: dict[str, Service]) -> list[tuple[int, Any]]:
+def parse_lines(raw: bytes) -> list[tuple[int, BatchLine | Problem]]:
     """(line number, BatchLine or Problem) of each non-blank line."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise Problem("not_utf8", f"The file is not UTF-8 (byte {exc.start}).") from None
     seen: set[str] = set()
-    parsed: list[tuple[int, Any]] = []
+    parsed: list[tuple[int, BatchLine | Problem]] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        parsed.append((number, _parse_line(line, services, seen)))
+        parsed.append((number, _parse_line(line, seen)))
     if not parsed:
         raise Problem("empty", "The file holds no requests.")
     return parsed
 
 
-def _parse_line(line: str, services: dict[str, Service], seen: set[str]) -> BatchLine | Problem:
+def _parse_line(line: str, seen: set[str]) -> BatchLine | Problem:
     try:
         item = BatchLine.model_validate_json(line)
     except ValidationError as exc:
@@ -81,61 +86,24 @@ def _parse_line(line: str, services: dict[str, Service], seen: set[str]) -> Batc
     if item.custom_id in seen:
         message = f"custom_id {item.custom_id!r} is used twice"
         return Problem("duplicate_custom_id", message, item.custom_id)
-    problem = _service_problem(item, services)
-    if problem is not None:
-        return problem
     seen.add(item.custom_id)
     return item
 
 
-def _service_problem(item: BatchLine, services: dict[str, Service]) -> Problem | None:
-    service = services.get(item.body.model)
-    if service is None:
-        return Problem("model_not_found", f"no service {item.body.model!r}", item.custom_id)
-    if service.status != "ready":
-        message = f"service {item.body.model!r} is {service.status}"
-        return Problem("model_not_ready", message, item.custom_id)
-    return None
-
-
-def run(ctx: WorkerContext, event: BatchCreated, redis: Any) -> None:
+def run(ctx: WorkerContext, event: BatchCreated) -> None:
     with ctx.db.session() as session:
         batch = session.get(Batch, event.data.batch_id)
         if batch is None or batch.status in FINAL:
             return
         workspace, input_key = batch.workspace_id, batch.input_key
-        services = {
-            s.name: s
-            for s in session.scalars(select(Service).where(Service.workspace_id == workspace))
-        }
-        for service in services.values():
-            session.expunge(service)
     try:
-        lines = parse_lines(ctx.store.read_bytes(input_key), services)
+        lines = parse_lines(ctx.store.read_bytes(input_key))
     except Problem as problem:
         _fail(ctx, event, {"code": problem.code, "message": problem.message})
         return
     counts = {"total": len(lines), "completed": 0, "failed": 0}
     _update(ctx, event.data.batch_id, status="in_progress", counts=counts)
-    outcomes: dict[int, dict[str, Any]] = {}
-    lock, last_saved = threading.Lock(), [time.monotonic()]
-
-    def answer(number: int, item: BatchLine | Problem) -> None:
-        try:
-            outcome = _answer(ctx, redis, workspace, services, number, item)
-        except Exception as exc:  # one request's fault is its line's error, not the batch's
-            custom_id = getattr(item, "custom_id", None)
-            outcome = _error_line(number, custom_id, "internal_error", str(exc))
-        with lock:
-            outcomes[number] = outcome
-            counts["completed" if "response" in outcome else "failed"] += 1
-            if time.monotonic() - last_saved[0] > PROGRESS_EVERY_S:
-                last_saved[0] = time.monotonic()
-                _update(ctx, event.data.batch_id, counts=dict(counts))
-
-    with ThreadPoolExecutor(IN_FLIGHT, thread_name_prefix="batch") as pool:
-        for future in [pool.submit(answer, n, item) for n, item in lines]:
-            future.result()
+    outcomes = asyncio.run(_answer_all(ctx, event.data.batch_id, workspace, lines, counts))
     prefix = keys.batch_prefix(event.data.batch_id)
     results = [outcomes[n] for n, _ in lines if "response" in outcomes[n]]
     errors = [outcomes[n] for n, _ in lines if "response" not in outcomes[n]]
@@ -157,46 +125,80 @@ def run(ctx: WorkerContext, event: BatchCreated, redis: Any) -> None:
     send()
 
 
-def _answer(
+async def _answer_all(
     ctx: WorkerContext,
-    redis: Any,
+    batch_id: str,
     workspace: str,
-    services: dict[str, Service],
+    lines: list[tuple[int, BatchLine | Problem]],
+    counts: dict[str, int],
+) -> dict[int, dict[str, Any]]:
+    meter = UsageMeter()
+    gateway = Gateway(ctx.settings, ctx.store, RouteTable(ctx.db), meter)
+    slots = None
+    if ctx.bus.redis is not None:  # a stub broker (tests of the actor alone) has no Redis
+        limit, lease = ctx.settings.batch_requests_per_server, ctx.settings.chat_timeout_s + 60
+        slots = ServerSlots(ctx.bus.redis, limit, lease)
+    outcomes: dict[int, dict[str, Any]] = {}
+    saved_at = time.monotonic()
+    pending = iter(lines)
+
+    async def answer_next() -> None:
+        nonlocal saved_at
+        for number, item in pending:
+            try:
+                outcome = await _answer(gateway, slots, workspace, number, item)
+            except Exception as exc:  # one request's fault is its line's error, not the batch's
+                custom_id = getattr(item, "custom_id", None)
+                outcome = _error_line(number, custom_id, "internal_error", str(exc))
+            outcomes[number] = outcome
+            counts["completed" if "response" in outcome else "failed"] += 1
+            if time.monotonic() - saved_at > PROGRESS_EVERY_S:
+                saved_at = time.monotonic()
+                await asyncio.to_thread(_update, ctx, batch_id, counts=dict(counts))
+                await asyncio.to_thread(meter.flush, ctx.db)
+
+    try:
+        await asyncio.gather(*(answer_next() for _ in range(IN_FLIGHT)))
+    finally:
+        await gateway.aclose()
+        await asyncio.to_thread(meter.flush, ctx.db)
+    return outcomes
+
+
+async def _answer(
+    gateway: Gateway,
+    slots: ServerSlots | None,
+    workspace: str,
     number: int,
     item: BatchLine | Problem,
 ) -> dict[str, Any]:
     if isinstance(item, Problem):
         return _error_line(number, item.custom_id, item.code, item.message)
+    request = item.body
+    try:
+        (route,) = await gateway.resolve(workspace, [request.model], "body.model")
+        messages = [m.model_dump() for m in request.messages]
+        up = await gateway.prepare(route, messages, request.sampling(), request.max_tokens_field)
+        answer = await gateway.complete(up, slots)
+    except TunelabError as exc:
+        code = LINE_CODES.get(type(exc), exc.code)
+        return _error_line(number, item.custom_id, code, exc.message)
     request_id = uuid.uuid4().hex
-    service = services[item.body.model]
-    messages = [m.model_dump() for m in item.body.messages]
-    ctx.bus.publish(
-        ChatRequested(
-            workspace=workspace,
-            subject=f"services/{service.name}",
-            data=ChatRequestedData(
-                request_id=request_id,
-                service_id=service.id,
-                service=service.name,
-                messages=messages,
-                settings=item.body.chat_settings(),
-            ),
-        )
+    body = completion(
+        f"chatcmpl-{request_id}",
+        int(time.time()),
+        route.service,
+        answer.content,
+        answer.finish_reason,
+        answer.prompt_tokens,
+        answer.completion_tokens,
     )
-    for kind, body in read_answer(redis, request_id, ctx.settings.chat_timeout_s + 30):
-        if kind == "done":
-            completion = completion_body(
-                f"chatcmpl-{request_id}", int(time.time()), service.name, body
-            )
-            return {
-                "id": f"batch_req_{request_id}",
-                "custom_id": item.custom_id,
-                "response": {"status_code": 200, "request_id": request_id, "body": completion},
-                "error": None,
-            }
-        if kind == "error":
-            return _error_line(number, item.custom_id, body["code"], body["message"])
-    raise AssertionError("unreachable: read_answer ends with done or error")
+    return {
+        "id": f"batch_req_{request_id}",
+        "custom_id": item.custom_id,
+        "response": {"status_code": 200, "request_id": request_id, "body": body},
+        "error": None,
+    }
 
 
 def _error_line(number: int, custom_id: str | None, code: str, message: str) -> dict[str, Any]:
@@ -242,4 +244,4 @@ def _give_up(event: BatchCreated, error: str) -> None:
 
 @subscriber("batch.created", "cpu", on_give_up=_give_up, max_retries=3, time_limit=24 * 3_600_000)
 def run_batch(event: BatchCreated) -> None:
-    run(current(), event, getattr(dramatiq.get_broker(), "client", None))
+    run(current(), event)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from tunelab.training.process import die_with_parent
+from tunelab.processes import die_with_parent
 
 STOP_GRACE_S = 10
 

@@ -21,10 +21,11 @@ import httpx
 from sqlalchemy import select
 
 from tunelab.db.models import Model, Service
+from tunelab.serving.served import adapter_name, served
 from tunelab.workers.context import WorkerContext
 from tunelab.workers.gpu.serving.adapters import AdapterRejected, check_adapter
-from tunelab.workers.gpu.serving.keeper import LIVE, adapter_name
-from tunelab.workers.gpu.serving.models import local_dir, served
+from tunelab.workers.gpu.serving.keeper import LIVE
+from tunelab.workers.gpu.serving.models import local_dir
 from tunelab.workers.gpu.serving.status import fail_service
 
 log = logging.getLogger("tunelab.adapters")

@@ -21,12 +21,12 @@ from sqlalchemy import select
 
 from tunelab.db.models import Model, ModelServer, Service
 from tunelab.events.service import ServiceDeployRequested, ServicePlaced, ServiceRef
+from tunelab.serving.routes import announce_change
+from tunelab.serving.served import SERVED_NAME, served
 from tunelab.serving_rules import DeployRequest
 from tunelab.settings import Settings
 from tunelab.workers.context import WorkerContext
 from tunelab.workers.gpu.serving.keeper import LIVE
-from tunelab.workers.gpu.serving.models import served
-from tunelab.workers.gpu.serving.process import SERVED_NAME
 from tunelab.workers.gpu.serving.status import fail_service, mark_ready
 from tunelab.workers.kube.client import (
     MANAGED,
@@ -386,8 +386,14 @@ def _set_server(ctx: WorkerContext, server_id: str, namespace: str, ready: bool)
         server = session.get(ModelServer, server_id)
         if server is None:
             return
-        server.status = "ready" if ready else "starting"
-        server.url = f"http://{server_name(server_id)}.{namespace}.svc:{VLLM_PORT}"
+        status = "ready" if ready else "starting"
+        url = ctx.settings.kube_server_url.format(
+            name=server_name(server_id), namespace=namespace, port=VLLM_PORT
+        )
+        if (server.status, server.url) == (status, url):
+            return
+        server.status, server.url = status, url
+    announce_change(ctx.bus.redis)
 
 
 def _retire(ctx: WorkerContext, server_id: str) -> None:

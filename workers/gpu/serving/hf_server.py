@@ -23,11 +23,12 @@ import torch
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tunelab.training.process import die_with_parent
+from tunelab.processes import die_with_parent
+from tunelab.streams import EventStream, until_disconnected
 
 
 class Engine:
@@ -54,8 +55,11 @@ class Engine:
             self.model.delete_adapter(name)
             self.adapters.discard(name)
 
-    def pieces(self, body: dict[str, Any]) -> Iterator[tuple[str, str | None, int, int]]:
-        """(text, finish_reason, prompt_tokens, completion_tokens) as tokens come."""
+    def pieces(
+        self, body: dict[str, Any], stop: threading.Event | None = None
+    ) -> Iterator[tuple[str, str | None, int, int]]:
+        """(text, finish_reason, prompt_tokens, completion_tokens) as tokens come, until
+        `stop` is set (the client went away: nothing more is generated for it)."""
         from peft import PeftModel
 
         name = body.get("model", self.served_name)
@@ -78,7 +82,10 @@ class Engine:
             else:
                 context = _nothing()
             with context:
-                yield from self._decode(ids, stops, temperature, top_p, max_tokens)
+                for piece in self._decode(ids, stops, temperature, top_p, max_tokens):
+                    yield piece
+                    if stop is not None and stop.is_set():
+                        return
 
     def _decode(
         self, ids: list[int], stops: list[str], temperature: float, top_p: float, max_tokens: int
@@ -165,8 +172,16 @@ def build_app(engine: Engine) -> Starlette:
             )
         rid = f"cmpl-{uuid.uuid4().hex}"
         if body.get("stream"):
-            return StreamingResponse(_stream(engine, body, rid), media_type="text/event-stream")
-        pieces = await asyncio.to_thread(lambda: list(engine.pieces(body)))
+            return EventStream(_stream(engine, body, rid))
+        stop = threading.Event()
+        try:
+            pieces = await until_disconnected(
+                request, asyncio.to_thread(lambda: list(engine.pieces(body, stop)))
+            )
+        finally:
+            stop.set()
+        if isinstance(pieces, Response):
+            return pieces
         text = "".join(p[0] for p in pieces)
         _, reason, prompt, made = pieces[-1]
         return JSONResponse(
@@ -201,18 +216,22 @@ async def _stream(engine: Engine, body: dict[str, Any], rid: str) -> AsyncIterat
 
     def produce() -> None:
         try:
-            for piece in engine.pieces(body):
+            for piece in engine.pieces(body, stop):
                 loop.call_soon_threadsafe(queue.put_nowait, piece)
         finally:
             loop.call_soon_threadsafe(queue.put_nowait, None)
 
+    stop = threading.Event()
     worker = asyncio.create_task(asyncio.to_thread(produce))
     last: tuple[str, str | None, int, int] | None = None
-    while (piece := await queue.get()) is not None:
-        last = piece
-        chunk = {"id": rid, "object": "text_completion", "model": body.get("model")}
-        choice = {"index": 0, "text": piece[0], "finish_reason": piece[1]}
-        yield f"data: {json.dumps({**chunk, 'choices': [choice]})}\n\n"
+    try:
+        while (piece := await queue.get()) is not None:
+            last = piece
+            chunk = {"id": rid, "object": "text_completion", "model": body.get("model")}
+            choice = {"index": 0, "text": piece[0], "finish_reason": piece[1]}
+            yield f"data: {json.dumps({**chunk, 'choices': [choice]})}\n\n"
+    finally:
+        stop.set()  # the client went away (or the answer is done): stop generating
     await worker
     if last is not None:
         usage = {"id": rid, "choices": [], "usage": _usage(last[2], last[3])}

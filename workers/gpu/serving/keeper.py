@@ -20,10 +20,12 @@ from sqlalchemy import delete, exists, select
 from sqlalchemy.orm import Session
 
 from tunelab.db.models import Model, ModelServer, Service
+from tunelab.serving.routes import announce_change
+from tunelab.serving.served import adapter_name, served
 from tunelab.workers.context import WorkerContext
 from tunelab.workers.gpu.lease import TaskLease
 from tunelab.workers.gpu.serving.adapters import AdapterRejected, check_adapter
-from tunelab.workers.gpu.serving.models import local_dir, served
+from tunelab.workers.gpu.serving.models import local_dir
 from tunelab.workers.gpu.serving.process import ServerFailed, ServerProcess
 from tunelab.workers.gpu.serving.status import fail_service, mark_ready
 
@@ -32,10 +34,6 @@ log = logging.getLogger("tunelab.serving")
 LIVE = ("deploying", "ready")
 START_ATTEMPTS = 3
 """Failed starts in a row before the server's services are failed with its log."""
-
-
-def adapter_name(service_id: str) -> str:
-    return f"svc-{service_id}"
 
 
 class Keeper(threading.Thread):
@@ -172,9 +170,11 @@ class Keeper(threading.Thread):
             server = session.get(ModelServer, self.server_id)
             if server is None:
                 return
-            if (server.status, server.url, server.pid) != (status, url, pid) or restarted:
-                server.status, server.url, server.pid = status, url, pid
-                server.restarts += int(restarted)
+            if (server.status, server.url, server.pid) == (status, url, pid) and not restarted:
+                return
+            server.status, server.url, server.pid = status, url, pid
+            server.restarts += int(restarted)
+        announce_change(self.ctx.bus.redis)  # chats wait for, or move to, the new address
 
 
 class Reconciler(threading.Thread):

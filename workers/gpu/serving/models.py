@@ -1,5 +1,5 @@
-"""What a service serves: the server's model folder, its own adapter folder (for a LoRA
-service), and the chat template and stop tokens its answers are prompted with."""
+"""The local folders of what a service serves: the server's model and its adapters,
+fetched from the object store into the model cache."""
 
 from __future__ import annotations
 
@@ -7,42 +7,15 @@ import hashlib
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 from filelock import FileLock
 
-from tunelab.db.models import Model
+from tunelab.serving.model_files import in_platform_store
 from tunelab.settings import Settings
 from tunelab.store import ObjectStore, key_from_uri
 from tunelab.training.models import resolve_model_dir
 from tunelab.workers.context import WorkerContext
-
-
-@dataclass(frozen=True)
-class Served:
-    server_model_uri: str
-    """The model a server runs: the base model of a LoRA model, else the model itself."""
-    adapter_uri: str | None
-    chat_template: str | None
-    stop_tokens: tuple[str, ...]
-
-
-def served(model: Model) -> Served:
-    spec = model.spec or {}
-    if model.kind == "finetuned" and spec.get("adapter"):
-        base_uri = spec["base_model_uri"]
-        adapter: str | None = model.uri
-    else:
-        base_uri, adapter = model.uri, None
-    return Served(
-        server_model_uri=base_uri,
-        adapter_uri=adapter,
-        chat_template=spec.get("chat_template"),
-        stop_tokens=tuple(spec.get("stop_tokens") or ()),
-    )
 
 
 def local_dir(ctx: WorkerContext, uri: str) -> Path:
@@ -51,7 +24,7 @@ def local_dir(ctx: WorkerContext, uri: str) -> Path:
 
 
 def model_folder(settings: Settings, store: ObjectStore, uri: str) -> Path:
-    if uri.startswith(("local://", f"s3://{getattr(store, 'bucket', '')}/")):
+    if in_platform_store(store, uri):
         return _fetch(store, key_from_uri(uri), settings.model_cache_dir / "platform")
     return resolve_model_dir(uri, settings, store)
 
@@ -81,25 +54,3 @@ def _fetch(store: ObjectStore, prefix: str, cache: Path) -> Path:
             os.replace(tmp, target)
             os.makedirs(tmp)  # TemporaryDirectory removes it on exit
     return target
-
-
-@lru_cache(maxsize=64)
-def tokenizer_of(model_dir: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(model_dir)
-
-
-def render(
-    model_dir: Path, template: str | None, messages: list[dict[str, str]]
-) -> tuple[str, list[str]]:
-    """The prompt text, rendered with the template the model was trained with, and the
-    stop strings besides the model's own end-of-sequence token."""
-    tokenizer = tokenizer_of(model_dir)
-    text: str = tokenizer.apply_chat_template(
-        messages,
-        chat_template=template or tokenizer.chat_template,
-        tokenize=False,
-        add_generation_prompt=True,
-    )
-    return text, [t for t in (tokenizer.eos_token,) if t]

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from tunelab.clusters import clusters
 from tunelab.db.models import Model, ModelServer, Service
 from tunelab.events.service import ServiceDeployRequested, ServicePlaced
+from tunelab.serving.served import served
 from tunelab.serving_rules import (
     DeployRequest,
     engine_of,
@@ -24,7 +25,7 @@ from tunelab.serving_rules import (
 )
 from tunelab.workers.context import WorkerContext
 from tunelab.workers.gpu.serving.keeper import LIVE, poke
-from tunelab.workers.gpu.serving.models import local_dir, served
+from tunelab.workers.gpu.serving.models import local_dir
 from tunelab.workers.gpu.serving.status import fail_service
 
 

@@ -19,13 +19,11 @@ from pathlib import Path
 
 import httpx
 
+from tunelab.processes import die_with_parent
+from tunelab.serving.served import SERVED_NAME
 from tunelab.settings import Settings
-from tunelab.training.process import die_with_parent
 
 log = logging.getLogger("tunelab.serving")
-
-SERVED_NAME = "base"
-"""What a server calls its own model; adapters are called by their service's id."""
 
 
 class ServerFailed(RuntimeError):
@@ -81,8 +79,12 @@ class ServerProcess:
     def environment(self) -> dict[str, str]:
         cache = self.workdir / "cache"
         cache.mkdir(parents=True, exist_ok=True)
+        # vLLM runs the system's tools (lscpu) whatever PATH the worker was given.
+        path = os.environ.get("PATH", "").split(os.pathsep)
+        path += [d for d in [*os.defpath.split(os.pathsep), "/usr/bin", "/bin"] if d not in path]
         return {
             **os.environ,
+            "PATH": os.pathsep.join(p for p in path if p),
             "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
             "VLLM_CPU_KVCACHE_SPACE": str(self.settings.vllm_kv_cache_gib),
             "VLLM_CACHE_ROOT": str(cache / "vllm"),
@@ -133,7 +135,7 @@ class ServerProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGTERM)
         try:
-            self.proc.wait(timeout=20)
+            self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)

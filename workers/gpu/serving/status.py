@@ -7,6 +7,7 @@ from typing import Any
 
 from tunelab.db.models import Service
 from tunelab.events.service import ServiceFailed, ServiceFailedData, ServiceReady, ServiceRef
+from tunelab.serving.routes import announce_change
 from tunelab.workers.context import WorkerContext
 
 
@@ -26,6 +27,7 @@ def mark_ready(ctx: WorkerContext, service_id: str) -> None:
             ),
         )
     send()
+    announce_change(ctx.bus.redis)
 
 
 def fail_service(
@@ -54,3 +56,4 @@ def fail_service(
             ),
         )
     send()
+    announce_change(ctx.bus.redis)

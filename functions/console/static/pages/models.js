@@ -43,7 +43,7 @@ function serviceName(model) {
 export function DeployForm({ params: [model] }) {
   const [form, setForm] = useState({
     name: serviceName(model), cluster: "local", namespace: "default", gpu_count: "0", replicas: "1",
-    cpu: { request: "1", limit: "2" }, memory: { request: "4Gi", limit: "6Gi" },
+    cpu: { request: "1", limit: "2" }, memory: { request: "4Gi", limit: "6Gi" }, store: false,
   });
   const [clusters, setClusters] = useState([]);
   const [refusal, setRefusal] = useState(null);
@@ -77,7 +77,7 @@ export function DeployForm({ params: [model] }) {
         method: "POST",
         json: {
           name: form.name, model, cluster: form.cluster, namespace: form.namespace,
-          replicas: Number(form.replicas),
+          replicas: Number(form.replicas), store: form.store,
           resources: { gpu_count: Number(form.gpu_count), cpu: form.cpu, memory: form.memory },
         },
       });
@@ -106,6 +106,9 @@ export function DeployForm({ params: [model] }) {
         ${["cpu", "memory"].flatMap((kind) => ["request", "limit"].map((bound) => html`
           <${Field} label=${t(`field.${kind}_${bound}`)} error=${error(`resources.${kind}.${bound}`)}>
             <input name=${`${kind}.${bound}`} value=${form[kind][bound]} onInput=${setSpan(kind, bound)} /></${Field}>`))}
+        <${Field} label=${t("models.store")} hint=${t("models.store_hint")}>
+          <input type="checkbox" name="store" checked=${form.store}
+            onChange=${(e) => setForm({ ...form, store: e.target.checked })} /></${Field}>
       </fieldset>
       <div class="form-actions">
         <button type="submit" class="primary" disabled=${busy}>${t("models.deploy")}</button>

@@ -8,6 +8,45 @@ import { useResource } from "../live.js";
 import { Page, Status, Loading, Empty, When, FormError, FINAL, go } from "../ui.js";
 
 export const MAX_COMPARED = 3;
+const DAY_MS = 24 * 3600 * 1000;
+
+/** The hours of usage, summed per service (latency figures: the worst hour's). */
+export function usageByService(items) {
+  const by = new Map();
+  for (const hour of items) {
+    const sum = by.get(hour.service) || { requests: 0, errors: 0, prompt: 0, completion: 0, p50: null, p99: null };
+    sum.requests += hour.requests;
+    sum.errors += hour.errors;
+    sum.prompt += hour.prompt_tokens;
+    sum.completion += hour.completion_tokens;
+    for (const q of ["p50", "p99"]) {
+      const value = hour.latency_ms[q];
+      if (value !== null) sum[q] = Math.max(sum[q] ?? 0, value);
+    }
+    by.set(hour.service, sum);
+  }
+  return by;
+}
+
+function UsageTable() {
+  const [since] = useState(() => new Date(Date.now() - DAY_MS).toISOString());
+  const { data } = useResource(`/api/v1/usage?from=${encodeURIComponent(since)}`, {
+    moving: () => true, pollMs: 15000,
+  });
+  if (!data) return null;
+  const rows = [...usageByService(data.items)];
+  const ms = (v) => (v === null ? "—" : v === Infinity ? "> 300 s" : `≤ ${v} ms`);
+  return html`<h2>${t("services.usage")}</h2>
+    ${!rows.length ? html`<p class="muted">${t("services.no_usage")}</p>`
+      : html`<div class="table-wrap"><table class="list" data-testid="usage">
+        <thead><tr><th>${t("field.name")}</th><th>${t("services.requests")}</th><th>${t("services.errors")}</th>
+          <th>${t("services.prompt_tokens")}</th><th>${t("services.completion_tokens")}</th>
+          <th>${t("services.latency_p50")}</th><th>${t("services.latency_p99")}</th></tr></thead>
+        <tbody>${rows.map(([name, u]) => html`<tr data-name=${name}>
+          <td>${name}</td><td>${u.requests}</td><td>${u.errors}</td><td>${u.prompt}</td>
+          <td>${u.completion}</td><td>${ms(u.p50)}</td><td>${ms(u.p99)}</td></tr>`)}</tbody>
+      </table></div>`}`;
+}
 
 export function ServiceList() {
   const { data, error, reload } = useResource("/api/v1/services", {
@@ -69,5 +108,6 @@ export function ServiceList() {
             <td><button class="link danger" onClick=${() => remove(s.name)}>${t("common.delete")}</button></td>
           </tr>`)}</tbody>
         </table></div>`}
+    <${UsageTable} />
   </${Page}>`;
 }
