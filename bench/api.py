@@ -1,6 +1,6 @@
 """HTTP intake of the API: authenticated GETs and event-publishing POSTs per second at
 16 concurrent, on SQLite and on PostgreSQL, beside a bare Starlette app served the same
-way (uvicorn, one process) as the floor, in one run.
+way (uvicorn, TUNELAB_API_WORKERS processes) as the floor, in one run.
 
     .venv/bin/python bench/api.py [--seconds 10] [--connections 16]
         [--pg postgresql://postgres@127.0.0.1:5432/postgres] [--redis redis://127.0.0.1:6379/13]
@@ -30,6 +30,8 @@ from pathlib import Path
 import httpx
 import psycopg
 import redis
+
+from tunelab.settings import Settings
 
 FLOOR_APP = """
 from starlette.applications import Starlette
@@ -131,7 +133,16 @@ def floor(args: argparse.Namespace, post: Path, tmp: Path) -> dict[str, float]:
     (tmp / "floor_app.py").write_text(FLOOR_APP)
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "floor_app:app", "--port", str(port)],
+        [
+            *(sys.executable, "-m", "uvicorn", "floor_app:app", "--port", str(port)),
+            *(
+                "--workers",
+                str(Settings().api_workers),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ),
+        ],
         cwd=tmp,
         env={**os.environ, "PYTHONPATH": str(tmp)},
         stderr=subprocess.DEVNULL,

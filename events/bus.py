@@ -10,12 +10,12 @@ from collections.abc import Callable
 from typing import Any
 
 from dramatiq import Broker, Message
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tunelab.db import Database
-from tunelab.db.models import EventRecord, Webhook, WebhookDelivery
+from tunelab.db.models import EventRecord, Webhook, WebhookDelivery, new_id, utcnow
 from tunelab.events.catalog import ROUTES
 from tunelab.events.envelope import Event
 from tunelab.metrics import EVENTS_PUBLISHED
@@ -73,37 +73,53 @@ class EventBus:
                 )
             )
             return lambda: self._send_all(event, unsent)
-        session.add(
-            EventRecord(
+        body = event.to_message()
+        # Core inserts, not ORM objects: publishing is the API's hottest write.
+        session.execute(
+            insert(EventRecord).values(
                 id=event.id,
                 workspace_id=event.workspace,
                 type=event.type,
                 source=event.source,
                 subject=event.subject,
                 time=event.time,
-                data=event.to_message()["data"],
+                data=body["data"],
             )
         )
-        deliveries: list[WebhookDelivery] = []
+        delivery_ids: list[str] = []
         if event.workspace is not None and event.to_webhooks():
-            hooks = session.scalars(select(Webhook).where(Webhook.workspace_id == event.workspace))
-            deliveries = [
-                WebhookDelivery(webhook_id=h.id, event_id=event.id, event_type=event.type)
-                for h in hooks
-                if event.type in h.events or "*" in h.events
-            ]
-            session.add_all(deliveries)
-        session.flush()
-        delivery_ids = [d.id for d in deliveries]
-        return lambda: self._send_all(event, delivery_ids)
+            hooks = session.execute(
+                select(Webhook.id, Webhook.events).where(Webhook.workspace_id == event.workspace)
+            )
+            wanted = [hook for hook, events in hooks if event.type in events or "*" in events]
+            if wanted:
+                delivery_ids = [new_id() for _ in wanted]
+                session.execute(
+                    insert(WebhookDelivery),
+                    [
+                        {
+                            "id": delivery_id,
+                            "webhook_id": hook,
+                            "event_id": event.id,
+                            "event_type": event.type,
+                            "status": "pending",
+                            "attempts": [],
+                            "created_at": utcnow(),
+                        }
+                        for delivery_id, hook in zip(delivery_ids, wanted, strict=True)
+                    ],
+                )
+        return lambda: self._send_all(event, delivery_ids, body)
 
     def retract(self, session: Session, event: Event) -> None:
         """Remove a recorded event that could not be sent (its cause was undone too)."""
         session.query(WebhookDelivery).filter_by(event_id=event.id).delete()
         session.query(EventRecord).filter_by(id=event.id).delete()
 
-    def _send_all(self, event: Event, delivery_ids: list[str]) -> None:
-        body = event.to_message()
+    def _send_all(
+        self, event: Event, delivery_ids: list[str], body: dict[str, Any] | None = None
+    ) -> None:
+        body = body or event.to_message()
         for route in ROUTES.get(event.type, ()):
             if route.backend in (None, self.backend):
                 self._send(route.worker, route.actor, body)

@@ -21,7 +21,7 @@ from tunelab.events.experiment import (
     TaskScheduled,
     TaskSucceeded,
 )
-from tunelab.events.model import ModelRegistered
+from tunelab.events.model import ModelDeleted, ModelRegistered
 from tunelab.events.service import (
     ServiceDeleted,
     ServiceDeployRequested,
@@ -45,6 +45,7 @@ AnyEvent = Annotated[
     | TaskFailed
     | TaskCancelled
     | ModelRegistered
+    | ModelDeleted
     | ServiceDeployRequested
     | ServicePlaced
     | ServiceReady

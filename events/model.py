@@ -19,3 +19,14 @@ class ModelRegisteredData(Payload):
 class ModelRegistered(Event):
     type: Literal["model.registered"] = "model.registered"
     data: ModelRegisteredData
+
+
+class ModelRef(Payload):
+    model_id: str
+    name: str
+    kind: Literal["base", "finetuned"]
+
+
+class ModelDeleted(Event):
+    type: Literal["model.deleted"] = "model.deleted"
+    data: ModelRef

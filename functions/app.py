@@ -14,12 +14,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from tunelab.audit import AuditTrail
 from tunelab.auth import TokenCache
 from tunelab.db import Database
 from tunelab.errors import MethodNotAllowed, NotFound, TunelabError
 from tunelab.events.broker import build_broker, queue_name
 from tunelab.events.bus import EventBus
 from tunelab.functions import (
+    audit,
     batches,
     chat,
     dataset_rows,
@@ -32,11 +34,13 @@ from tunelab.functions import (
     services,
     stored_chats,
     system,
+    tokens,
     triggers,
     usage,
     webhooks,
     workspace,
 )
+from tunelab.functions.boundary import BodyLimit
 from tunelab.functions.console import ROUTES as CONSOLE_ROUTES
 from tunelab.functions.http import error_response
 from tunelab.functions.middleware import BearerAuth, Idempotency, RequestMetrics
@@ -84,6 +88,7 @@ ROUTES = [
     Route(f"{API}/models", models.list_models, methods=["GET"]),
     Route(f"{API}/models", models.register_model, methods=["POST"]),
     Route(f"{API}/models/{{name}}", models.get_model, methods=["GET"]),
+    Route(f"{API}/models/{{name}}", models.delete_model, methods=["DELETE"]),
     Route(f"{API}/services", services.create_service, methods=["POST"]),
     Route(f"{API}/services", services.list_services, methods=["GET"]),
     Route(f"{API}/services/{{name}}", services.get_service, methods=["GET"]),
@@ -97,6 +102,10 @@ ROUTES = [
     Route("/v1/chat/completions/{id}/messages", stored_chats.chat_messages, methods=["GET"]),
     Route("/v1/models", chat.list_openai_models, methods=["GET"]),
     Route(f"{API}/usage", usage.get_usage, methods=["GET"]),
+    Route(f"{API}/tokens", tokens.get_tokens, methods=["GET"]),
+    Route(f"{API}/tokens", tokens.post_token, methods=["POST"]),
+    Route(f"{API}/tokens/{{name}}", tokens.delete_token, methods=["DELETE"]),
+    Route(f"{API}/audit", audit.list_audit, methods=["GET"]),
     Route(f"{API}/batches", batches.create_batch, methods=["POST"]),
     Route(f"{API}/batches", batches.list_batches, methods=["GET"]),
     Route(f"{API}/batches/{{id}}", batches.get_batch, methods=["GET"]),
@@ -168,9 +177,14 @@ def create_app(
         routes = RouteTable(app.state.db)
         listener = ChangeListener(app.state.bus.redis, routes)
         app.state.archive = ChatArchive(conf.chat_retention_days)
+        app.state.audit = AuditTrail()
         meter = UsageMeter()
         flusher = Flusher(
-            [lambda: meter.flush(app.state.db), lambda: app.state.archive.flush(app.state.db)],
+            [
+                lambda: meter.flush(app.state.db),
+                lambda: app.state.archive.flush(app.state.db),
+                lambda: app.state.audit.flush(app.state.db),
+            ],
             conf.traffic_flush_s,
         )
         app.state.gateway = Gateway(conf, app.state.store, routes, meter)
@@ -185,7 +199,13 @@ def create_app(
 
     return Starlette(
         routes=ROUTES,
-        middleware=[Middleware(RequestMetrics), Middleware(BearerAuth), Middleware(Idempotency)],
+        middleware=[
+            Middleware(RequestMetrics),
+            Middleware(BodyLimit),
+            Middleware(BearerAuth),
+            Middleware(audit.Audit),
+            Middleware(Idempotency),
+        ],
         exception_handlers={
             TunelabError: tunelab_error,
             HTTPException: http_error,

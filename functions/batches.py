@@ -3,7 +3,6 @@ workers; results and errors are JSONL files in the object store once `completed`
 
 from __future__ import annotations
 
-import json
 import secrets
 from typing import Any
 
@@ -17,6 +16,7 @@ from tunelab.db.models import Batch
 from tunelab.errors import BadRequest, Conflict, Invalid, NotFound, TooLarge
 from tunelab.events.batch import BatchCreated, BatchRef
 from tunelab.functions import uploads
+from tunelab.functions.boundary import parse_json
 from tunelab.functions.http import respond, workspace_id
 from tunelab.store import keys
 from tunelab.times import iso
@@ -55,10 +55,10 @@ async def create_batch(request: Request) -> JSONResponse:
                 [{"field": "file", "message": "required"}],
             )
         try:
-            metadata = json.loads(received.fields.get("metadata") or "{}")
-        except json.JSONDecodeError as exc:
+            metadata = parse_json(received.fields.get("metadata") or "{}", "'metadata' part")
+        except BadRequest:
             await run_in_threadpool(state.store.delete, input_key)
-            raise BadRequest(f"The 'metadata' part is not valid JSON: {exc}.") from None
+            raise
     elif content_type.startswith(("application/jsonl", "application/x-ndjson")):
         data = bytearray()
         async for chunk in request.stream():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -15,10 +14,11 @@ from starlette.responses import JSONResponse
 
 from tunelab.dataset_rules import MAX_DATASET_BYTES, SIZE_CATEGORIES, upload_prefix
 from tunelab.db.models import Dataset, Experiment, new_id
-from tunelab.errors import BadRequest, Conflict, Invalid, NotFound
+from tunelab.errors import Conflict, Invalid, NotFound
 from tunelab.events.dataset import DatasetUploaded, DatasetUploadedData, PluginSource
 from tunelab.events.envelope import derived_id
 from tunelab.functions import uploads
+from tunelab.functions.boundary import parse_json
 from tunelab.functions.http import parse, read_json, respond, workspace_id
 from tunelab.names import Name
 from tunelab.store import ObjectStore, PresignUnsupported, key_from_uri, keys
@@ -246,10 +246,7 @@ def _create_uploaded(
             "The upload has no 'metadata' part.",
             [{"field": "metadata", "message": "required (a JSON object)"}],
         )
-    try:
-        raw = json.loads(received.fields["metadata"])
-    except json.JSONDecodeError as exc:
-        raise BadRequest(f"The 'metadata' part is not valid JSON: {exc}.") from None
+    raw = parse_json(received.fields["metadata"], "'metadata' part")
     metadata = parse(DatasetMetadata, raw, "dataset metadata")
     state, workspace = request.app.state, workspace_id(request)
     _ensure_free(state, workspace, metadata.name)

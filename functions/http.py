@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -10,7 +9,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from tunelab.errors import BadRequest, Invalid, TunelabError
+from tunelab.errors import BadRequest, Invalid, TunelabError, excerpt
+from tunelab.functions.boundary import parse_json
 from tunelab.serving import openai
 
 OPENAI_PREFIX = "/v1/"
@@ -20,15 +20,14 @@ M = TypeVar("M", bound=BaseModel)
 
 
 async def read_json(request: Request) -> Any:
-    """The request's JSON body; BadRequest when it is not JSON."""
+    """The request's JSON body, parsed at the boundary (functions.boundary); BadRequest
+    when it is not JSON."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("application/json"):
-        raise BadRequest(f"Send the body as application/json, not {content_type or 'nothing'}.")
-    raw = await request.body()
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"The body is not valid JSON: {exc}.") from None
+        raise BadRequest(
+            f"Send the body as application/json, not {excerpt(content_type) or 'nothing'}."
+        )
+    return parse_json(await request.body())
 
 
 def details_of(exc: ValidationError, prefix: str = "") -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -18,16 +19,25 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tunelab.auth import TokenCache
 from tunelab.db import Database
 from tunelab.db.models import IdempotencyKey
-from tunelab.errors import Conflict, Invalid, TooLarge, TunelabError, Unauthorized
+from tunelab.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    Invalid,
+    TunelabError,
+    Unauthorized,
+    excerpt,
+)
+from tunelab.functions.boundary import parse_json
 from tunelab.functions.http import error_response
+from tunelab.functions.permissions import required_role
 from tunelab.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 PROTECTED_PREFIXES = ("/api/", "/v1/")
 DATA_PLANE = frozenset({"/v1/chat/completions", "/api/v1/chat/compare"})
 """Chats: never replayed from an Idempotency-Key (its stored response would keep the
 chat's text), each is simply answered again."""
-MAX_BODY_BYTES = 51 << 20
-"""A dataset file (50 MB) and its form fields; the largest body any POST takes."""
+MAX_KEY_CHARS = 255
 ABANDONED_AFTER = timedelta(minutes=10)
 """An Idempotency-Key claimed this long ago without an answer is taken over."""
 
@@ -62,7 +72,9 @@ class RequestMetrics:
 
 
 class BearerAuth:
-    """Puts the token's workspace in scope["workspace"]; 401 for a missing or bad token.
+    """Puts the token's workspace in scope["workspace"] and its holder in
+    scope["caller"]; 401 for a missing, bad, revoked or expired token, 403 when its role
+    may not do what the route does (functions.permissions).
 
     A token verified in the last few seconds is taken from the app's TokenCache, in the
     event loop: most requests then cost no thread hop and no database round trip.
@@ -82,18 +94,26 @@ class BearerAuth:
             response = _error(scope, Unauthorized("Send 'Authorization: Bearer <token>'."))
             await response(scope, receive, send)
             return
-        workspace = tokens.cached(token) or await run_in_threadpool(tokens.resolve, token)
-        if workspace is None:
+        caller = tokens.cached(token) or await run_in_threadpool(tokens.resolve, token)
+        if caller is None:
             response = _error(
                 scope,
                 Unauthorized(
-                    "The token is not valid; create one with "
+                    "The token is not valid (unknown, revoked or expired); create one with "
                     "'tunelab token create --workspace NAME'."
                 ),
             )
             await response(scope, receive, send)
             return
-        scope["workspace"] = workspace
+        needed = required_role(scope["method"], scope["path"])
+        if not caller.may(needed):
+            forbidden = Forbidden(
+                f"Token {caller.token_name!r} is a {caller.role}; "
+                f"{scope['method']} {excerpt(scope['path'])} needs a {needed}."
+            )
+            await _error(scope, forbidden)(scope, receive, send)
+            return
+        scope["workspace"], scope["caller"] = caller.workspace, caller
         await self.app(scope, receive, send)
 
 
@@ -102,7 +122,8 @@ class Idempotency:
 
     The body is spooled to disk while it is hashed, so a 50 MB upload is never held in
     memory; the same key with another body is 422, and while the first request is still
-    running a repeat is 409. Responses of 5xx are not kept, so the client may retry.
+    running a repeat is 409. Responses of 5xx (and 413) are not kept, so the client may
+    retry.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -118,22 +139,29 @@ class Idempotency:
             await self.app(scope, receive, send)
             return
         key = Headers(scope=scope).get("idempotency-key")
-        if not key:
+        if key is None:
             await self.app(scope, receive, send)
+            return
+        if not 0 < len(key) <= MAX_KEY_CHARS or not all(" " <= c <= "~" for c in key):
+            refused = BadRequest(
+                f"An Idempotency-Key is 1 to {MAX_KEY_CHARS} printable ASCII characters.",
+                [
+                    {
+                        "field": "Idempotency-Key",
+                        "message": f"{len(key)} characters, or not printable",
+                    }
+                ],
+            )
+            await _error(scope, refused)(scope, receive, send)
             return
         db: Database = scope["app"].state.db
         workspace_id = scope["workspace"].id
+        # Spooled, not held: an upload can be 160 MB (BodyLimit has bounded it already).
         with tempfile.SpooledTemporaryFile(max_size=1 << 20) as spool:
-            more, size = True, 0
+            more = True
             while more:
                 message = await receive()
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > MAX_BODY_BYTES:
-                    too_large = TooLarge(f"The request body is over {MAX_BODY_BYTES >> 20} MB.")
-                    await _error(scope, too_large)(scope, receive, send)
-                    return
-                spool.write(chunk)
+                spool.write(message.get("body", b""))
                 more = message.get("more_body", False)
             request_hash = _request_hash(scope, spool)
 
@@ -169,17 +197,32 @@ class Idempotency:
             except BaseException:
                 await run_in_threadpool(_release, db, workspace_id, key)
                 raise
-            if captured["status"] >= 500:
+            # A failure may pass, so the client may retry; a body over its limit was never
+            # read whole, so it was never a request to repeat: neither is kept.
+            if captured["status"] >= 500 or captured["status"] == 413:
                 await run_in_threadpool(_release, db, workspace_id, key)
             else:
                 await run_in_threadpool(_complete, db, workspace_id, key, captured)
 
 
 def _request_hash(scope: Scope, spool: IO[bytes]) -> str:
-    """Hash of method, path, query and body, blind to a multipart body's random boundary."""
+    """Hash of method, path, query and body: of a JSON body as parsed (the same request
+    reformatted is the same request), of another blind to a multipart's random boundary."""
     digest = hashlib.sha256(f"{scope['method']} {scope['path']}?".encode())
     digest.update(scope.get("query_string", b""))
-    _, _, boundary = Headers(scope=scope).get("content-type", "").partition("boundary=")
+    content_type = Headers(scope=scope).get("content-type", "")
+    if content_type.startswith("application/json"):
+        spool.seek(0)
+        raw = spool.read()
+        try:
+            parsed = parse_json(raw)
+        except BadRequest:  # the handler refuses it; any hash will do
+            digest.update(raw)
+        else:
+            canonical = json.dumps(parsed, sort_keys=True, separators=(",", ":"))
+            digest.update(canonical.encode())
+        return digest.hexdigest()
+    _, _, boundary = content_type.partition("boundary=")
     marker = boundary.strip('"').encode()
     spool.seek(0)
     keep = max(len(marker) - 1, 0)  # a marker may be split across two chunks

@@ -12,13 +12,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from tunelab.dataset_rules import upload_prefix
 from tunelab.db import Database
-from tunelab.db.models import Model
-from tunelab.errors import Conflict, Invalid, NotFound
-from tunelab.events.model import ModelRegistered, ModelRegisteredData
+from tunelab.db.models import Experiment, Model, Service, Task
+from tunelab.errors import Conflict, Forbidden, Invalid, NotFound
+from tunelab.events.model import ModelDeleted, ModelRef, ModelRegistered, ModelRegisteredData
 from tunelab.functions.http import parse, read_json, respond, workspace_id
+from tunelab.model_sources import source_problem
 from tunelab.names import Name
+from tunelab.store import keys
 from tunelab.times import iso
 
 BUILTIN = Model(
@@ -126,18 +127,11 @@ async def register_model(request: Request) -> JSONResponse:
 
 def _register(request: Request, spec: RegisterRequest) -> dict[str, Any]:
     state, workspace = request.app.state, workspace_id(request)
-    own_bucket = getattr(state.store, "bucket", None)
-    prefix = f"s3://{own_bucket}/{upload_prefix(request.scope['workspace'].name)}"
-    if (
-        own_bucket is not None
-        and spec.uri.startswith(f"s3://{own_bucket}/")
-        and (not spec.uri.startswith(prefix) or ".." in spec.uri.split("/"))
-    ):
-        # The workers read with the platform's credentials: without this, a workspace
-        # could train on another workspace's models or datasets by naming their keys.
+    # The workers read it with the platform's access: only where the operator allows.
+    problem = source_problem(state.settings, spec.uri)
+    if problem is not None:
         raise Invalid(
-            f"A model in the platform's bucket must be under {prefix}.",
-            [{"field": "uri", "message": f"must start with {prefix}"}],
+            f"The model's uri is refused: {problem}.", [{"field": "uri", "message": problem}]
         )
     model = Model(
         workspace_id=workspace,
@@ -165,3 +159,64 @@ def _register(request: Request, spec: RegisterRequest) -> dict[str, Any]:
         raise Conflict(f"A model named {spec.name!r} already exists.") from None
     send()
     return body
+
+
+ACTIVE_TASKS = ("queued", "training", "evaluating")
+
+
+def delete_model(request: Request) -> JSONResponse:
+    """A fine-tuned model (its files go with it) or a registered base model (an admin's
+    call; its files are the operator's): 409 while a service or an unfinished task uses
+    it. Built-in models stay."""
+    state, workspace = request.app.state, workspace_id(request)
+    name = request.path_params["name"]
+    with state.db.session() as session:
+        model = session.scalar(
+            select(Model).where(Model.workspace_id == workspace, Model.name == name)
+        )
+        if model is None:
+            if visible_model(session, workspace, name) is not None:
+                raise Conflict(f"{name!r} is a built-in model: it cannot be deleted.")
+            raise NotFound(f"No model named {name!r}.")
+        if model.kind == "base" and not request.scope["caller"].may("admin"):
+            raise Forbidden(f"Deleting base model {name!r} needs an admin token.")
+        users = _users(session, workspace, model)
+        if users:
+            raise Conflict(
+                f"Model {name!r} is in use by {', '.join(users)}; delete or finish them first.",
+                [{"field": "name", "message": f"used by {u}"} for u in users],
+            )
+        prefix = keys.model_prefix(model.id) if model.kind == "finetuned" else None
+        session.delete(model)
+        send = state.bus.stage(
+            session,
+            ModelDeleted(
+                workspace=workspace,
+                subject=f"models/{name}",
+                data=ModelRef(model_id=model.id, name=name, kind=model.kind),
+            ),
+        )
+    if prefix is not None:
+        state.store.delete_prefix(prefix)
+    send()
+    return respond({"name": name, "deleted": True})
+
+
+def _users(session: Session, workspace: str, model: Model) -> list[str]:
+    services = session.scalars(
+        select(Service).where(
+            Service.workspace_id == workspace, Service.status.in_(("deploying", "ready"))
+        )
+    )
+    found = [f"service {s.name!r}" for s in services if s.spec.get("model_id") == model.id]
+    tasks = session.execute(
+        select(Task, Experiment.name)
+        .join(Experiment, Experiment.id == Task.experiment_id)
+        .where(Task.workspace_id == workspace, Task.status.in_(ACTIVE_TASKS))
+    )
+    found += [
+        f"task {task.name!r} of experiment {experiment!r}"
+        for task, experiment in tasks
+        if task.spec.get("base_model_uri") == model.uri
+    ]
+    return found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +12,7 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from tunelab.errors import NotFound, Unauthorized
 from tunelab.metrics import render
 from tunelab.serving_rules import engine_of
 
@@ -78,6 +80,14 @@ def queue_registry(redis: Any, queues: list[str]) -> CollectorRegistry:
 
 
 def metrics(request: Request) -> Response:
+    """Prometheus text, for the operator's scraper only: every workspace's traffic is in
+    it, so it takes TUNELAB_METRICS_TOKEN, never a workspace's token."""
+    expected = request.app.state.settings.metrics_token
+    if not expected:
+        raise NotFound("Metrics are off: set TUNELAB_METRICS_TOKEN and scrape with it.")
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise Unauthorized("/metrics needs 'Authorization: Bearer <TUNELAB_METRICS_TOKEN>'.")
     return Response(
         render(request.app.state.queue_metrics),
         media_type="text/plain; version=0.0.4; charset=utf-8",

@@ -16,10 +16,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from tunelab.clusters import placement_problems
+from tunelab.clusters import clusters, placement_problems
 from tunelab.db.models import ModelServer, Service
 from tunelab.errors import Conflict, Invalid, NotFound
 from tunelab.events.service import ServiceDeleted, ServiceDeployRequested, ServiceRef
+from tunelab.experiment_rules import span_problems
 from tunelab.functions.http import parse, read_json, respond, workspace_id
 from tunelab.functions.models import visible_model
 from tunelab.serving.routes import announce_change
@@ -70,6 +71,11 @@ def _create(request: Request, spec: DeployRequest) -> dict[str, Any]:
             problems[0][0].upper() + problems[0][1:] + ".",
             [{"field": field, "message": problems[0]}],
         )
+    # Requests within limits and within the cluster: known now, as for experiments.
+    spans, _ = span_problems(spec.resources, clusters(state.settings)[spec.cluster], "resources")
+    if spans:
+        fields = ", ".join(p["field"] for p in spans)
+        raise Invalid(f"The service's resources are not possible: {fields}.", spans)
     try:
         with state.db.session() as session:
             model = visible_model(session, workspace, spec.model)

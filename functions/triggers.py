@@ -9,11 +9,11 @@ a shared secret (TUNELAB_S3_TRIGGER_SECRET) in `Authorization: Bearer ...` or th
 from __future__ import annotations
 
 import hmac
-import json
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote_plus
 
 import httpx
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import update
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -21,11 +21,13 @@ from starlette.responses import JSONResponse
 
 from tunelab.db.models import Dataset
 from tunelab.errors import BadRequest, NotFound, Unauthorized
+from tunelab.functions.boundary import parse_json
 from tunelab.functions.datasets import uploaded_event
-from tunelab.functions.http import respond
-from tunelab.workers.cpu.sources import SourceError, check_address
+from tunelab.functions.http import details_of, respond
+from tunelab.net import AddressRefused, check_scheme, pinned_client
 
 UPLOAD_PREFIX = "uploads/"
+M = TypeVar("M", bound=BaseModel)
 
 
 def _authorise(request: Request) -> None:
@@ -38,28 +40,72 @@ def _authorise(request: Request) -> None:
         raise Unauthorized("The S3 trigger secret is missing or wrong.")
 
 
-def records_of(body: dict[str, Any]) -> list[dict[str, Any]]:
+class _Shape(BaseModel):
+    """The parts of AWS's, MinIO's and SNS's JSON tunelab reads; the rest is ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class S3Bucket(_Shape):
+    name: str = ""
+
+
+class S3Object(_Shape):
+    key: str = ""
+
+
+class S3Entity(_Shape):
+    bucket: S3Bucket = Field(default_factory=S3Bucket)
+    object: S3Object = Field(default_factory=S3Object)
+
+
+class S3Record(_Shape):
+    eventName: str = ""
+    s3: S3Entity = Field(default_factory=S3Entity)
+
+
+class S3Notification(_Shape):
+    Records: list[S3Record] | None = None
+    Event: str | None = None
+
+
+class SnsMessage(_Shape):
+    Type: str | None = None
+    Message: str | None = None
+    SubscribeURL: str = ""
+
+
+def _shaped(model: type[M], body: Any, what: str) -> M:
+    if not isinstance(body, dict):
+        raise BadRequest(f"The {what} must be a JSON object.")
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        details = details_of(exc)
+        raise BadRequest(f"The {what} is not an S3 event notification.", details) from None
+
+
+def records_of(body: Any) -> list[S3Record]:
     """The S3 event records in an AWS, MinIO or SNS-wrapped notification."""
-    if body.get("Type") == "Notification":
-        try:
-            body = json.loads(body.get("Message", ""))
-        except json.JSONDecodeError:
-            raise BadRequest("The SNS notification's Message is not JSON.") from None
-    records = body.get("Records")
-    if not isinstance(records, list):
-        if body.get("Event") == "s3:TestEvent":
+    envelope = _shaped(SnsMessage, body, "notification")
+    if envelope.Type == "Notification":
+        message = envelope.Message
+        if message is None:
+            raise BadRequest("The SNS notification has no Message.")
+        body = parse_json(message, "SNS notification's Message")
+    notification = _shaped(S3Notification, body, "notification")
+    if notification.Records is None:
+        if notification.Event == "s3:TestEvent":
             return []
         raise BadRequest("The body holds no S3 event 'Records'.")
-    return [r for r in records if isinstance(r, dict)]
+    return notification.Records
 
 
-def _created_key(record: dict[str, Any]) -> tuple[str, str] | None:
-    if not str(record.get("eventName", "")).removeprefix("s3:").startswith("ObjectCreated"):
+def _created_key(record: S3Record) -> tuple[str, str] | None:
+    if not record.eventName.removeprefix("s3:").startswith("ObjectCreated"):
         return None
-    s3 = record.get("s3") or {}
-    bucket = (s3.get("bucket") or {}).get("name", "")
-    key = unquote_plus((s3.get("object") or {}).get("key", ""))
-    return (bucket, key) if key.startswith(UPLOAD_PREFIX) else None
+    key = unquote_plus(record.s3.object.key)
+    return (record.s3.bucket.name, key) if key.startswith(UPLOAD_PREFIX) else None
 
 
 def start_ingestion(state: Any, bucket: str, key: str) -> str:
@@ -97,30 +143,27 @@ def start_ingestion(state: Any, bucket: str, key: str) -> str:
     return f"started: {dataset.name}"
 
 
-def _check_subscribe_url(url: str, allow_private: bool) -> None:
+def _confirm(url: str, allow_private: bool) -> bool:
+    """Visit the SNS SubscribeURL, connecting only where it was checked to lead."""
     try:
-        check_address(url, allow_private)
-    except SourceError as exc:
-        raise BadRequest(f"SubscribeURL refused: {exc.message}") from None
+        check_scheme(url)
+        with pinned_client(allow_private, timeout=10) as client:
+            return client.get(url).is_success
+    except AddressRefused as exc:
+        raise BadRequest(f"SubscribeURL refused: {exc}") from None
+    except httpx.HTTPError as exc:
+        raise BadRequest(f"Confirming the subscription failed: {exc}.") from None
 
 
 async def s3_trigger(request: Request) -> JSONResponse:
     _authorise(request)
-    try:
-        body = json.loads(await request.body())
-    except json.JSONDecodeError as exc:
-        raise BadRequest(f"The body is not valid JSON: {exc}.") from None
-    if not isinstance(body, dict):
-        raise BadRequest("The body must be a JSON object.")
-    if body.get("Type") == "SubscriptionConfirmation":
-        url = str(body.get("SubscribeURL", ""))
+    body = parse_json(await request.body())
+    envelope = _shaped(SnsMessage, body, "notification")
+    if envelope.Type == "SubscriptionConfirmation":
+        url = envelope.SubscribeURL
         settings = request.app.state.settings
-        await run_in_threadpool(_check_subscribe_url, url, settings.allow_private_sources)
-        try:
-            response = await run_in_threadpool(httpx.get, url, timeout=10)
-        except httpx.HTTPError as exc:
-            raise BadRequest(f"Confirming the subscription failed: {exc}.") from None
-        return respond({"confirmed": response.is_success})
+        confirmed = await run_in_threadpool(_confirm, url, settings.allow_private_sources)
+        return respond({"confirmed": confirmed})
     results = []
     for record in records_of(body):
         target = _created_key(record)

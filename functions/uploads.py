@@ -18,6 +18,8 @@ from tunelab.errors import BadRequest, Invalid, TooLarge
 from tunelab.store import ObjectStore, ObjectWriter, StoredObject
 
 MAX_FIELD_BYTES = 64 << 10
+MAX_FORM_TEXT_BYTES = 1 << 20
+"""All of a form's text fields together: a form of many fields is no dataset."""
 
 
 @dataclass
@@ -132,6 +134,9 @@ async def _take(
         part.text += data
         if len(part.text) > MAX_FIELD_BYTES:
             raise TooLarge(f"The form field {part.name!r} is over {MAX_FIELD_BYTES >> 10} KB.")
+        sizes[""] = sizes.get("", 0) + len(data)  # the text of every field together
+        if sizes[""] > MAX_FORM_TEXT_BYTES:
+            raise TooLarge(f"The form's fields are over {MAX_FORM_TEXT_BYTES >> 20} MB together.")
         return
     sizes[part.name] += len(data)
     if sizes[part.name] > limit:

@@ -19,8 +19,8 @@ from tunelab.errors import Conflict, Invalid, NotFound
 from tunelab.events.catalog import EVENT_TYPES
 from tunelab.functions.http import parse, read_json, respond, workspace_id
 from tunelab.names import Name
+from tunelab.net import AddressRefused, check_address
 from tunelab.times import iso
-from tunelab.workers.cpu.sources import SourceError, check_address
 
 
 class WebhookSpec(BaseModel):
@@ -67,9 +67,9 @@ async def create_webhook(request: Request) -> JSONResponse:
 def _create(request: Request, spec: WebhookSpec) -> dict[str, Any]:
     try:
         check_address(str(spec.url), request.app.state.settings.webhook_allow_private)
-    except SourceError as exc:
+    except AddressRefused as exc:
         raise Invalid(
-            f"The webhook URL is refused: {exc.message}", [{"field": "url", "message": exc.message}]
+            f"The webhook URL is refused: {exc}", [{"field": "url", "message": str(exc)}]
         ) from None
     hook = Webhook(
         workspace_id=workspace_id(request),

@@ -20,6 +20,9 @@ from tests.platform import Processes, child_env, tunelab, wait_until
 from tests.services import free_port
 
 TRIGGER_SECRET = "trigger-" + secrets.token_hex(8)
+METRICS_TOKEN = "metrics-" + secrets.token_hex(8)
+MISSING_MODELS = "/nonexistent"
+"""A model root the operator lists though nothing is there (a model that vanished)."""
 CSV = "question,answer\nWhat is 2+2?,4\nCapital of France?,Paris\n" + "".join(
     f"What is {i} squared?,{i * i}\n" for i in range(3, 13)
 )
@@ -34,6 +37,13 @@ class Platform:
     s3_endpoint: str
     processes: Processes
     env: dict[str, str] = field(default_factory=dict)
+    models_bucket: str = ""
+    """The operator's bucket of base models (a model root; not the platform's own)."""
+
+    def metrics(self) -> str:
+        return httpx.get(
+            f"{self.url}/metrics", headers={"authorization": f"Bearer {METRICS_TOKEN}"}
+        ).text
 
     def s3(self) -> Any:
         return boto3.client(
@@ -83,14 +93,16 @@ def platform(
     database = f"tunelab_platform_{secrets.token_hex(4)}"
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{database}"')
-    bucket = f"tunelab-{secrets.token_hex(4)}"
-    boto3.client(
+    bucket, models_bucket = f"tunelab-{secrets.token_hex(4)}", f"models-{secrets.token_hex(4)}"
+    s3 = boto3.client(
         "s3",
         endpoint_url=s3_endpoint,
         region_name="us-east-1",
         aws_access_key_id="test",
         aws_secret_access_key="test",
-    ).create_bucket(Bucket=bucket)
+    )
+    s3.create_bucket(Bucket=bucket)
+    s3.create_bucket(Bucket=models_bucket)
     port = free_port()
     tag = secrets.token_hex(3)
     (tmp / "metrics").mkdir()
@@ -113,6 +125,8 @@ def platform(
         # Test servers live on loopback; a killed worker's messages move on quickly.
         TUNELAB_ALLOW_PRIVATE_SOURCES="true",
         TUNELAB_S3_TRIGGER_SECRET=TRIGGER_SECRET,
+        TUNELAB_METRICS_TOKEN=METRICS_TOKEN,
+        TUNELAB_MODEL_ROOTS=f"s3://{models_bucket}/,{MISSING_MODELS}",
         TUNELAB_BROKER_HEARTBEAT_TIMEOUT_MS="2000",
         TUNELAB_MODEL_CACHE=os.environ["TUNELAB_MODEL_CACHE"],
         **getattr(request.module, "PLATFORM_ENV", {}),
@@ -136,7 +150,7 @@ def platform(
         with httpx.Client(
             base_url=url, headers={"authorization": f"Bearer {token}"}, timeout=10
         ) as client:
-            yield Platform(url, token, client, bucket, s3_endpoint, processes, env)
+            yield Platform(url, token, client, bucket, s3_endpoint, processes, env, models_bucket)
     finally:
         processes.stop()
         print(processes.log_tails())

@@ -19,6 +19,7 @@ from tunelab.functions.app import create_app
 from tunelab.settings import Settings
 
 CSV = b"question,answer\nWhat is 2+2?,4\n"
+METRICS_TOKEN = "scraper-secret"
 
 
 def upload(
@@ -55,7 +56,11 @@ class Api:
 
 def make_settings(tmp_path: Path, redis_url: str, queues: dict[str, str]) -> Settings:
     return Settings(
-        data_dir=tmp_path, redis_url=redis_url, cpu_queue=queues["cpu"], gpu_queue=queues["gpu"]
+        data_dir=tmp_path,
+        redis_url=redis_url,
+        cpu_queue=queues["cpu"],
+        gpu_queue=queues["gpu"],
+        metrics_token=METRICS_TOKEN,
     )
 
 
@@ -215,7 +220,10 @@ def test_health_readiness_and_metrics(api: Api) -> None:
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"broker": "ok", "database": "ok", "object_store": "ok"}
     upload(api.client, {"name": "faq"}, api.tokens["acme"])
-    text = api.client.get("/metrics").text
+    # The scraper's token, never a workspace's: the metrics hold every workspace's traffic.
+    assert api.client.get("/metrics", headers=api.auth()).status_code == 401
+    scraper = {"authorization": f"Bearer {METRICS_TOKEN}"}
+    text = api.client.get("/metrics", headers=scraper).text
     assert (
         'tunelab_http_requests_total{method="POST",route="/api/v1/datasets",status="202"}' in text
     )

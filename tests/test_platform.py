@@ -141,7 +141,7 @@ def test_metrics_count_what_the_workers_consumed(platform: Platform) -> None:
 
     # The worker counts a message once its actor has returned, just after the status.
     def metrics_text() -> str | None:
-        text = httpx.get(f"{platform.url}/metrics").text
+        text = platform.metrics()
         return text if consumed in text else None
 
     text = wait_until(metrics_text, "the consumed counter")

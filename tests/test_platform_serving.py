@@ -309,7 +309,7 @@ def test_chats_are_stored_only_when_asked_and_metered_as_they_were_answered(
     assert row["ttft_ms"]["count"] == 1 and row["latency_ms"]["p50"] > 0
     counted = [
         float(line.rsplit(" ", 1)[1])
-        for line in httpx.get(f"{platform.url}/metrics").text.splitlines()
+        for line in platform.metrics().splitlines()
         if line.startswith("tunelab_chat_requests_total{")
         and 'service="metered"' in line
         and 'outcome="ok"' in line
@@ -416,16 +416,20 @@ def test_services_that_cannot_fit_fail_with_the_reason(
         models["adapter"],
         resources={"memory": {"request": "512Mi", "limit": "1Gi"}},
     )
-    deploy(
-        platform,
-        "too-much-memory",
-        "tiny-llama",
-        resources={"memory": {"request": "100Ti", "limit": "100Ti"}},
+    # What the request alone shows is refused at once, as for experiments.
+    too_much = platform.client.post(
+        "/api/v1/services",
+        json={
+            "name": "too-much-memory",
+            "model": "tiny-llama",
+            "resources": {"memory": {"request": "100Ti", "limit": "100Ti"}},
+        },
     )
+    assert too_much.status_code == 422, too_much.text
+    assert too_much.json()["error"]["details"][0]["field"] == "resources.memory.request"
     expected = {
         "too-many-gpus": "resources.gpu_count",
         "too-little-memory": "resources.memory.limit",
-        "too-much-memory": "resources.memory.request",
     }
     for name, field in expected.items():
         body = wait_for_service(platform, name)

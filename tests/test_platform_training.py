@@ -207,17 +207,24 @@ def test_a_task_on_two_processes_trains_with_zero3_from_a_base_model_in_s3(
     # Built here when this test runs first on a new machine; the workers build it too.
     base = ensure_tiny_base(Path(os.environ["TUNELAB_MODEL_CACHE"]), tmp_path)
     for path in base.iterdir():
+        platform.s3().upload_file(str(path), platform.models_bucket, f"tiny/{path.name}")
         platform.s3().upload_file(str(path), platform.bucket, f"uploads/acme/tiny/{path.name}")
-    # The platform's bucket holds every workspace's objects: only the caller's uploads.
-    for elsewhere in ("models/abc", "uploads/other/tiny", "uploads/acme/../other"):
+    # The platform's bucket holds every workspace's objects: never a model source, not
+    # even the caller's own uploads; nor is a bucket the operator did not list.
+    for elsewhere in (
+        f"{platform.bucket}/models/abc",
+        f"{platform.bucket}/uploads/acme/tiny",
+        f"{platform.models_bucket}/../{platform.bucket}/models",
+        "someone-elses/tiny",
+    ):
         response = platform.client.post(
-            "/api/v1/models",
-            json={"name": "stolen", "uri": f"s3://{platform.bucket}/{elsewhere}"},
+            "/api/v1/models", json={"name": "stolen", "uri": f"s3://{elsewhere}"}
         )
         assert response.status_code == 422, response.text
+        assert response.json()["error"]["details"][0]["field"] == "uri"
     response = platform.client.post(
         "/api/v1/models",
-        json={"name": "imported", "uri": f"s3://{platform.bucket}/uploads/acme/tiny"},
+        json={"name": "imported", "uri": f"s3://{platform.models_bucket}/tiny"},
     )
     assert response.status_code == 201, response.text
     group(platform, "pair", "tiny-lora", epochs=6, checkpoint_every=10, zero_stage=3)

@@ -5,22 +5,32 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Any
 
 from tunelab.settings import SettingsError, load_settings
 
 
 def _api(args: argparse.Namespace) -> None:
+    import os
+    import tempfile
+
     import uvicorn
 
-    from tunelab.functions.app import create_app
-
     settings = load_settings()
+    if settings.api_workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # /metrics must add up every API process's counts, as under `tunelab up`.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tunelab-metrics-")
     uvicorn.run(
-        create_app(settings),
+        "tunelab.functions.app:create_app",
+        factory=True,
         host=settings.api_host,
         port=settings.api_port,
+        workers=settings.api_workers,
         log_level="warning",
         lifespan="on",
+        # Longer than clients keep idle connections (httpx: 5 s): a server that closes
+        # first races the client's next request on that connection.
+        timeout_keep_alive=75,
     )
 
 
@@ -37,13 +47,58 @@ def _migrate(args: argparse.Namespace) -> None:
     print("database is at the newest schema")
 
 
-def _token_create(args: argparse.Namespace) -> None:
-    from tunelab.auth import create_token
+def _database() -> Any:
     from tunelab.db import Database
 
     db = Database(load_settings().effective_database_url)
     db.migrate()
-    print(create_token(db, args.workspace))
+    return db
+
+
+def _token_create(args: argparse.Namespace) -> None:
+    from datetime import timedelta
+
+    from tunelab.auth import TokenNameTaken, create_token
+
+    expires = timedelta(days=args.expires_in_days) if args.expires_in_days else None
+    try:
+        token = create_token(
+            _database(), args.workspace, name=args.name, role=args.role, expires_in=expires
+        )
+    except (TokenNameTaken, ValueError) as exc:
+        sys.exit(f"tunelab: {exc}")
+    print(token)
+
+
+def _token_list(args: argparse.Namespace) -> None:
+    from sqlalchemy import select
+
+    from tunelab.auth import list_tokens
+    from tunelab.db.models import Workspace
+    from tunelab.times import iso
+
+    with _database().session() as session:
+        workspace = session.scalar(select(Workspace).where(Workspace.name == args.workspace))
+        if workspace is None:
+            sys.exit(f"tunelab: no workspace {args.workspace!r}")
+        print(f"{'NAME':<32} {'ROLE':<7} {'PREFIX':<11} {'EXPIRES':<21} REVOKED")
+        for t in list_tokens(session, workspace.id):
+            expires, revoked = iso(t.expires_at) or "-", iso(t.revoked_at) or "-"
+            print(f"{t.name:<32} {t.role:<7} {t.prefix:<11} {expires:<21} {revoked}")
+
+
+def _token_revoke(args: argparse.Namespace) -> None:
+    from sqlalchemy import select
+
+    from tunelab.auth import revoke_token
+    from tunelab.db.models import Workspace
+
+    with _database().session() as session:
+        workspace = session.scalar(select(Workspace).where(Workspace.name == args.workspace))
+        token = revoke_token(session, workspace.id, args.name) if workspace else None
+        if token is None:
+            sys.exit(f"tunelab: no token {args.name!r} in workspace {args.workspace!r}")
+    print(f"revoked {args.name}: refused everywhere within TUNELAB_TOKEN_CACHE_S seconds")
 
 
 def _train_task(args: argparse.Namespace) -> None:
@@ -117,7 +172,17 @@ def parser() -> argparse.ArgumentParser:
     token_commands = token.add_subparsers(dest="token_command", required=True)
     create = token_commands.add_parser("create", help="print a new token for a workspace")
     create.add_argument("--workspace", required=True, help="workspace name (DNS-1123 label)")
+    create.add_argument("--name", help="the token's name (default: from its prefix)")
+    create.add_argument("--role", choices=["viewer", "member", "admin"], default="admin")
+    create.add_argument("--expires-in-days", type=float, help="default: never")
     create.set_defaults(run=_token_create)
+    listing = token_commands.add_parser("list", help="a workspace's tokens (no secrets)")
+    listing.add_argument("--workspace", required=True)
+    listing.set_defaults(run=_token_list)
+    revoke = token_commands.add_parser("revoke", help="revoke a token by its name")
+    revoke.add_argument("--workspace", required=True)
+    revoke.add_argument("name")
+    revoke.set_defaults(run=_token_revoke)
     return root
 
 

@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+MAX_MESSAGE_CHARS = 1000
+MAX_DETAIL_CHARS = 300
+MAX_DETAILS = 100
+
+
+def excerpt(value: object, limit: int = 80) -> str:
+    """`value` as text, cut to about `limit` characters: what an error may echo of it."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
 
 class TunelabError(Exception):
     """Base of every error tunelab raises on purpose."""
@@ -12,9 +22,15 @@ class TunelabError(Exception):
     code = "internal_error"
 
     def __init__(self, message: str, details: list[dict[str, Any]] | None = None) -> None:
+        # Messages quote what they refuse: whatever a request held, only so much of it
+        # comes back (a 60 MB name would otherwise come back whole).
+        message = excerpt(message, MAX_MESSAGE_CHARS)
         super().__init__(message)
         self.message = message
-        self.details = details or []
+        self.details = [
+            {k: excerpt(v, MAX_DETAIL_CHARS) if isinstance(v, str) else v for k, v in d.items()}
+            for d in (details or [])[:MAX_DETAILS]
+        ]
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"code": self.code, "message": self.message}
@@ -33,6 +49,12 @@ class Unauthorized(TunelabError):
     """No token, or one that is not known."""
 
     status, code = 401, "unauthorized"
+
+
+class Forbidden(TunelabError):
+    """The token's role may not do this."""
+
+    status, code = 403, "forbidden"
 
 
 class NotFound(TunelabError):

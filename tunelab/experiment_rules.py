@@ -27,6 +27,9 @@ class Compute(BaseModel):
 
 
 class Range(BaseModel):
+    """A request and a limit, as quantities; parsed where the rules check them
+    (span_problems), so that each problem is named as the contract names fields."""
+
     model_config = ConfigDict(extra="forbid")
     request: str | int | float
     limit: str | int | float

@@ -10,6 +10,7 @@ engine, multiprocessing's resource tracker) is handed to it, and stopped.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -88,6 +89,14 @@ def start_redis(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
             time.sleep(0.05)
 
 
+def kept_secret(path: Path) -> str:
+    """A random secret kept (0600) at `path`, the same across restarts."""
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(32) + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def default_token(db: Database, data_dir: Path) -> str:
     """The default workspace's token, kept (0600) in data_dir so restarts print the same."""
     path = data_dir / "default-token"
@@ -136,6 +145,8 @@ def supervise(settings: Settings, env: dict[str, str], others: set[int]) -> None
     db.migrate()
     token = default_token(db, data_dir)
     db.dispose()
+    if not settings.metrics_token:
+        env["TUNELAB_METRICS_TOKEN"] = kept_secret(data_dir / "metrics-token")
 
     stopping = False
 

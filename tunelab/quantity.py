@@ -1,31 +1,24 @@
-"""Kubernetes resource quantities ("4", "500m", "16Gi", "1.5G") as numbers."""
+"""Kubernetes resource quantities ("4", "500m", "16Gi", "1.5G", "1Ei", "100n") as numbers,
+read with the Kubernetes client's own parser, so that tunelab accepts what the cluster
+accepts and nothing else."""
 
 from __future__ import annotations
 
-import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
-_SUFFIXES = {
-    "": Decimal(1),
-    "m": Decimal("0.001"),
-    "k": Decimal(10**3),
-    "M": Decimal(10**6),
-    "G": Decimal(10**9),
-    "T": Decimal(10**12),
-    "Ki": Decimal(2**10),
-    "Mi": Decimal(2**20),
-    "Gi": Decimal(2**30),
-    "Ti": Decimal(2**40),
-}
-_PATTERN = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([a-zA-Z]*)$")
+from kubernetes.utils.quantity import parse_quantity as _kubernetes_parse
+
+from tunelab.errors import excerpt
 
 
 def parse_quantity(text: str | int | float) -> Decimal:
-    """The value of a quantity; ValueError naming what is wrong."""
-    match = _PATTERN.match(str(text).strip())
-    if not match or match.group(2) not in _SUFFIXES:
-        raise ValueError(f"{text!r} is not a quantity (examples: 4, 500m, 16Gi, 1.5G)")
+    """The value of a quantity; ValueError naming what is wrong (negative included)."""
     try:
-        return Decimal(match.group(1)) * _SUFFIXES[match.group(2)]
-    except InvalidOperation:
-        raise ValueError(f"{text!r} is not a quantity") from None
+        value = Decimal(_kubernetes_parse(str(text).strip()))  # type: ignore[no-untyped-call]
+    except (ValueError, ArithmeticError):
+        raise ValueError(
+            f"{excerpt(text, 40)} is not a quantity (examples: 4, 500m, 16Gi, 1.5G)"
+        ) from None
+    if value < 0 or not value.is_finite():
+        raise ValueError(f"{excerpt(text, 40)} is not a quantity: it must be 0 or more")
+    return value

@@ -40,7 +40,11 @@ class Database:
             self.engine: Engine = create_engine(url)
             event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
-            self.engine = create_engine(url, pool_pre_ping=True, pool_size=10)
+            # As many connections as threads that use them at once (the API's thread
+            # pool runs 40): a connection past the pool is opened and closed per use. No
+            # pre-ping (a round trip per checkout): a connection the server dropped fails
+            # one statement, which invalidates the pool, and old ones are recycled.
+            self.engine = create_engine(url, pool_size=20, max_overflow=20, pool_recycle=1800)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

@@ -69,13 +69,18 @@ class Workspace(Base):
 
 class ApiToken(Base):
     __tablename__ = "api_tokens"
+    __table_args__ = (UniqueConstraint("workspace_id", "name"),)
     id: Mapped[str] = _id()
     workspace_id: Mapped[str] = _workspace()
+    name: Mapped[str] = mapped_column(String(63))
+    role: Mapped[str] = mapped_column(String(16), default="admin")
+    """viewer, member or admin (tunelab.auth.ROLES)."""
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     """SHA-256 of the token: tokens are long random strings, so a plain hash suffices."""
     prefix: Mapped[str] = mapped_column(String(16))
     """The token's first characters, to tell tokens apart in listings."""
     created_at: Mapped[datetime] = _created()
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
@@ -340,3 +345,19 @@ class StoredChat(Base):
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     created_at: Mapped[datetime] = _created()
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class AuditEntry(Base):
+    """A state-changing request: who (the token), what (method and path), when, and how
+    it ended (the status). Chats are traffic, counted in `usage`, not here."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[str] = _id()
+    workspace_id: Mapped[str] = _workspace()
+    token_id: Mapped[str] = mapped_column(String(32))
+    token_name: Mapped[str] = mapped_column(String(63))
+    method: Mapped[str] = mapped_column(String(8))
+    path: Mapped[str] = mapped_column(Text)
+    route: Mapped[str] = mapped_column(String(128))
+    status: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

@@ -80,7 +80,7 @@ class Gateway:
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
         )
         self._kits: dict[tuple[str, str, str | None, tuple[str, ...]], PromptKit] = {}
-        self._kit_lock = asyncio.Lock()
+        self._kit_locks: dict[tuple[str, str, str | None, tuple[str, ...]], asyncio.Lock] = {}
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -108,7 +108,8 @@ class Gateway:
         key = (what.prompt_uri, what.server_model_uri, what.chat_template, what.stop_tokens)
         kit = self._kits.get(key)
         if kit is None:
-            async with self._kit_lock:  # one fetch of a model's files, not one per chat
+            # One fetch of a model's files, not one per chat waiting for them.
+            async with self._kit_locks.setdefault(key, asyncio.Lock()):
                 kit = self._kits.get(key)
                 if kit is None:
                     kit = await asyncio.to_thread(self._load_kit, what)
@@ -190,6 +191,9 @@ class Gateway:
                     if not line.startswith("data: ") or line == "data: [DONE]":
                         continue
                     chunk = json.loads(line[6:])
+                    if "error" in chunk:  # the server gave up mid-answer
+                        message = str(chunk["error"].get("message", chunk["error"]))[:500]
+                        raise ChatFailed(502, "server_error", f"The model server failed: {message}")
                     for choice in chunk.get("choices") or ():
                         text = choice.get("text")
                         if text:

@@ -1,21 +1,23 @@
 """Fetching a dataset from a remote address: size cap, timeout, and no SSRF.
 
 Private-network, loopback and link-local addresses are refused unless the operator
-allows them (TUNELAB_ALLOW_PRIVATE_SOURCES), on every redirect hop too.
+allows them (TUNELAB_ALLOW_PRIVATE_SOURCES), on every redirect hop too, on the connection
+itself (tunelab.net: no second resolution to rebind).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import time
 from typing import IO, Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import httpx
 from botocore.exceptions import BotoCoreError, ClientError
 
+from tunelab import net
 from tunelab.errors import PermanentFailure
+from tunelab.net import AddressRefused, Resolver, check_scheme, pinned_client
 
 MAX_REDIRECTS = 5
 TOTAL_TIME_FACTOR = 5
@@ -43,38 +45,36 @@ PERMANENT_S3 = {"NoSuchKey", "NoSuchBucket", "AccessDenied", "InvalidBucketName"
 
 
 def check_address(url: str, allow_private: bool) -> None:
-    """Refuse URLs that are not http(s) or that resolve to non-public addresses."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SourceError(
-            "source_refused", f"Only http and https addresses can be fetched, not {url!r}."
-        )
-    if allow_private:
-        return
+    """The scheme and where the URL resolves, as SourceError (a fetch checks again, on
+    its connection)."""
     try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
-    except socket.gaierror as exc:
-        raise SourceError(
-            "source_unreachable", f"Cannot resolve {parts.hostname!r}: {exc}."
-        ) from None
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global:
-            raise SourceError(
-                "source_refused",
-                f"{parts.hostname} resolves to a private or "
-                f"loopback address ({address}); the operator has not allowed "
-                "such sources.",
-            )
+        net.check_address(url, allow_private)
+    except AddressRefused as exc:
+        raise _refused(exc) from None
+
+
+def _refused(exc: AddressRefused) -> SourceError:
+    code = "source_unreachable" if exc.code == "address_unresolved" else "source_refused"
+    return SourceError(code, str(exc))
 
 
 def fetch_http(
-    url: str, sink: IO[bytes], *, max_bytes: int, timeout_s: float, allow_private: bool
+    url: str,
+    sink: IO[bytes],
+    *,
+    max_bytes: int,
+    timeout_s: float,
+    allow_private: bool,
+    resolve: Resolver = socket.getaddrinfo,
 ) -> int:
-    """Stream `url` into `sink`; returns the byte count. Raises SourceError."""
-    with httpx.Client(timeout=timeout_s, follow_redirects=False) as client:
+    """Stream `url` into `sink`; returns the byte count. Raises SourceError. Every hop
+    connects only to an address its own resolution found public (tunelab.net)."""
+    with pinned_client(allow_private, timeout_s, resolve) as client:
         for _ in range(MAX_REDIRECTS + 1):
-            check_address(url, allow_private)
+            try:
+                check_scheme(url)
+            except AddressRefused as exc:
+                raise _refused(exc) from None
             try:
                 with client.stream("GET", url) as response:
                     if response.is_redirect:
@@ -88,6 +88,11 @@ def fetch_http(
                         )
                     deadline = time.monotonic() + timeout_s * TOTAL_TIME_FACTOR
                     return _copy(response.iter_bytes(CHUNK), sink, max_bytes, url, deadline)
+            except AddressRefused as exc:
+                code = (
+                    "source_unreachable" if exc.code == "address_unresolved" else "source_refused"
+                )
+                raise SourceError(code, str(exc)) from None
             except httpx.TransportError as exc:  # timeouts, refused or reset connections
                 raise SourceUnavailable(f"Fetching {url} failed: {exc!r}.") from None
     raise SourceError("source_unreachable", f"{url} redirected more than {MAX_REDIRECTS} times.")

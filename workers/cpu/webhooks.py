@@ -11,9 +11,9 @@ import httpx
 from standardwebhooks.webhooks import Webhook as Signer
 
 from tunelab.db.models import EventRecord, Webhook, WebhookDelivery
+from tunelab.net import AddressRefused, check_scheme, pinned_client
 from tunelab.settings import get_settings
 from tunelab.workers.context import current
-from tunelab.workers.cpu.sources import SourceError, check_address
 from tunelab.workers.registry import command
 
 
@@ -37,11 +37,13 @@ def post(
     started = time.perf_counter()
     attempt: dict[str, Any] = {"at": datetime.now(UTC).isoformat()}
     try:
-        check_address(url, allow_private)  # again: DNS may have changed since registration
-        response = httpx.post(url, content=body, headers=headers, timeout=timeout_s)
+        check_scheme(url)
+        # Its own resolution, checked on the connection: DNS may differ since registration.
+        with pinned_client(allow_private, timeout_s) as client:
+            response = client.post(url, content=body, headers=headers)
         attempt["status_code"] = response.status_code
         attempt["ok"] = response.is_success
-    except (httpx.HTTPError, SourceError) as exc:
+    except (httpx.HTTPError, AddressRefused) as exc:
         attempt["error"] = f"{type(exc).__name__}: {exc}"
         attempt["ok"] = False
     attempt["duration_ms"] = round((time.perf_counter() - started) * 1000, 1)

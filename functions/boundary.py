@@ -1,0 +1,131 @@
+"""The one input boundary every request crosses: its body is limited by size before
+anything is parsed, and JSON is parsed here only, with a depth limit and without NaN or
+Infinity, so that nothing behind it meets a value it cannot store or send back.
+
+Errors name what they refuse and where, and echo at most a short excerpt of it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tunelab.errors import BadRequest, TooLarge
+
+MAX_JSON_BYTES = 4 << 20
+"""A JSON body: a long chat history fits many times over."""
+MAX_UPLOAD_BYTES = 160 << 20
+"""A multipart upload: three dataset files of 50 MB (train, validate, test) and fields."""
+MAX_JSONL_BYTES = 51 << 20
+"""A JSONL body (a batch file of 50 MB)."""
+MAX_DEPTH = 64
+"""Nesting of objects and arrays: no request of the contract needs more than a few."""
+
+
+def body_limit(content_type: str) -> int:
+    if content_type.startswith("multipart/form-data"):
+        return MAX_UPLOAD_BYTES
+    if content_type.startswith(("application/jsonl", "application/x-ndjson")):
+        return MAX_JSONL_BYTES
+    return MAX_JSON_BYTES
+
+
+class BodyLimit:
+    """Refuses a body over its content type's limit with 413, by its Content-Length at
+    once or the moment it crosses the limit, whichever route it is for, before anything
+    reads the rest (uploads hold their own, smaller, per-file limits too)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from tunelab.functions.http import error_response
+
+        headers = Headers(scope=scope)
+        limit = body_limit(headers.get("content-type", ""))
+        too_large = TooLarge(f"The request body is over {limit >> 20} MB, its limit.")
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            await error_response(scope["path"], too_large)(scope, receive, send)
+            return
+        seen, started = 0, False
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise too_large
+            return message
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited, watch)
+        except TooLarge as exc:
+            if exc is not too_large or started:
+                raise
+            await error_response(scope["path"], too_large)(scope, receive, send)
+
+
+class _Constant:
+    """Where the body held NaN, Infinity or -Infinity (found after parsing, by path)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def parse_json(raw: bytes | str, what: str = "body") -> Any:
+    """The JSON value of `raw`; BadRequest naming what is wrong and where (not UTF-8,
+    not JSON, nested deeper than MAX_DEPTH, NaN or Infinity)."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadRequest(f"The {what} is not UTF-8 (byte {exc.start}).") from None
+    try:
+        value = json.loads(raw, parse_constant=_Constant)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(
+            f"The {what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}."
+        ) from None
+    except RecursionError:
+        raise BadRequest(f"The {what} is nested deeper than {MAX_DEPTH} levels.") from None
+    _check(value, what)
+    return value
+
+
+def _check(value: Any, what: str) -> None:
+    """Depth and constants, walked without recursion."""
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if isinstance(item, _Constant):
+            where = f" at {path}" if path else ""
+            raise BadRequest(
+                f"The {what} holds {item.name}{where}: JSON has no NaN or Infinity; "
+                "send a number or null.",
+                [{"field": path or what, "message": f"{item.name} is not a JSON number"}],
+            )
+        if isinstance(item, dict | list):
+            if depth >= MAX_DEPTH:
+                raise BadRequest(f"The {what} is nested deeper than {MAX_DEPTH} levels.")
+            pairs = item.items() if isinstance(item, dict) else enumerate(item)
+            for key, child in pairs:
+                if isinstance(child, dict | list | _Constant):
+                    stack.append((child, _step(path, key), depth + 1))
+
+
+def _step(path: str, key: int | str) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key

@@ -1,0 +1,54 @@
+"""The audit log: every state-changing request, who made it with which token, what it
+asked for and how it ended, kept in memory as requests finish and written in batches
+(like usage: an answered request never waits on it)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+
+from tunelab.db import Database
+from tunelab.db.models import AuditEntry
+
+
+class AuditTrail:
+    def __init__(self) -> None:
+        self._pending: list[AuditEntry] = []
+        self._lock = threading.Lock()
+
+    def record(
+        self,
+        *,
+        workspace_id: str,
+        token_id: str,
+        token_name: str,
+        method: str,
+        path: str,
+        route: str,
+        status: int,
+    ) -> None:
+        entry = AuditEntry(
+            workspace_id=workspace_id,
+            token_id=token_id,
+            token_name=token_name,
+            method=method,
+            path=path[:2000],
+            route=route[:128],
+            status=status,
+            at=datetime.now(UTC),
+        )
+        with self._lock:
+            self._pending.append(entry)
+
+    def flush(self, db: Database) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        if not pending:
+            return
+        try:
+            with db.session() as session:
+                session.add_all(pending)
+        except Exception:
+            with self._lock:
+                self._pending[:0] = pending
+            raise
