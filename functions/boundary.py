@@ -36,7 +36,8 @@ def body_limit(content_type: str) -> int:
 class BodyLimit:
     """Refuses a body over its content type's limit with 413, by its Content-Length at
     once or the moment it crosses the limit, whichever route it is for, before anything
-    reads the rest (uploads hold their own, smaller, per-file limits too)."""
+    reads the rest (uploads hold their own, smaller, per-file limits too); and a path or
+    query with a NUL character (no database stores one) with 400."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -47,6 +48,10 @@ class BodyLimit:
             return
         from tunelab.functions.http import error_response
 
+        if "\x00" in scope["path"] or b"%00" in scope.get("query_string", b""):
+            nul = BadRequest("The request's path or query holds a NUL character.")
+            await error_response(scope["path"].replace("\x00", ""), nul)(scope, receive, send)
+            return
         headers = Headers(scope=scope)
         limit = body_limit(headers.get("content-type", ""))
         too_large = TooLarge(f"The request body is over {limit >> 20} MB, its limit.")
@@ -105,10 +110,17 @@ def parse_json(raw: bytes | str, what: str = "body") -> Any:
 
 
 def _check(value: Any, what: str) -> None:
-    """Depth and constants, walked without recursion."""
+    """Depth, constants and NUL characters, walked without recursion."""
     stack: list[tuple[Any, str, int]] = [(value, "", 0)]
     while stack:
         item, path, depth = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:  # JSON allows it; no text column (PostgreSQL's) does
+                raise BadRequest(
+                    f"The {what} holds a NUL character" + (f" at {path}." if path else "."),
+                    [{"field": path or what, "message": "a NUL character"}],
+                )
+            continue
         if isinstance(item, _Constant):
             where = f" at {path}" if path else ""
             raise BadRequest(
@@ -121,7 +133,9 @@ def _check(value: Any, what: str) -> None:
                 raise BadRequest(f"The {what} is nested deeper than {MAX_DEPTH} levels.")
             pairs = item.items() if isinstance(item, dict) else enumerate(item)
             for key, child in pairs:
-                if isinstance(child, dict | list | _Constant):
+                if isinstance(key, str) and "\x00" in key:
+                    stack.append((key, path, depth))
+                if isinstance(child, dict | list | _Constant | str):
                     stack.append((child, _step(path, key), depth + 1))
 
 

@@ -94,9 +94,14 @@ async def receive(
                     _, disposition = parse_options_header(
                         current.headers.get(b"content-disposition", b"")
                     )
-                    current.name = disposition.get(b"name", b"").decode()
-                    filename = disposition.get(b"filename")
-                    current.filename = filename.decode() if filename is not None else None
+                    try:
+                        current.name = disposition.get(b"name", b"").decode()
+                        filename = disposition.get(b"filename")
+                        current.filename = filename.decode() if filename is not None else None
+                    except UnicodeDecodeError:
+                        raise BadRequest("A part's name or file name is not UTF-8.") from None
+                    if "\x00" in current.name + (current.filename or ""):
+                        raise BadRequest("A part's name or file name holds a NUL character.")
                     if current.filename is not None and current.name in file_keys:
                         if current.name in writers:
                             raise Invalid(

@@ -73,17 +73,25 @@ def _records(parameters: dict[str, Any], fetch: Fetch) -> Iterator[tuple[int, An
             raise PluginError(
                 "The file is not valid JSON.", [{"line": exc.lineno, "message": exc.msg}]
             ) from None
+        except RecursionError:
+            raise PluginError("The file's JSON is nested too deeply to be records.") from None
         yield from enumerate(items, 1)
         return
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            yield number, json.loads(line)
+            record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise PluginError(
                 f"Line {number} is not valid JSON.", [{"line": number, "message": exc.msg}]
             ) from None
+        except RecursionError:
+            message = "nested too deeply to be a record"
+            raise PluginError(
+                f"Line {number} is {message}.", [{"line": number, "message": message}]
+            ) from None
+        yield number, record
 
 
 def _text(record: Any, key: str, line: int, required: bool = True) -> str:
