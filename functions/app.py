@@ -43,8 +43,8 @@ from tunelab.functions import (
 )
 from tunelab.functions.boundary import BodyLimit
 from tunelab.functions.console import ROUTES as CONSOLE_ROUTES
-from tunelab.functions.http import error_response
 from tunelab.functions.middleware import BearerAuth, Idempotency, RequestMetrics
+from tunelab.functions.responses import error_response
 from tunelab.serving.gateway import Gateway
 from tunelab.serving.routes import ChangeListener, RouteTable
 from tunelab.serving.stored_chats import ChatArchive

@@ -7,13 +7,14 @@ from datetime import datetime
 from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tunelab.audit import AuditTrail
 from tunelab.db.models import AuditEntry
 from tunelab.errors import Invalid
 from tunelab.functions.http import respond, workspace_id
 from tunelab.functions.middleware import DATA_PLANE
+from tunelab.functions.responses import SentStatus
 from tunelab.times import iso
 
 CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -30,16 +31,9 @@ class Audit:
         if scope["type"] != "http" or scope["method"] not in CHANGES or scope["path"] in DATA_PLANE:
             await self.app(scope, receive, send)
             return
-        status = 500
-
-        async def watch(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        sent = SentStatus(send)
         try:
-            await self.app(scope, receive, watch)
+            await self.app(scope, receive, sent)
         finally:
             caller = scope.get("caller")
             if caller is not None:
@@ -51,7 +45,7 @@ class Audit:
                     method=scope["method"],
                     path=scope["path"],
                     route=getattr(scope.get("route"), "path", None) or "unmatched",
-                    status=status,
+                    status=sent.status or 500,
                 )
 
 

@@ -14,6 +14,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tunelab.errors import BadRequest, TooLarge
+from tunelab.functions.responses import SentStatus, error_response
 
 MAX_JSON_BYTES = 4 << 20
 """A JSON body: a long chat history fits many times over."""
@@ -46,8 +47,6 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        from tunelab.functions.http import error_response
-
         if "\x00" in scope["path"] or b"%00" in scope.get("query_string", b""):
             nul = BadRequest("The request's path or query holds a NUL character.")
             await error_response(scope["path"].replace("\x00", ""), nul)(scope, receive, send)
@@ -59,7 +58,7 @@ class BodyLimit:
         if declared.isdigit() and int(declared) > limit:
             await error_response(scope["path"], too_large)(scope, receive, send)
             return
-        seen, started = 0, False
+        seen, sent = 0, SentStatus(send)
 
         async def limited() -> Message:
             nonlocal seen
@@ -69,15 +68,10 @@ class BodyLimit:
                 raise too_large
             return message
 
-        async def watch(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
         try:
-            await self.app(scope, limited, watch)
+            await self.app(scope, limited, sent)
         except TooLarge as exc:
-            if exc is not too_large or started:
+            if exc is not too_large or sent.started:
                 raise
             await error_response(scope["path"], too_large)(scope, receive, send)
 

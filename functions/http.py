@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -11,10 +10,6 @@ from starlette.responses import JSONResponse
 
 from tunelab.errors import BadRequest, Invalid, TunelabError, excerpt
 from tunelab.functions.boundary import parse_json
-from tunelab.serving import openai
-
-OPENAI_PREFIX = "/v1/"
-"""Routes of OpenAI's API: their errors take OpenAI's shape, whatever the status."""
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -41,8 +36,10 @@ def details_of(exc: ValidationError, prefix: str = "") -> list[dict[str, Any]]:
     return details
 
 
-def parse(model: type[M], data: Any, what: str = "request") -> M:
-    """Validate `data` as `model`; Invalid (422) naming each bad field."""
+def parse(
+    model: type[M], data: Any, what: str = "request", refusal: type[TunelabError] = Invalid
+) -> M:
+    """Validate `data` as `model`; `refusal` (Invalid, 422) naming each bad field."""
     if not isinstance(data, dict):
         raise BadRequest(f"The {what} body must be a JSON object.")
     try:
@@ -50,7 +47,7 @@ def parse(model: type[M], data: Any, what: str = "request") -> M:
     except ValidationError as exc:
         details = details_of(exc)
         fields = ", ".join(d["field"] for d in details)
-        raise Invalid(f"The {what} has invalid fields: {fields}.", details) from None
+        raise refusal(f"The {what} has invalid fields: {fields}.", details) from None
 
 
 def workspace_id(request: Request) -> str:
@@ -59,15 +56,3 @@ def workspace_id(request: Request) -> str:
 
 def respond(body: Any, status: int = 200) -> JSONResponse:
     return JSONResponse(body, status_code=status)
-
-
-def error_response(
-    path: str, exc: TunelabError, headers: Mapping[str, str] | None = None
-) -> JSONResponse:
-    """The error as the route's contract shapes it: OpenAI's under /v1, tunelab's else."""
-    if path.startswith(OPENAI_PREFIX):
-        param = exc.details[0].get("field") if exc.details else None
-        body = openai.error(exc.status, exc.message, exc.code, param)
-    else:
-        body = exc.to_json()
-    return JSONResponse(body, status_code=exc.status, headers=headers)

@@ -29,8 +29,8 @@ from tunelab.errors import (
     excerpt,
 )
 from tunelab.functions.boundary import parse_json
-from tunelab.functions.http import error_response
 from tunelab.functions.permissions import required_role
+from tunelab.functions.responses import SentStatus, error_response
 from tunelab.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 PROTECTED_PREFIXES = ("/api/", "/v1/")
@@ -55,19 +55,12 @@ class RequestMetrics:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        sent = SentStatus(send)
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, sent)
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            HTTP_REQUESTS.labels(scope["method"], route, str(status)).inc()
+            HTTP_REQUESTS.labels(scope["method"], route, str(sent.status or 500)).inc()
             HTTP_LATENCY.labels(scope["method"], route).observe(time.perf_counter() - started)
 
 

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote_plus
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import update
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -23,7 +23,7 @@ from tunelab.db.models import Dataset
 from tunelab.errors import BadRequest, NotFound, Unauthorized
 from tunelab.functions.boundary import parse_json
 from tunelab.functions.datasets import uploaded_event
-from tunelab.functions.http import details_of, respond
+from tunelab.functions.http import parse, respond
 from tunelab.net import AddressRefused, check_scheme, pinned_client
 
 UPLOAD_PREFIX = "uploads/"
@@ -76,13 +76,8 @@ class SnsMessage(_Shape):
 
 
 def _shaped(model: type[M], body: Any, what: str) -> M:
-    if not isinstance(body, dict):
-        raise BadRequest(f"The {what} must be a JSON object.")
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        details = details_of(exc)
-        raise BadRequest(f"The {what} is not an S3 event notification.", details) from None
+    """A notification that is not one is malformed (400), not a request to refuse."""
+    return parse(model, body, what, refusal=BadRequest)
 
 
 def records_of(body: Any) -> list[S3Record]:

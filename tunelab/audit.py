@@ -4,18 +4,13 @@ asked for and how it ended, kept in memory as requests finish and written in bat
 
 from __future__ import annotations
 
-import threading
 from datetime import UTC, datetime
 
-from tunelab.db import Database
+from tunelab.db import RowBuffer
 from tunelab.db.models import AuditEntry
 
 
-class AuditTrail:
-    def __init__(self) -> None:
-        self._pending: list[AuditEntry] = []
-        self._lock = threading.Lock()
-
+class AuditTrail(RowBuffer):
     def record(
         self,
         *,
@@ -37,18 +32,4 @@ class AuditTrail:
             status=status,
             at=datetime.now(UTC),
         )
-        with self._lock:
-            self._pending.append(entry)
-
-    def flush(self, db: Database) -> None:
-        with self._lock:
-            pending, self._pending = self._pending, []
-        if not pending:
-            return
-        try:
-            with db.session() as session:
-                session.add_all(pending)
-        except Exception:
-            with self._lock:
-                self._pending[:0] = pending
-            raise
+        self.add(entry)

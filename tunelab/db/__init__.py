@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,3 +68,30 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+class RowBuffer:
+    """Rows kept in memory and added in one transaction at the next flush: for what
+    must be written but must not cost the request it comes from a database round trip
+    (stored chats, the audit log). A failed flush keeps them for the next."""
+
+    def __init__(self) -> None:
+        self._pending: list[Any] = []
+        self._lock = threading.Lock()
+
+    def add(self, row: Any) -> None:
+        with self._lock:
+            self._pending.append(row)
+
+    def flush(self, db: Database) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        if not pending:
+            return
+        try:
+            with db.session() as session:
+                session.add_all(pending)
+        except Exception:
+            with self._lock:
+                self._pending[:0] = pending
+            raise

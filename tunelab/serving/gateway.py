@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +52,18 @@ class Answer:
     @property
     def tokens_per_second(self) -> float:
         return round(self.completion_tokens / self.latency_s, 2) if self.latency_s > 0 else 0.0
+
+
+@dataclass
+class _Progress:
+    """How far a streamed answer got: pieces seen and when the first came."""
+
+    pieces: int = 0
+    first: float | None = None
+
+    def saw(self, text: str) -> None:
+        self.pieces += 1
+        self.first = self.first or time.monotonic()
 
 
 @dataclass(frozen=True)
@@ -180,12 +192,11 @@ class Gateway:
 
     async def stream(self, up: Upstream) -> AsyncIterator[str | Answer]:
         """The answer's text as it comes, then the whole Answer."""
+        seen = _Progress()
         parts: list[str] = []
-        first: float | None = None
         usage: dict[str, Any] = {}
         finish: str | None = None
-        outcome = "cancelled"
-        try:
+        with self._unfinished(up, seen):
             async with self._open(up, stream=True) as response:
                 async for line in response.aiter_lines():
                     if not line.startswith("data: ") or line == "data: [DONE]":
@@ -197,44 +208,23 @@ class Gateway:
                     for choice in chunk.get("choices") or ():
                         text = choice.get("text")
                         if text:
-                            first = first or time.monotonic()
+                            seen.saw(text)
                             parts.append(text)
                             yield text
                         finish = choice.get("finish_reason") or finish
                     usage = chunk.get("usage") or usage
-            answer = self._answer(up, "".join(parts), finish, usage, first, len(parts))
-            outcome = "ok"
-            yield answer
-        except (ChatFailed, httpx.HTTPError, ValueError) as exc:
-            outcome = "error"
-            if isinstance(exc, ChatFailed):
-                raise
-            raise ChatFailed(502, "server_failed", f"The model server failed: {exc}.") from None
-        finally:
-            if outcome != "ok":
-                self._meter(up, outcome, len(parts), first)
+        yield self._answer(up, "".join(parts), finish, usage, seen)
 
     async def complete(self, up: Upstream, slots: ServerSlots | None = None) -> Answer:
         """The whole answer at once; with `slots`, only while one of the server's slots
         is held (batches share a bounded number of each server's requests)."""
-        outcome = "cancelled"
-        try:
+        with self._unfinished(up, _Progress()):
             async with _held(slots, up.route), self._open(up, stream=False) as response:
                 reply = json.loads(await response.aread())
-            choice = (reply.get("choices") or [{}])[0]
-            answer = self._answer(
-                up, choice.get("text") or "", choice.get("finish_reason"), reply.get("usage") or {}
-            )
-            outcome = "ok"
-            return answer
-        except (ChatFailed, httpx.HTTPError, ValueError) as exc:
-            outcome = "error"
-            if isinstance(exc, ChatFailed):
-                raise
-            raise ChatFailed(502, "server_failed", f"The model server failed: {exc}.") from None
-        finally:
-            if outcome != "ok":
-                self._meter(up, outcome, 0, None)
+        choice = (reply.get("choices") or [{}])[0]
+        return self._answer(
+            up, choice.get("text") or "", choice.get("finish_reason"), reply.get("usage") or {}
+        )
 
     def _answer(
         self,
@@ -242,42 +232,50 @@ class Gateway:
         content: str,
         finish: str | None,
         usage: dict[str, Any],
-        first: float | None = None,
-        pieces: int = 0,
+        seen: _Progress | None = None,
     ) -> Answer:
+        seen = seen or _Progress()
         answer = Answer(
             content=content,
             finish_reason=finish,
             prompt_tokens=int(usage.get("prompt_tokens", up.prompt_tokens)),
-            completion_tokens=int(usage.get("completion_tokens", pieces)),
+            completion_tokens=int(usage.get("completion_tokens", seen.pieces)),
             latency_s=time.monotonic() - up.started,
-            ttft_s=first - up.started if first is not None else None,
+            ttft_s=seen.first - up.started if seen.first is not None else None,
         )
-        route = up.route
-        self.meter.record(
-            route.workspace_id,
-            route.workspace,
-            route.service,
-            "ok",
-            answer.prompt_tokens,
-            answer.completion_tokens,
-            answer.latency_s,
-            answer.ttft_s,
-        )
+        self._meter(up, "ok", answer.prompt_tokens, answer.completion_tokens, seen)
         return answer
 
-    def _meter(self, up: Upstream, outcome: str, pieces: int, first: float | None) -> None:
-        """A chat that did not finish: its prompt, and about one token per piece seen."""
-        route, now = up.route, time.monotonic()
-        ttft = first - up.started if first is not None else None
+    @contextmanager
+    def _unfinished(self, up: Upstream, seen: _Progress) -> Iterator[None]:
+        """A chat that ends before its answer is metered as it ended: the server's
+        failure (as ChatFailed) an error, the caller leaving (cancelled, closed) a
+        cancellation; its completion tokens are about one a piece seen."""
+        try:
+            yield
+        except ChatFailed:
+            self._meter(up, "error", up.prompt_tokens, seen.pieces, seen)
+            raise
+        except (httpx.HTTPError, ValueError) as exc:
+            self._meter(up, "error", up.prompt_tokens, seen.pieces, seen)
+            raise ChatFailed(502, "server_failed", f"The model server failed: {exc}.") from None
+        except BaseException:
+            self._meter(up, "cancelled", up.prompt_tokens, seen.pieces, seen)
+            raise
+
+    def _meter(
+        self, up: Upstream, outcome: str, prompt: int, completion: int, seen: _Progress
+    ) -> None:
+        route = up.route
+        ttft = seen.first - up.started if seen.first is not None else None
         self.meter.record(
             route.workspace_id,
             route.workspace,
             route.service,
             outcome,
-            up.prompt_tokens,
-            pieces,
-            now - up.started,
+            prompt,
+            completion,
+            time.monotonic() - up.started,
             ttft,
         )
 

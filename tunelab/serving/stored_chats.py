@@ -5,21 +5,19 @@ once the operator's retention has passed. Nothing else of a chat is written anyw
 
 from __future__ import annotations
 
-import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete
 
-from tunelab.db import Database
+from tunelab.db import Database, RowBuffer
 from tunelab.db.models import StoredChat
 
 
-class ChatArchive:
+class ChatArchive(RowBuffer):
     def __init__(self, retention_days: float) -> None:
+        super().__init__()
         self.retention = timedelta(days=retention_days)
-        self._pending: list[StoredChat] = []
-        self._lock = threading.Lock()
         self._pruned_at = datetime.min.replace(tzinfo=UTC)
 
     def keep(
@@ -43,20 +41,10 @@ class ChatArchive:
             created_at=now,
             expires_at=now + self.retention,
         )
-        with self._lock:
-            self._pending.append(row)
+        self.add(row)
 
     def flush(self, db: Database) -> None:
-        with self._lock:
-            pending, self._pending = self._pending, []
-        try:
-            if pending:
-                with db.session() as session:
-                    session.add_all(pending)
-        except Exception:
-            with self._lock:
-                self._pending[:0] = pending
-            raise
+        super().flush(db)
         now = datetime.now(UTC)
         if now - self._pruned_at > timedelta(minutes=10):
             prune(db, now)
