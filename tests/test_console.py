@@ -347,9 +347,15 @@ def test_the_whole_path_from_upload_to_comparison_chat(page: Page, platform: Pla
     page.click("button:has-text('Clear context')")
     expect(page.locator(".message")).to_have_count(0)
 
+    # The services page shows the chats' usage (written a few seconds after them).
+    visit(page, platform, "services")
+    requests = page.locator("[data-testid=usage] tr[data-name=ft-lora] td").nth(1)
+    expect(requests).to_have_text(re.compile(r"^[1-9][0-9]*$"), timeout=MINUTE)
+    shot(page, "20-services-usage")
+
     visit(page, platform, "events")
     expect(page.locator("tr[data-type='service.ready']").first).to_be_visible()
-    shot(page, "20-events")
+    shot(page, "21-events")
 
 
 def test_pages_fit_a_narrow_window(browser: Browser, platform: Platform, page: Page) -> None:
