@@ -12,13 +12,13 @@ What is real: the Redis broker (Dramatiq's RedisBroker, built by `build_broker`)
 `EventBus` (each event one INSERT into `events`, then one enqueue per route in
 `events/catalog.py`), the Dramatiq `Worker` consuming them (same threads and 10 ms
 poll as `tunelab worker`), the progress write of a training (the task row's UPDATE, as
-`workers/gpu/relay.py` does, then a `task.progress` event) and the web console's event
+`tunelab/training/reporting.py` does, then a `task.progress` event) and the web console's event
 stream (`GET /api/v1/events/stream`, through the API). What is not: training. Sim
 workers (1 "cpu" and --gpu-procs "gpu" processes started here) consume the same routes
 on queues of their own (`scale-sim-*`) so that the platform's own workers do not train:
 
 - `task.scheduled` -> `train_task`: marks the task running, then every 1/--progress-hz s
-  updates its row and publishes `task.progress` (as the relay does, 2/s), and after its
+  updates its row and publishes `task.progress` (as the training reporter does, 2/s), and after its
   length publishes `task.succeeded` -> `finish_on_succeeded` (cpu), which marks it done.
   --tasks N slots each run one task after another, so N train at once.
 
@@ -56,7 +56,7 @@ from sqlalchemy import create_engine, func, select, text, update
 from sqlalchemy.orm import sessionmaker
 
 from tunelab.db import Database
-from tunelab.db.models import EventRecord, Experiment, Task, Workspace
+from tunelab.db.tables import EventRecord, Experiment, Task, Workspace
 from tunelab.events.broker import build_broker
 from tunelab.events.bus import EventBus
 from tunelab.events.experiment import (
@@ -150,7 +150,7 @@ def sim_worker(role: str, opts: dict[str, Any], out: Any, stop: Any) -> None:
     hz = opts["progress_hz"]
 
     def set_task(task_id: str, **fields: Any) -> None:
-        # What relay.Run._set does for every progress publish.
+        # What reporting.Run._set does for every progress publish.
         with db.session() as session:
             task = session.get(Task, task_id, with_for_update=True)
             if task is not None:

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tunelab.db import Database
-from tunelab.db.models import EventRecord, Webhook, WebhookDelivery, new_id, utcnow
+from tunelab.db.tables import EventRecord, Webhook, WebhookDelivery, new_id, utcnow
 from tunelab.events.catalog import ROUTES
 from tunelab.events.envelope import Event
 from tunelab.metrics import EVENTS_PUBLISHED
@@ -127,17 +127,21 @@ class EventBus:
         # for, so a dead delivery is still shown in the right workspace.
         about = {"workspace": event.workspace, "event_id": event.id, "event_type": event.type}
         for delivery_id in delivery_ids:
-            self._send("cpu", DELIVER_WEBHOOK_ACTOR, delivery_id, about)
+            self._send("cpu", DELIVER_WEBHOOK_ACTOR, delivery_id, about=about)
         EVENTS_PUBLISHED.labels(event.type).inc()
 
+    def send_command(self, worker: str, actor: str, *args: object) -> None:
+        """A plain message to a command actor (not an event) on a worker kind's queue."""
+        self._send(worker, actor, *args)
+
     def _send(
-        self, worker: str, actor: str, arg: object, about: dict[str, str | None] | None = None
+        self, worker: str, actor: str, *args: object, about: dict[str, str | None] | None = None
     ) -> None:
         self.broker.enqueue(
             Message(
                 queue_name=self.queue_for(worker),
                 actor_name=actor,
-                args=(arg,),
+                args=args,
                 kwargs={},
                 options={"about": about} if about else {},
             )

@@ -16,10 +16,10 @@ from starlette.routing import Route
 
 from tunelab.audit import AuditTrail
 from tunelab.auth import TokenCache
+from tunelab.context import open_context
 from tunelab.db import Database
 from tunelab.errors import MethodNotAllowed, NotFound, TunelabError
-from tunelab.events.broker import build_broker, queue_name
-from tunelab.events.bus import EventBus
+from tunelab.events.broker import build_broker
 from tunelab.functions import (
     audit,
     batches,
@@ -28,13 +28,15 @@ from tunelab.functions import (
     datasets,
     events_api,
     experiments,
-    models,
+    health,
     openapi,
-    ops,
+    options,
     parameter_groups,
+    pings,
+    repository,
     services,
     stored_chats,
-    system,
+    tasks,
     tokens,
     triggers,
     usage,
@@ -43,27 +45,28 @@ from tunelab.functions import (
 )
 from tunelab.functions.boundary import BodyLimit
 from tunelab.functions.console import ROUTES as CONSOLE_ROUTES
-from tunelab.functions.middleware import BearerAuth, Idempotency, RequestMetrics
+from tunelab.functions.idempotency import Idempotency
+from tunelab.functions.middleware import BearerAuth, RequestMetrics
 from tunelab.functions.responses import error_response
 from tunelab.serving.gateway import Gateway
 from tunelab.serving.routes import ChangeListener, RouteTable
 from tunelab.serving.stored_chats import ChatArchive
 from tunelab.serving.usage import Flusher, UsageMeter
 from tunelab.settings import Settings, get_settings
-from tunelab.store import ObjectStore, open_store
+from tunelab.store import ObjectStore
 
 log = logging.getLogger("tunelab.api")
 
 API = "/api/v1"
 
 ROUTES = [
-    Route("/healthz", ops.healthz),
-    Route("/readyz", ops.readyz),
-    Route("/metrics", ops.metrics),
+    Route("/healthz", health.healthz),
+    Route("/readyz", health.readyz),
+    Route("/metrics", health.metrics),
     Route("/openapi.json", openapi.openapi_json),
     Route(f"{API}/workspace", workspace.whoami, methods=["GET"]),
-    Route(f"{API}/clusters", workspace.list_clusters, methods=["GET"]),
-    Route(f"{API}/dataset-options", workspace.dataset_options, methods=["GET"]),
+    Route(f"{API}/clusters", options.list_clusters, methods=["GET"]),
+    Route(f"{API}/dataset-options", options.dataset_options, methods=["GET"]),
     Route(f"{API}/datasets", datasets.create_dataset, methods=["POST"]),
     Route(f"{API}/datasets", datasets.list_datasets, methods=["GET"]),
     Route(f"{API}/datasets/{{name}}", datasets.get_dataset, methods=["GET"]),
@@ -82,15 +85,15 @@ ROUTES = [
     Route(f"{API}/experiments/{{name}}/cancel", experiments.cancel_experiment, methods=["POST"]),
     Route(
         f"{API}/experiments/{{name}}/tasks/{{task}}/metrics",
-        experiments.task_metrics,
+        tasks.task_metrics,
         methods=["GET"],
     ),
-    Route(f"{API}/experiments/{{name}}/tasks/{{task}}/logs", experiments.task_logs),
-    Route(f"{API}/evaluations", experiments.list_evaluations, methods=["GET"]),
-    Route(f"{API}/models", models.list_models, methods=["GET"]),
-    Route(f"{API}/models", models.register_model, methods=["POST"]),
-    Route(f"{API}/models/{{name}}", models.get_model, methods=["GET"]),
-    Route(f"{API}/models/{{name}}", models.delete_model, methods=["DELETE"]),
+    Route(f"{API}/experiments/{{name}}/tasks/{{task}}/logs", tasks.task_logs),
+    Route(f"{API}/evaluations", options.list_evaluations, methods=["GET"]),
+    Route(f"{API}/models", repository.list_models, methods=["GET"]),
+    Route(f"{API}/models", repository.register_model, methods=["POST"]),
+    Route(f"{API}/models/{{name}}", repository.get_model, methods=["GET"]),
+    Route(f"{API}/models/{{name}}", repository.delete_model, methods=["DELETE"]),
     Route(f"{API}/services", services.create_service, methods=["POST"]),
     Route(f"{API}/services", services.list_services, methods=["GET"]),
     Route(f"{API}/services/{{name}}", services.get_service, methods=["GET"]),
@@ -120,8 +123,8 @@ ROUTES = [
     Route(f"{API}/webhooks/{{name}}", webhooks.get_webhook, methods=["GET"]),
     Route(f"{API}/webhooks/{{name}}", webhooks.delete_webhook, methods=["DELETE"]),
     Route(f"{API}/webhooks/{{name}}/deliveries", webhooks.list_deliveries, methods=["GET"]),
-    Route(f"{API}/system/ping", system.ping, methods=["POST"]),
-    Route(f"{API}/dead-letters", system.list_dead_letters, methods=["GET"]),
+    Route(f"{API}/system/ping", pings.ping, methods=["POST"]),
+    Route(f"{API}/dead-letters", pings.list_dead_letters, methods=["GET"]),
     *CONSOLE_ROUTES,
 ]
 
@@ -163,15 +166,14 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         conf = settings or get_settings()
         app.state.settings = conf
-        app.state.db = db or Database(conf.effective_database_url)
-        app.state.db.migrate()
-        models.ensure_builtin_models(app.state.db)
-        app.state.store = store or open_store(conf)
-        app.state.broker = broker or build_broker(conf)
-        app.state.bus = EventBus(
-            app.state.broker, app.state.db, lambda worker: queue_name(conf, worker), conf.backend
-        )
-        app.state.queue_metrics = ops.queue_registry(
+        # What the lifecycle functions take, as the workers' actors give it to them.
+        ctx = open_context(conf, broker or build_broker(conf), db=db, store=store)
+        app.state.context = ctx
+        app.state.db, app.state.store, app.state.bus = ctx.db, ctx.store, ctx.bus
+        app.state.broker = ctx.bus.broker
+        ctx.db.migrate()
+        repository.ensure_builtin_models(ctx.db)
+        app.state.queue_metrics = health.queue_registry(
             app.state.broker.client, [conf.cpu_queue, conf.gpu_queue, conf.train_queue]
         )
         app.state.tokens = TokenCache(app.state.db, conf.token_cache_s)

@@ -10,10 +10,10 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tunelab.audit import AuditTrail
-from tunelab.db.models import AuditEntry
+from tunelab.db.tables import AuditEntry
 from tunelab.errors import Invalid
 from tunelab.functions.http import respond, workspace_id
-from tunelab.functions.middleware import DATA_PLANE
+from tunelab.functions.idempotency import DATA_PLANE
 from tunelab.functions.responses import SentStatus
 from tunelab.times import iso
 

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from tunelab.db.models import Batch
+from tunelab.db.tables import Batch
 from tunelab.errors import BadRequest, Conflict, Invalid, NotFound, TooLarge
 from tunelab.events.batch import BatchCreated, BatchRef
 from tunelab.functions import uploads
@@ -44,7 +44,7 @@ async def create_batch(request: Request) -> JSONResponse:
     """The file as the multipart part `file` (with an optional `metadata` JSON part), or
     as the whole body (`application/jsonl`)."""
     state, batch_id = request.app.state, f"batch_{secrets.token_hex(12)}"
-    input_key = f"{keys.batch_prefix(batch_id)}input.jsonl"
+    input_key = keys.batch_file(batch_id, "input")
     content_type = request.headers.get("content-type", "")
     metadata: Any = {}
     if content_type.startswith("multipart/form-data"):

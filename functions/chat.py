@@ -21,7 +21,7 @@ from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tunelab.db.models import Service
+from tunelab.db.tables import Service
 from tunelab.errors import TunelabError
 from tunelab.functions.http import parse, read_json, respond, workspace_id
 from tunelab.serving.gateway import Answer, ChatFailed, Gateway, Upstream

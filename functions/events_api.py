@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from tunelab.db import Database
-from tunelab.db.models import EventRecord
+from tunelab.db.tables import EventRecord
 from tunelab.errors import Invalid, NotFound
 from tunelab.functions.http import respond, workspace_id
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -11,38 +9,37 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse
 
 from tunelab.clusters import clusters, placement_problems
-from tunelab.db.models import Dataset, Experiment, ParameterGroup, Task, new_id
+from tunelab.db.tables import Dataset, Experiment, ParameterGroup, Task, new_id
 from tunelab.errors import Conflict, Invalid, NotFound
 from tunelab.events.envelope import derived_id
-from tunelab.events.experiment import ExperimentCancelled, ExperimentCreated, ExperimentRef
+from tunelab.events.experiment import ExperimentCreated, ExperimentRef
 from tunelab.experiment_rules import (
     ExperimentRequest,
     resolve_params,
     resource_problems,
 )
 from tunelab.functions.http import parse, read_json, respond, workspace_id
-from tunelab.functions.models import visible_model
+from tunelab.functions.repository import visible_model
+from tunelab.lifecycle import experiments as lifecycle
+from tunelab.lifecycle.specs import ExperimentSpec, TaskSpec
 from tunelab.scoring import METHODS
-from tunelab.store import ObjectNotFound, keys
 from tunelab.times import iso
-
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def task_json(task: Task) -> dict[str, Any]:
-    spec = task.spec
+    spec = TaskSpec.of(task)
     return {
         "name": task.name,
         "status": task.status,
-        "base_model": spec["base_model"],
-        "dataset": spec["dataset"],
-        "parameter_group": spec["parameter_group"],
-        "parameters": spec["parameters"],
-        "compute": spec["compute"],
-        "resources": spec["resources_requested"],
+        "base_model": spec.base_model,
+        "dataset": spec.dataset,
+        "parameter_group": spec.parameter_group,
+        "parameters": spec.parameters,
+        "compute": spec.compute.model_dump(),
+        "resources": spec.resources_requested,
         "progress": task.progress,
         "metrics": task.metrics,
         "score": (task.score or {}).get("score"),
@@ -56,12 +53,12 @@ def task_json(task: Task) -> dict[str, Any]:
 
 
 def to_json(experiment: Experiment, tasks: list[Task]) -> dict[str, Any]:
-    spec = experiment.spec
+    spec = ExperimentSpec.of(experiment)
     return {
         "name": experiment.name,
-        "evaluation": spec["evaluation"],
-        "cluster": spec["cluster"],
-        "namespace": spec["namespace"],
+        "evaluation": spec.evaluation,
+        "cluster": spec.cluster,
+        "namespace": spec.namespace,
         "status": experiment.status,
         "best_task": experiment.best_task,
         "error": experiment.error,
@@ -281,72 +278,11 @@ def cancel_experiment(request: Request) -> JSONResponse:
     state = request.app.state
     with state.db.session() as session:
         experiment = find(session, workspace_id(request), request.path_params["name"])
-        if experiment.status in TERMINAL:
-            raise Conflict(f"Experiment {experiment.name!r} has already {experiment.status}.")
-        now = datetime.now(UTC)
         tasks = tasks_of(session, experiment)
-        for task in tasks:
-            if task.status not in TERMINAL:
-                task.status, task.finished_at = "cancelled", now
-        experiment.status, experiment.finished_at = "cancelled", now
-        send = state.bus.stage(
-            session,
-            ExperimentCancelled(
-                id=derived_id(f"{experiment.id}/experiment.cancelled"),
-                workspace=experiment.workspace_id,
-                subject=f"experiments/{experiment.name}",
-                data=ExperimentRef(experiment_id=experiment.id, name=experiment.name),
-            ),
-        )
+        try:
+            send = lifecycle.cancel_experiment(state.context, session, experiment, tasks)
+        except lifecycle.AlreadyEnded as exc:
+            raise Conflict(str(exc)) from None
         body = to_json(experiment, tasks)
     send()
     return respond(body, 202)
-
-
-def _task(session: Session, request: Request) -> Task:
-    experiment = find(session, workspace_id(request), request.path_params["name"])
-    task = session.scalar(
-        select(Task).where(
-            Task.experiment_id == experiment.id, Task.name == request.path_params["task"]
-        )
-    )
-    if task is None:
-        raise NotFound(
-            f"Experiment {experiment.name!r} has no task {request.path_params['task']!r}."
-        )
-    return task
-
-
-def task_metrics(request: Request) -> JSONResponse:
-    with request.app.state.db.session() as session:
-        task = _task(session, request)
-    try:
-        raw = request.app.state.store.read_bytes(f"{keys.task_prefix(task.id)}metrics.jsonl")
-    except ObjectNotFound:
-        raw = b""
-    return respond({"points": [json.loads(line) for line in raw.splitlines() if line]})
-
-
-def task_logs(request: Request) -> PlainTextResponse:
-    with request.app.state.db.session() as session:
-        task = _task(session, request)
-    try:
-        text = request.app.state.store.read_bytes(f"{keys.task_prefix(task.id)}logs.txt").decode()
-    except ObjectNotFound:
-        text = ""
-    return PlainTextResponse(text)
-
-
-def list_evaluations(request: Request) -> JSONResponse:
-    return respond(
-        {
-            "items": [
-                {
-                    "name": m.name,
-                    "description": m.description,
-                    "higher_is_better": m.higher_is_better,
-                }
-                for m in METHODS.values()
-            ]
-        }
-    )

@@ -16,11 +16,11 @@ from starlette.responses import JSONResponse
 
 from tunelab.experiment_rules import ExperimentRequest
 from tunelab.functions.chat import CompareRequest
-from tunelab.functions.datasets import RemoteDataset, UploadRequest
-from tunelab.functions.models import RegisterRequest
+from tunelab.functions.dataset_requests import RemoteDataset, UploadRequest
 from tunelab.functions.parameter_groups import GroupRequest
+from tunelab.functions.pings import PingRequest
+from tunelab.functions.repository import RegisterRequest
 from tunelab.functions.stored_chats import MetadataUpdate
-from tunelab.functions.system import PingRequest
 from tunelab.functions.tokens import TokenRequest
 from tunelab.functions.webhooks import WebhookSpec
 from tunelab.serving.openai import ChatRequest

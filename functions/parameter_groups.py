@@ -13,14 +13,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from tunelab.clusters import placement_problems
-from tunelab.db.models import Experiment, ParameterGroup
+from tunelab.db.tables import ParameterGroup
 from tunelab.errors import Conflict, Invalid, NotFound
 from tunelab.functions.http import parse, read_json, respond, workspace_id
+from tunelab.lifecycle.experiments import active_users
 from tunelab.names import Name
 from tunelab.params import Parameters, errors_of, presets, resolve
 from tunelab.times import iso
-
-ACTIVE = ("queued", "running")
 
 
 class GroupRequest(BaseModel):
@@ -115,15 +114,7 @@ def delete_group(request: Request) -> JSONResponse:
     workspace, name = workspace_id(request), request.path_params["name"]
     with request.app.state.db.session() as session:
         group = find(session, workspace, name)
-        users = [
-            e.name
-            for e in session.scalars(
-                select(Experiment).where(
-                    Experiment.workspace_id == workspace, Experiment.status.in_(ACTIVE)
-                )
-            )
-            if any(t.get("parameter_group") == name for t in e.spec.get("tasks", []))
-        ]
+        users = active_users(session, workspace, group=name)
         if users:
             raise Conflict(f"Parameter group {name!r} is used by running experiments {users}.")
         session.delete(group)

@@ -17,26 +17,28 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from tunelab.clusters import clusters, placement_problems
-from tunelab.db.models import ModelServer, Service
+from tunelab.db.tables import ModelServer, Service
 from tunelab.errors import Conflict, Invalid, NotFound
 from tunelab.events.service import ServiceDeleted, ServiceDeployRequested, ServiceRef
 from tunelab.experiment_rules import span_problems
 from tunelab.functions.http import parse, read_json, respond, workspace_id
-from tunelab.functions.models import visible_model
+from tunelab.functions.repository import visible_model
+from tunelab.lifecycle.specs import ServiceSpec
 from tunelab.serving.routes import announce_change
 from tunelab.serving_rules import DeployRequest
 from tunelab.times import iso
 
 
 def to_json(service: Service, server: ModelServer | None = None) -> dict[str, Any]:
-    request = service.spec["request"]
+    request = ServiceSpec.of(service).request
     return {
         "name": service.name,
         "model": service.model,
-        "cluster": request["cluster"],
-        "namespace": request["namespace"],
-        "resources": request["resources"],
-        "replicas": request["replicas"],
+        "cluster": request.cluster,
+        "namespace": request.namespace,
+        "resources": request.resources.model_dump(mode="json"),
+        "replicas": request.replicas,
+        "store": request.store,
         "status": service.status,
         "error": service.error,
         "endpoint": service.endpoint,

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from tunelab.db.models import StoredChat
+from tunelab.db.tables import StoredChat
 from tunelab.errors import Invalid, NotFound
 from tunelab.functions.http import parse, read_json, respond, workspace_id
 

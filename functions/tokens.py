@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from tunelab.auth import Role, TokenNameTaken, create_token, list_tokens, revoke_token
-from tunelab.db.models import ApiToken
+from tunelab.db.tables import ApiToken
 from tunelab.errors import Conflict, NotFound
 from tunelab.functions.http import parse, read_json, respond, workspace_id
 from tunelab.names import Name

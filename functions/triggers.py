@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from tunelab.db.models import Dataset
+from tunelab.db.tables import Dataset
 from tunelab.errors import BadRequest, NotFound, Unauthorized
 from tunelab.functions.boundary import parse_json
 from tunelab.functions.datasets import uploaded_event

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from tunelab.db.models import UsageRecord
+from tunelab.db.tables import UsageRecord
 from tunelab.errors import Invalid
 from tunelab.functions.http import respond, workspace_id
 from tunelab.serving.usage import quantile

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from tunelab.db.models import Webhook, WebhookDelivery
+from tunelab.db.tables import Webhook, WebhookDelivery
 from tunelab.errors import Conflict, Invalid, NotFound
 from tunelab.events.catalog import EVENT_TYPES
 from tunelab.functions.http import parse, read_json, respond, workspace_id

@@ -38,18 +38,10 @@ echo "== ruff"
 "$venv/bin/ruff" format --check .
 
 echo "== mypy"
-# The import package `tunelab` is assembled from several top-level folders
-# (pyproject's package-dir); mypy cannot follow setuptools' editable finder, so it
-# checks a tree of links with the same shape.
-tree="$(mktemp -d)"
-trap 'rm -rf "$tree"' EXIT
-mkdir "$tree/tunelab"
-for entry in tunelab/*; do ln -s "$PWD/$entry" "$tree/tunelab/"; done
-for folder in functions events workers; do ln -s "$PWD/$folder" "$tree/tunelab/$folder"; done
-root="$PWD"
-venv_bin="$(cd "$venv/bin" && pwd)"
-(cd "$tree" && "$venv_bin/mypy" --config-file "$root/pyproject.toml" \
-  --cache-dir "$root/.mypy_cache" -p tunelab)
+"$venv/bin/mypy" -p tunelab
+
+echo "== import contracts"
+"$venv/bin/lint-imports"
 
 echo "== pytest"
 "$venv/bin/python" -m pytest "$@"

@@ -15,6 +15,7 @@ from dramatiq import Worker
 
 from tests.kube import start_control_plane
 from tests.services import ServiceUnavailable, Started, ensure_postgres, ensure_redis, start_s3
+from tunelab.context import Context
 from tunelab.db import Database
 from tunelab.events.broker import queue_name
 from tunelab.events.bus import EventBus
@@ -93,26 +94,24 @@ def queues() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def stub_broker() -> Iterator[object]:
-    """A StubBroker that every actor module binds to, once per test process."""
+    """A StubBroker with every actor declared on it, once per test process."""
     from dramatiq.brokers.stub import StubBroker
 
-    from tunelab.workers.setup import import_actors, install_broker
+    from tunelab.workers.setup import declare_actors
 
-    broker = install_broker(StubBroker())
+    broker = declare_actors(StubBroker(), get_settings(), ("cpu", "gpu", "train"))
     broker.emit_after("process_boot")
-    import_actors("cpu")
-    import_actors("gpu")
     yield broker
     broker.close()
 
 
 @pytest.fixture
-def ctx(stub_broker: Any, tmp_path: Path) -> Iterator[context.WorkerContext]:
+def ctx(stub_broker: Any, tmp_path: Path) -> Iterator[Context]:
     settings = get_settings()
     db = Database(f"sqlite:///{tmp_path / 'meta.db'}")
     db.migrate()
     bus = EventBus(stub_broker, db, lambda worker: queue_name(settings, worker))
-    worker_context = context.WorkerContext(settings, db, LocalStore(tmp_path / "objects"), bus)
+    worker_context = Context(settings, db, LocalStore(tmp_path / "objects"), bus)
     context.install(worker_context)
     worker = Worker(stub_broker, worker_timeout=10)
     worker.start()

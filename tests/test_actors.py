@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,14 @@ from standardwebhooks.webhooks import Webhook as Verifier
 from tests.actors import drain
 from tests.receiver import webhook_receiver
 from tunelab.auth import ensure_workspace
-from tunelab.db.models import Dataset, DeadLetter, EventRecord, Webhook, WebhookDelivery
+from tunelab.context import Context
+from tunelab.db.tables import Dataset, DeadLetter, EventRecord, Webhook, WebhookDelivery
 from tunelab.events.dataset import DatasetUploaded, DatasetUploadedData
 from tunelab.store import keys
 from tunelab.store.local import LocalStore
-from tunelab.workers import context
 from tunelab.workers.cpu.ingest import ingest
+from tunelab.workers.middleware import resend_give_ups
+from tunelab.workers.registry import SPECS
 
 GOOD_CSV = b"question,answer\n" + b"".join(
     f"What is {i}+{i}?,{2 * i}\n".encode() for i in range(12)
@@ -27,7 +30,7 @@ GOOD_CSV = b"question,answer\n" + b"".join(
 
 
 def stage_dataset(
-    ctx: context.WorkerContext, body: bytes, mapping: dict[str, str] | None = None
+    ctx: Context, body: bytes, mapping: dict[str, str] | None = None
 ) -> DatasetUploaded:
     with ctx.db.session() as session:
         workspace = ensure_workspace(session, "acme")
@@ -48,7 +51,7 @@ def stage_dataset(
     )
 
 
-def events_of(ctx: context.WorkerContext, type_: str) -> list[EventRecord]:
+def events_of(ctx: Context, type_: str) -> list[EventRecord]:
     with ctx.db.session() as session:
         return list(session.scalars(select(EventRecord).where(EventRecord.type == type_)))
 
@@ -87,7 +90,7 @@ def test_ingest_stores_nothing_when_a_split_fails(tmp_path: Path) -> None:
     assert not store.exists("datasets/d1/train.parquet")
 
 
-def test_an_uploaded_dataset_becomes_ready_and_is_announced(ctx: context.WorkerContext) -> None:
+def test_an_uploaded_dataset_becomes_ready_and_is_announced(ctx: Context) -> None:
     event = stage_dataset(ctx, GOOD_CSV)
     ctx.bus.publish(event)
     drain(ctx)
@@ -101,7 +104,7 @@ def test_an_uploaded_dataset_becomes_ready_and_is_announced(ctx: context.WorkerC
     ]
 
 
-def test_a_redelivered_upload_publishes_the_same_outcome_once(ctx: context.WorkerContext) -> None:
+def test_a_redelivered_upload_publishes_the_same_outcome_once(ctx: Context) -> None:
     event = stage_dataset(ctx, GOOD_CSV)
     ctx.bus.publish(event)
     drain(ctx)
@@ -110,7 +113,7 @@ def test_a_redelivered_upload_publishes_the_same_outcome_once(ctx: context.Worke
     assert len(events_of(ctx, "dataset.validated")) == 1
 
 
-def test_a_bad_file_fails_the_dataset_with_line_and_field(ctx: context.WorkerContext) -> None:
+def test_a_bad_file_fails_the_dataset_with_line_and_field(ctx: Context) -> None:
     event = stage_dataset(ctx, b"prompt,reply\nhi,hello\n")
     ctx.bus.publish(event)
     drain(ctx)
@@ -123,13 +126,14 @@ def test_a_bad_file_fails_the_dataset_with_line_and_field(ctx: context.WorkerCon
     assert failed[0].data["error"]["code"] == "dataset_invalid"
 
 
-def test_a_message_that_fails_all_retries_is_recorded_as_dead(ctx: context.WorkerContext) -> None:
+def test_a_message_that_fails_all_retries_is_recorded_as_dead(ctx: Context) -> None:
     event = stage_dataset(ctx, GOOD_CSV)
     ctx.store.delete(keys.dataset_staging(event.data.dataset_id))  # the file vanished
     actor = ctx.bus.broker.get_actor("ingest_dataset")
     actor.send_with_options(args=(event.to_message(),), max_retries=0)
     with pytest.raises(KeyError):
         drain(ctx)
+    drain(ctx, fail_fast=False)  # the give-up, a message of its own
     with ctx.db.session() as session:
         dead = session.scalars(select(DeadLetter)).one()
     assert (dead.actor, dead.event_type, dead.workspace_id) == (
@@ -148,7 +152,66 @@ def test_a_message_that_fails_all_retries_is_recorded_as_dead(ctx: context.Worke
     assert events_of(ctx, "message.dead")[0].data["message_id"] == dead.message_id
 
 
-def test_webhooks_are_signed_retried_and_logged(ctx: context.WorkerContext) -> None:
+def dataset_status(ctx: Context, dataset_id: str) -> str:
+    with ctx.db.session() as session:
+        return session.get_one(Dataset, dataset_id).status
+
+
+def test_a_give_up_that_fails_is_retried_until_it_has_run(
+    ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = SPECS["ingest_dataset"]
+    assert spec.give_up is not None
+    calls: list[str] = []
+
+    def flaky(event: Any, error: str) -> None:  # a fault that cannot be caused for real
+        calls.append(error)
+        if len(calls) == 1:
+            raise ConnectionError("database went away")
+        real(event, error)
+
+    real = spec.give_up
+    monkeypatch.setitem(SPECS, "ingest_dataset", replace(spec, give_up=flaky))
+    event = stage_dataset(ctx, GOOD_CSV)
+    ctx.store.delete(keys.dataset_staging(event.data.dataset_id))  # so ingestion dies
+    actor = ctx.bus.broker.get_actor("ingest_dataset")
+    actor.send_with_options(args=(event.to_message(),), max_retries=0)
+    drain(ctx, fail_fast=False)
+    assert len(calls) == 2, "the give-up ran again after its first try failed"
+    assert dataset_status(ctx, event.data.dataset_id) == "failed"
+    assert len(events_of(ctx, "message.dead")) == 1, "announced once, whatever the give-up did"
+    with ctx.db.session() as session:
+        assert session.scalars(select(DeadLetter)).one().compensated_at is not None
+
+
+def test_a_give_up_recorded_but_never_sent_runs_when_a_worker_starts(ctx: Context) -> None:
+    event = stage_dataset(ctx, GOOD_CSV)
+    ctx.bus.publish(event)
+    drain(ctx)  # ingested; now pretend its message died and the worker with it
+    with ctx.db.session() as session:
+        session.get_one(Dataset, event.data.dataset_id).status = "validating"
+        session.add(
+            DeadLetter(
+                message_id="m-1",
+                workspace_id=event.workspace,
+                queue=ctx.settings.cpu_queue,
+                actor="ingest_dataset",
+                event_id=event.id,
+                event_type=event.type,
+                retries=3,
+                error="WorkerLost: killed",
+            )
+        )
+    resend_give_ups(ctx, "cpu")
+    drain(ctx)
+    assert dataset_status(ctx, event.data.dataset_id) == "failed"
+    resend_give_ups(ctx, "cpu")  # the next start finds nothing left to do
+    with ctx.db.session() as session:
+        assert session.scalars(select(DeadLetter)).one().compensated_at is not None
+    assert not ctx.bus.broker.queues[ctx.settings.cpu_queue].qsize()
+
+
+def test_webhooks_are_signed_retried_and_logged(ctx: Context) -> None:
     with webhook_receiver(statuses=[500]) as receiver:
         with ctx.db.session() as session:
             workspace = ensure_workspace(session, "acme")
@@ -176,7 +239,7 @@ def test_webhooks_are_signed_retried_and_logged(ctx: context.WorkerContext) -> N
     json.loads(body)  # the body is the event's JSON envelope
 
 
-def test_a_webhook_that_never_answers_ends_failed_and_dead(ctx: context.WorkerContext) -> None:
+def test_a_webhook_that_never_answers_ends_failed_and_dead(ctx: Context) -> None:
     with ctx.db.session() as session:
         workspace = ensure_workspace(session, "acme")
         session.add(
@@ -199,7 +262,7 @@ def test_a_webhook_that_never_answers_ends_failed_and_dead(ctx: context.WorkerCo
     assert [d.actor for d in dead] == ["deliver_webhook", "deliver_webhook"]
 
 
-def drain_until_idle(ctx: context.WorkerContext) -> None:
+def drain_until_idle(ctx: Context) -> None:
     """Join again after a fail-fast join re-raised, until no retry is left."""
     broker: Any = ctx.bus.broker
     for _ in range(20):

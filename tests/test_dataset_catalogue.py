@@ -10,16 +10,16 @@ import pytest
 
 from tests.actors import drain
 from tunelab.auth import ensure_workspace
-from tunelab.db.models import Dataset
+from tunelab.context import Context
+from tunelab.db.tables import Dataset
 from tunelab.events.dataset import DatasetUploaded, DatasetUploadedData
 from tunelab.store import keys
-from tunelab.workers import context
 
 FILES = Path(__file__).parent / "datasets"
 MAPPING = {"question": "question", "answer": "answer"}
 
 
-def ingest_file(ctx: context.WorkerContext, name: str, **metadata: Any) -> Dataset:
+def ingest_file(ctx: Context, name: str, **metadata: Any) -> Dataset:
     with ctx.db.session() as session:
         workspace = ensure_workspace(session, "acme")
         dataset = Dataset(
@@ -76,7 +76,7 @@ BAD = [
     ("name", "metadata", "code", "line", "field"), BAD, ids=[row[0] for row in BAD]
 )
 def test_a_bad_file_fails_naming_its_problem(
-    ctx: context.WorkerContext,
+    ctx: Context,
     name: str,
     metadata: dict[str, Any],
     code: str,
@@ -92,18 +92,18 @@ def test_a_bad_file_fails_naming_its_problem(
     assert not ctx.store.exists(keys.dataset_parquet(dataset.id)), "no normalised data"
 
 
-def test_a_misspelt_column_gets_a_suggestion(ctx: context.WorkerContext) -> None:
+def test_a_misspelt_column_gets_a_suggestion(ctx: Context) -> None:
     dataset = ingest_file(ctx, "misspelt-column.csv")
     assert dataset.error is not None
     assert "did you mean 'questoin'?" in dataset.error["details"][0]["message"]
 
 
-def test_the_encoding_is_named(ctx: context.WorkerContext) -> None:
+def test_the_encoding_is_named(ctx: Context) -> None:
     assert "UTF-16" in ingest_file(ctx, "encoding-utf16.csv").error["details"][0]["message"]
 
 
 def test_a_file_with_many_problems_keeps_the_first_hundred_and_the_total(
-    ctx: context.WorkerContext, tmp_path: Path
+    ctx: Context, tmp_path: Path
 ) -> None:
     body = "question,answer\n" + "".join(f"q{i}?,\n" for i in range(150))
     (FILES / "_generated-many.csv").write_text(body)
@@ -120,7 +120,7 @@ def warnings_of(dataset: Dataset) -> dict[str, dict[str, Any]]:
     return {w["code"]: w for w in dataset.warnings or []}
 
 
-def test_exact_duplicates_are_dropped_counted_and_reported(ctx: context.WorkerContext) -> None:
+def test_exact_duplicates_are_dropped_counted_and_reported(ctx: Context) -> None:
     dataset = ingest_file(ctx, "duplicates.csv")
     assert dataset.status == "ready"
     assert dataset.stats is not None
@@ -129,7 +129,7 @@ def test_exact_duplicates_are_dropped_counted_and_reported(ctx: context.WorkerCo
 
 
 def test_a_declared_language_that_contradicts_the_text_is_a_warning(
-    ctx: context.WorkerContext,
+    ctx: Context,
 ) -> None:
     english = ingest_file(ctx, "good.csv", language="zh")
     assert english.status == "ready"
@@ -138,7 +138,7 @@ def test_a_declared_language_that_contradicts_the_text_is_a_warning(
     assert chinese.status == "ready" and "language_mismatch" not in warnings_of(chinese)
 
 
-def test_formula_cells_are_flagged(ctx: context.WorkerContext) -> None:
+def test_formula_cells_are_flagged(ctx: Context) -> None:
     dataset = ingest_file(ctx, "formula.csv")
     assert dataset.status == "ready"
     warning = warnings_of(dataset)["formula_injection"]
@@ -146,14 +146,14 @@ def test_formula_cells_are_flagged(ctx: context.WorkerContext) -> None:
 
 
 @pytest.mark.parametrize("name", ["good-bom.csv", "multiline.csv", "html.csv", "chinese.csv"])
-def test_well_formed_variants_are_ready(ctx: context.WorkerContext, name: str) -> None:
+def test_well_formed_variants_are_ready(ctx: Context, name: str) -> None:
     dataset = ingest_file(ctx, name)
     assert dataset.status == "ready", dataset.error
     assert dataset.stats is not None and dataset.stats["train"]["rows"] >= 12
     assert dataset.stats["train"]["bytes"] == (FILES / name).stat().st_size
 
 
-def test_a_redelivered_event_leaves_one_copy_of_the_rows(ctx: context.WorkerContext) -> None:
+def test_a_redelivered_event_leaves_one_copy_of_the_rows(ctx: Context) -> None:
     dataset = ingest_file(ctx, "good.csv")
     objects = sorted(p.name for p in (ctx.store.root / "datasets").rglob("*"))  # type: ignore[attr-defined]
     with ctx.db.session() as session:
@@ -170,7 +170,7 @@ def test_a_redelivered_event_leaves_one_copy_of_the_rows(ctx: context.WorkerCont
     assert sorted(p.name for p in (ctx.store.root / "datasets").rglob("*")) == objects  # type: ignore[attr-defined]
 
 
-def test_a_ready_dataset_has_token_length_statistics(ctx: context.WorkerContext) -> None:
+def test_a_ready_dataset_has_token_length_statistics(ctx: Context) -> None:
     dataset = ingest_file(ctx, "multiline.csv")
     assert dataset.stats is not None
     tokens = dataset.stats["train"]["tokens"]

@@ -11,7 +11,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
 from tunelab.db import Database
-from tunelab.db.models import Base
+from tunelab.db.tables import Base
 
 API_RESOURCES = {
     "workspaces",

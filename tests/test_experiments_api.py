@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 from tests.test_http import Api, assert_error
 from tunelab.auth import create_token
 from tunelab.db import Database
-from tunelab.db.models import Dataset, EventRecord, Experiment, Task, Workspace
+from tunelab.db.tables import Dataset, EventRecord, Experiment, Task, Workspace
 from tunelab.functions.app import create_app
 from tunelab.settings import Settings
 

@@ -23,7 +23,7 @@ from tests.platform import wait_until
 from tests.test_http import METRICS_TOKEN, Api, assert_error, make_settings, upload
 from tunelab.auth import create_token
 from tunelab.db import Database
-from tunelab.db.models import (
+from tunelab.db.tables import (
     Dataset,
     EventRecord,
     IdempotencyKey,
@@ -103,7 +103,7 @@ def test_a_fine_tuned_model_is_deleted_with_its_files_unless_a_service_uses_it(
             workspace_id=acme.id,
             name="bot",
             model="tuned",
-            spec={"model_id": model.id, "request": {}},
+            spec={"model_id": model.id, "request": {"name": "bot", "model": "tuned"}},
             status="ready",
         )
         session.add(service)

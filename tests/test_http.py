@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 
 from tunelab.auth import create_token
 from tunelab.db import Database
-from tunelab.db.models import Dataset, EventRecord, IdempotencyKey, Webhook
+from tunelab.db.tables import Dataset, EventRecord, IdempotencyKey, Webhook
 from tunelab.functions.app import create_app
 from tunelab.settings import Settings
 
@@ -295,7 +295,7 @@ def test_presigned_uploads_need_the_s3_store(api: Api) -> None:
 
 
 def test_a_dataset_in_use_by_a_running_experiment_cannot_be_deleted(api: Api) -> None:
-    from tunelab.db.models import Experiment
+    from tunelab.db.tables import Experiment
 
     upload(api.client, {"name": "faq"}, api.tokens["acme"])
     with api.db.session() as session:
@@ -305,7 +305,14 @@ def test_a_dataset_in_use_by_a_running_experiment_cannot_be_deleted(api: Api) ->
                 workspace_id=workspace,
                 name="exp",
                 status="running",
-                spec={"tasks": [{"name": "t1", "dataset": "faq"}]},
+                spec={
+                    "evaluation": "rouge-bleu",
+                    "cluster": "local",
+                    "namespace": "default",
+                    "tasks": [
+                        {"name": "t1", "base_model": "b", "dataset": "faq", "parameter_group": "g"}
+                    ],
+                },
             )
         )
     response = api.client.delete("/api/v1/datasets/faq", headers=api.auth())
@@ -398,7 +405,7 @@ def test_a_verified_token_is_trusted_for_seconds_and_a_revoked_one_refused_after
     from datetime import UTC, datetime
 
     from tests.platform import wait_until
-    from tunelab.db.models import ApiToken
+    from tunelab.db.tables import ApiToken
 
     settings = make_settings(tmp_path, redis_url, queues).model_copy(update={"token_cache_s": 0.5})
     db = Database(settings.effective_database_url)

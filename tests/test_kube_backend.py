@@ -22,24 +22,25 @@ from kubernetes.client import ApiException
 from sqlalchemy import select
 
 from tests.services import free_port
+from tunelab.context import Context
 from tunelab.db import Database
-from tunelab.db.models import EventRecord, Experiment, Model, Service, Task, Workspace
+from tunelab.db.tables import EventRecord, Experiment, Model, Service, Task, Workspace
 from tunelab.events.broker import queue_name
 from tunelab.events.bus import EventBus
 from tunelab.events.experiment import ExperimentCancelled, ExperimentRef
 from tunelab.events.service import ServiceDeployRequested, ServiceRef
 from tunelab.settings import Settings
 from tunelab.store.local import LocalStore
+from tunelab.training.exits import EXIT_USER_ERROR
 from tunelab.workers import context
-from tunelab.workers.context import WorkerContext
-from tunelab.workers.kube import jobs, servers
+from tunelab.workers.kube import jobs, server_manifests, servers
 from tunelab.workers.kube.client import Kube, kube
 
 IMAGE = "registry.example/tunelab:gpu"
 
 
 @pytest.fixture
-def ctx(stub_broker: Any, tmp_path: Path, kubeconfig: str) -> Iterator[WorkerContext]:
+def ctx(stub_broker: Any, tmp_path: Path, kubeconfig: str) -> Iterator[Context]:
     settings = Settings(
         data_dir=tmp_path,
         backend="kubernetes",
@@ -52,7 +53,7 @@ def ctx(stub_broker: Any, tmp_path: Path, kubeconfig: str) -> Iterator[WorkerCon
     db = Database(f"sqlite:///{tmp_path / 'meta.db'}")
     db.migrate()
     bus = EventBus(stub_broker, db, lambda worker: queue_name(settings, worker), "kubernetes")
-    worker_context = WorkerContext(settings, db, LocalStore(tmp_path / "objects"), bus)
+    worker_context = Context(settings, db, LocalStore(tmp_path / "objects"), bus)
     context.install(worker_context)
     yield worker_context
     stub_broker.flush_all()
@@ -60,7 +61,7 @@ def ctx(stub_broker: Any, tmp_path: Path, kubeconfig: str) -> Iterator[WorkerCon
 
 
 @pytest.fixture
-def api(ctx: WorkerContext) -> Kube:
+def api(ctx: Context) -> Kube:
     return kube(ctx.settings)
 
 
@@ -86,7 +87,7 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 30) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def workspace(ctx: WorkerContext) -> str:
+def workspace(ctx: Context) -> str:
     with ctx.db.session() as session:
         found = session.scalar(select(Workspace))
         if found is None:
@@ -97,7 +98,7 @@ def workspace(ctx: WorkerContext) -> str:
 
 
 def add_task(
-    ctx: WorkerContext, namespace: str, gpu_type: str = "cpu", gpus: int = 1, cpu: str = "2"
+    ctx: Context, namespace: str, gpu_type: str = "cpu", gpus: int = 1, cpu: str = "2"
 ) -> Task:
     ws = workspace(ctx)
     with ctx.db.session() as session:
@@ -131,18 +132,18 @@ def add_task(
         return task
 
 
-def submit(ctx: WorkerContext, task: Task) -> None:
-    from tunelab.workers.cpu.scheduling import scheduled_event
+def submit(ctx: Context, task: Task) -> None:
+    from tunelab.lifecycle.tasks import scheduled_event
     from tunelab.workers.kube.actors import submit_task_job
 
     with ctx.db.session() as session:
         event = scheduled_event(
             session.get(Task, task.id), session.get(Experiment, task.experiment_id)
         )
-    submit_task_job.fn(event.to_message())
+    submit_task_job(event)
 
 
-def task_row(ctx: WorkerContext, task_id: str) -> Task:
+def task_row(ctx: Context, task_id: str) -> Task:
     with ctx.db.session() as session:
         found = session.get(Task, task_id)
         assert found is not None
@@ -150,7 +151,7 @@ def task_row(ctx: WorkerContext, task_id: str) -> Task:
         return found
 
 
-def event_types(ctx: WorkerContext) -> list[str]:
+def event_types(ctx: Context) -> list[str]:
     with ctx.db.session() as session:
         return list(session.scalars(select(EventRecord.type).order_by(EventRecord.seq)))
 
@@ -160,7 +161,7 @@ def pods_of(api: Kube, namespace: str, selector: str) -> list[Any]:
 
 
 def test_a_task_becomes_a_job_with_its_resources_gpus_env_volumes_and_failure_policy(
-    ctx: WorkerContext, api: Kube, namespace: str
+    ctx: Context, api: Kube, namespace: str
 ) -> None:
     task = add_task(ctx, namespace, gpu_type="a100", gpus=2, cpu="4")
     submit(ctx, task)
@@ -192,7 +193,7 @@ def test_a_task_becomes_a_job_with_its_resources_gpus_env_volumes_and_failure_po
         )
     rules = sent["spec"]["podFailurePolicy"]["rules"]
     assert rules[0]["action"] == "FailJob"
-    assert rules[0]["onExitCodes"]["values"] == [jobs.EXIT_USER_ERROR]
+    assert rules[0]["onExitCodes"]["values"] == [EXIT_USER_ERROR]
     assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
     # The Job controller makes its pod, which waits for a kubelet.
     wait_for("the Job's pod", lambda: pods_of(api, namespace, f"job-name={job.metadata.name}"))
@@ -201,7 +202,7 @@ def test_a_task_becomes_a_job_with_its_resources_gpus_env_volumes_and_failure_po
 
 
 def test_a_task_without_a_gpu_asks_for_none_and_sees_none(
-    ctx: WorkerContext, api: Kube, namespace: str
+    ctx: Context, api: Kube, namespace: str
 ) -> None:
     task = add_task(ctx, namespace)
     submit(ctx, task)
@@ -214,7 +215,7 @@ def test_a_task_without_a_gpu_asks_for_none_and_sees_none(
 
 
 def test_a_quota_that_refuses_the_pod_fails_the_task_with_kubernetes_reason(
-    ctx: WorkerContext, api: Kube, namespace: str
+    ctx: Context, api: Kube, namespace: str
 ) -> None:
     api.core.create_namespaced_resource_quota(
         namespace,
@@ -240,7 +241,7 @@ def test_a_quota_that_refuses_the_pod_fails_the_task_with_kubernetes_reason(
     assert "task.failed" in event_types(ctx)
 
 
-def test_a_namespace_that_does_not_exist_fails_the_task_saying_so(ctx: WorkerContext) -> None:
+def test_a_namespace_that_does_not_exist_fails_the_task_saying_so(ctx: Context) -> None:
     task = add_task(ctx, "nowhere-at-all")
     submit(ctx, task)
     error = task_row(ctx, task.id).error
@@ -249,7 +250,7 @@ def test_a_namespace_that_does_not_exist_fails_the_task_saying_so(ctx: WorkerCon
 
 
 def test_cancel_deletes_the_job_and_announces_the_task_cancelled(
-    ctx: WorkerContext, api: Kube, namespace: str
+    ctx: Context, api: Kube, namespace: str
 ) -> None:
     from tunelab.workers.kube.actors import delete_cancelled_jobs
 
@@ -265,7 +266,7 @@ def test_cancel_deletes_the_job_and_announces_the_task_cancelled(
             subject=f"experiments/{experiment.name}",
             data=ExperimentRef(experiment_id=experiment.id, name=experiment.name),
         )
-    delete_cancelled_jobs.fn(event.to_message())
+    delete_cancelled_jobs(event)
 
     def gone() -> bool:
         try:
@@ -295,7 +296,7 @@ def terminated(code: int, reason: str) -> dict[str, Any]:
 
 
 def test_a_pod_that_cannot_pull_its_image_fails_the_task(
-    ctx: WorkerContext, api: Kube, namespace: str
+    ctx: Context, api: Kube, namespace: str
 ) -> None:
     from tunelab.workers.kube.training import reconcile_jobs
 
@@ -312,7 +313,7 @@ def test_a_pod_that_cannot_pull_its_image_fails_the_task(
 
 
 def test_a_job_that_kept_failing_or_a_user_error_exit_ends_the_task_without_more_pods(
-    ctx: WorkerContext, api: Kube, namespace: str
+    ctx: Context, api: Kube, namespace: str
 ) -> None:
     from tunelab.workers.kube.training import reconcile_jobs
 
@@ -335,7 +336,7 @@ def test_a_job_that_kept_failing_or_a_user_error_exit_ends_the_task_without_more
     submit(ctx, user_error)
     name = jobs.job_name(user_error.id)
     (pod,) = wait_for("the Job's pod", lambda: pods_of(api, namespace, f"job-name={name}"))
-    patch_pod_status(api, pod, terminated(jobs.EXIT_USER_ERROR, "Error"))
+    patch_pod_status(api, pod, terminated(EXIT_USER_ERROR, "Error"))
     reconcile_jobs(ctx, api)
     error = task_row(ctx, user_error.id).error
     assert error is not None and error["code"] == "invalid_task"
@@ -349,7 +350,7 @@ def test_a_job_that_kept_failing_or_a_user_error_exit_ends_the_task_without_more
 # ---- model servers ------------------------------------------------------------------
 
 
-def adapter_model(ctx: WorkerContext, base_uri: str, base_dir: Path) -> Model:
+def adapter_model(ctx: Context, base_uri: str, base_dir: Path) -> Model:
     """A LoRA adapter of the tiny base model, in the object store like a trained one."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -379,7 +380,7 @@ def adapter_model(ctx: WorkerContext, base_uri: str, base_dir: Path) -> Model:
         return found
 
 
-def add_service(ctx: WorkerContext, name: str, model: Model, namespace: str) -> str:
+def add_service(ctx: Context, name: str, model: Model, namespace: str) -> str:
     from tunelab.workers.kube.actors import deploy_service_on_kubernetes
 
     request = {
@@ -407,11 +408,11 @@ def add_service(ctx: WorkerContext, name: str, model: Model, namespace: str) -> 
         ref = ServiceRef(service_id=service.id, name=name, model=model.name)
         event = ServiceDeployRequested(workspace=service.workspace_id, subject=name, data=ref)
         service_id = service.id
-    deploy_service_on_kubernetes.fn(event.to_message())
+    deploy_service_on_kubernetes(event)
     return service_id
 
 
-def service_row(ctx: WorkerContext, service_id: str) -> Service:
+def service_row(ctx: Context, service_id: str) -> Service:
     with ctx.db.session() as session:
         found = session.get(Service, service_id)
         assert found is not None
@@ -434,7 +435,7 @@ def make_ready(api: Kube, pod: Any) -> None:
 
 @pytest.mark.timeout(300)
 def test_a_service_becomes_a_deployment_whose_every_ready_replica_gets_the_adapters(
-    ctx: WorkerContext, api: Kube, namespace: str
+    ctx: Context, api: Kube, namespace: str
 ) -> None:
     from tunelab.serving.served import adapter_name
     from tunelab.training.basemodel import ensure_tiny_base
@@ -455,7 +456,7 @@ def test_a_service_becomes_a_deployment_whose_every_ready_replica_gets_the_adapt
     assert server_id is not None
 
     servers.reconcile_servers(ctx, api)
-    name = servers.server_name(server_id)
+    name = server_manifests.server_name(server_id)
     deployment = api.apps.read_namespaced_deployment(name, namespace)
     assert deployment.spec.replicas == 2
     pod = deployment.spec.template.spec
@@ -534,7 +535,7 @@ def test_a_service_becomes_a_deployment_whose_every_ready_replica_gets_the_adapt
 
 
 def test_a_service_the_namespace_quota_refuses_fails_with_the_reason(
-    ctx: WorkerContext, api: Kube, namespace: str
+    ctx: Context, api: Kube, namespace: str
 ) -> None:
     api.core.create_namespaced_resource_quota(
         namespace,
@@ -561,7 +562,7 @@ def test_a_service_the_namespace_quota_refuses_fails_with_the_reason(
 
 
 def test_a_training_task_whose_job_vanished_fails_instead_of_waiting_forever(
-    ctx: WorkerContext, api: Kube, namespace: str
+    ctx: Context, api: Kube, namespace: str
 ) -> None:
     from tunelab.workers.kube.training import MISSING_AFTER, reconcile_jobs
 

@@ -8,13 +8,13 @@ import time
 
 import redis
 
-from tunelab.workers.gpu.lease import TaskLease
+from tunelab.lease import Lease
 
 
 def test_a_live_jobs_lease_turns_a_duplicate_delivery_away(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     task = secrets.token_hex(4)
-    holder = TaskLease(client, task, ttl_s=0.5, renew_every_s=0.1)
+    holder = Lease(client, task, ttl_s=0.5, renew_every_s=0.1)
     assert holder.acquire()
     stop = threading.Event()
 
@@ -25,7 +25,7 @@ def test_a_live_jobs_lease_turns_a_duplicate_delivery_away(redis_url: str) -> No
     renewer = threading.Thread(target=keep_renewing)
     renewer.start()
     try:
-        assert not TaskLease(client, task, ttl_s=0.5).acquire()  # waited 1 s: still held
+        assert not Lease(client, task, ttl_s=0.5).acquire()  # waited 1 s: still held
     finally:
         stop.set()
         renewer.join()
@@ -36,9 +36,9 @@ def test_a_live_jobs_lease_turns_a_duplicate_delivery_away(redis_url: str) -> No
 def test_a_dead_jobs_lease_runs_out_and_the_redelivery_takes_over(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     task = secrets.token_hex(4)
-    assert TaskLease(client, task, ttl_s=0.5).acquire()  # and never renewed: "killed"
+    assert Lease(client, task, ttl_s=0.5).acquire()  # and never renewed: "killed"
     started = time.monotonic()
-    successor = TaskLease(client, task, ttl_s=0.5)
+    successor = Lease(client, task, ttl_s=0.5)
     assert successor.acquire()
     assert time.monotonic() - started < 1.0
     successor.release()

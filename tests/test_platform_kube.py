@@ -22,8 +22,9 @@ from tests.test_kube_backend import make_ready, pods_of
 from tests.test_platform_training import experiment, group, task, upload
 from tunelab.settings import Settings
 from tunelab.synthetic import qa_pairs
-from tunelab.workers.kube import jobs, servers
+from tunelab.training.exits import EXIT_USER_ERROR
 from tunelab.workers.kube.client import Kube, kube
+from tunelab.workers.kube.server_manifests import SERVER_SELECTOR
 
 API_PYTHON = os.environ.get("TUNELAB_TEST_API_PYTHON") or str(
     Path.home() / ".cache" / "tunelab" / "api-venv" / "bin" / "python"
@@ -108,7 +109,7 @@ def test_a_task_that_cannot_train_exits_with_the_code_the_job_does_not_retry(
     assert response.status_code == 201, response.text
     experiment(platform, "doomed", {**task("broken", "quick"), "base_model": "vanished"})
     pod = run_pod(platform, job_of(cluster, "doomed"))
-    assert pod.returncode == jobs.EXIT_USER_ERROR, pod.stderr[-3000:]
+    assert pod.returncode == EXIT_USER_ERROR, pod.stderr[-3000:]
     result = platform.wait_for_experiment("doomed", timeout=120)
     assert result["status"] == "failed"
     assert result["tasks"][0]["error"]["code"] == "base_model_unavailable"
@@ -130,7 +131,7 @@ def test_an_api_without_the_gpu_stack_chats_with_a_deployed_model_through_its_se
     assert deployed.status_code == 202, deployed.text
 
     def server_pods() -> list[Any]:
-        return pods_of(cluster, "default", servers.SERVER_SELECTOR)
+        return pods_of(cluster, "default", SERVER_SELECTOR)
 
     (pod,) = wait_until(server_pods, "the model server's pod", 60, 0.5)
     (_vllm, sidecar) = pod.spec.containers

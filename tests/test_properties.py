@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from tunelab.errors import BadRequest
 from tunelab.functions.boundary import parse_json
+from tunelab.plugins import Alpaca, ChatJsonl, PluginError
 from tunelab.workers.cpu.csvcheck import check_file
-from tunelab.workers.cpu.plugins import Alpaca, ChatJsonl, PluginError
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MAPPING = {"question": "question", "answer": "answer"}

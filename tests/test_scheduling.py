@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
+from tunelab.context import Context
 from tunelab.db import Database
-from tunelab.db.models import Experiment, Task, Workspace
+from tunelab.db.tables import Experiment, Task, Workspace
 from tunelab.events.broker import queue_name
 from tunelab.events.bus import EventBus
 from tunelab.settings import Settings
 from tunelab.store.local import LocalStore
-from tunelab.workers.context import WorkerContext
 
 CLUSTER = """
 [clusters.local]
@@ -26,31 +26,31 @@ gpus = { a100 = 2 }
 
 
 @pytest.fixture
-def ctx(stub_broker: Any, tmp_path: Path) -> Iterator[WorkerContext]:
+def ctx(stub_broker: Any, tmp_path: Path) -> Iterator[Context]:
     (tmp_path / "clusters.toml").write_text(CLUSTER)
     settings = Settings(data_dir=tmp_path, clusters_file=tmp_path / "clusters.toml")
     db = Database(settings.effective_database_url)
     db.migrate()
     bus = EventBus(stub_broker, db, lambda worker: queue_name(settings, worker))
-    yield WorkerContext(settings, db, LocalStore(tmp_path / "objects"), bus)
+    yield Context(settings, db, LocalStore(tmp_path / "objects"), bus)
     stub_broker.flush_all()
     db.dispose()
 
 
-def schedule(ctx: WorkerContext, cluster: str) -> list[str]:
+def schedule(ctx: Context, cluster: str) -> list[str]:
     # Actor modules bind to a broker when imported: the stub broker fixture comes first.
-    from tunelab.workers.cpu.scheduling import schedule
+    from tunelab.lifecycle.experiments import schedule
 
     return schedule(ctx, cluster)
 
 
-def finish_experiment(ctx: WorkerContext, experiment_id: str) -> None:
-    from tunelab.workers.cpu.scheduling import finish_experiment
+def finish_experiment(ctx: Context, experiment_id: str) -> None:
+    from tunelab.lifecycle.experiments import finish_experiment
 
     finish_experiment(ctx, experiment_id)
 
 
-def add_experiment(ctx: WorkerContext, name: str, *tasks: dict[str, Any]) -> str:
+def add_experiment(ctx: Context, name: str, *tasks: dict[str, Any]) -> str:
     with ctx.db.session() as session:
         workspace = session.query(Workspace).first()
         if workspace is None:
@@ -87,18 +87,18 @@ def add_experiment(ctx: WorkerContext, name: str, *tasks: dict[str, Any]) -> str
         return str(experiment.id)
 
 
-def statuses(ctx: WorkerContext) -> dict[str, str]:
+def statuses(ctx: Context) -> dict[str, str]:
     with ctx.db.session() as session:
         return {t.name: t.status for t in session.query(Task)}
 
 
-def end(ctx: WorkerContext, task: str, status: str = "succeeded", score: float = 0.5) -> None:
+def end(ctx: Context, task: str, status: str = "succeeded", score: float = 0.5) -> None:
     with ctx.db.session() as session:
         row = session.query(Task).filter_by(name=task).one()
         row.status, row.score = status, {"score": score}
 
 
-def test_tasks_start_while_they_fit_and_the_rest_wait_queued(ctx: WorkerContext) -> None:
+def test_tasks_start_while_they_fit_and_the_rest_wait_queued(ctx: Context) -> None:
     add_experiment(
         ctx, "first", {"name": "a", "cpu": 2}, {"name": "b", "cpu": 2}, {"name": "c", "cpu": 2}
     )
@@ -109,7 +109,7 @@ def test_tasks_start_while_they_fit_and_the_rest_wait_queued(ctx: WorkerContext)
     assert schedule(ctx, "local") == ["c"]
 
 
-def test_gpus_are_counted_per_type(ctx: WorkerContext) -> None:
+def test_gpus_are_counted_per_type(ctx: Context) -> None:
     add_experiment(
         ctx,
         "gpus",
@@ -121,7 +121,7 @@ def test_gpus_are_counted_per_type(ctx: WorkerContext) -> None:
     assert schedule(ctx, "local") == ["b"]
 
 
-def test_a_task_that_does_not_fit_yet_holds_back_later_submissions(ctx: WorkerContext) -> None:
+def test_a_task_that_does_not_fit_yet_holds_back_later_submissions(ctx: Context) -> None:
     add_experiment(ctx, "big", {"name": "a", "cpu": 3}, {"name": "b", "cpu": 3})
     add_experiment(ctx, "small", {"name": "c", "cpu": 1})
     # c would fit beside a, but b was submitted first: no starving big tasks.
@@ -131,7 +131,7 @@ def test_a_task_that_does_not_fit_yet_holds_back_later_submissions(ctx: WorkerCo
 
 
 def test_an_experiment_ends_with_its_best_task_or_failed_when_none_succeeded(
-    ctx: WorkerContext,
+    ctx: Context,
 ) -> None:
     good = add_experiment(ctx, "good", {"name": "a"}, {"name": "b"}, {"name": "c"})
     schedule(ctx, "local")
@@ -149,7 +149,7 @@ def test_an_experiment_ends_with_its_best_task_or_failed_when_none_succeeded(
 
 
 def test_a_task_the_cluster_can_no_longer_hold_fails_without_blocking_others(
-    ctx: WorkerContext,
+    ctx: Context,
 ) -> None:
     add_experiment(ctx, "shrunk", {"name": "a", "cpu": 8}, {"name": "b", "cpu": 1})
     assert schedule(ctx, "local") == ["b"]
@@ -160,7 +160,7 @@ def test_a_task_the_cluster_can_no_longer_hold_fails_without_blocking_others(
 
 
 def test_a_diverged_loss_is_stored_as_null_not_as_nan(stub_broker: Any) -> None:
-    from tunelab.workers.gpu.relay import finite
+    from tunelab.training.reporting import finite
 
     progress = {"loss": float("nan"), "learning_rate": 0.1, "history": [{"loss": float("inf")}]}
     assert finite(progress) == {"loss": None, "learning_rate": 0.1, "history": [{"loss": None}]}

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from tunelab.clusters import Cluster
+from tunelab.serving.adapters import AdapterRejected, check_adapter
 from tunelab.serving_rules import DeployRequest, fit_problems
 from tunelab.settings import Settings
-from tunelab.workers.gpu.serving.adapters import AdapterRejected, check_adapter
 
 GiB = 2**30
 CLUSTER = Cluster(

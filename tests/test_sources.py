@@ -10,7 +10,7 @@ import pytest
 
 from tests.receiver import file_server
 from tests.services import free_port
-from tunelab.workers.cpu.plugins import Alpaca, ChatJsonl, PluginError, load
+from tunelab.plugins import Alpaca, ChatJsonl, PluginError, load
 from tunelab.workers.cpu.sources import (
     SourceError,
     SourceUnavailable,

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from tunelab.auth import ensure_workspace
 from tunelab.db import Database
-from tunelab.db.models import UsageRecord
+from tunelab.db.tables import UsageRecord
 from tunelab.serving.usage import UsageMeter, quantile
 
 

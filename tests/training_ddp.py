@@ -22,8 +22,9 @@ from tests.test_training import small_model, small_setup
 from tunelab.store.local import LocalStore
 from tunelab.synthetic import qa_pairs
 from tunelab.training.basemodel import tiny_tokenizer
+from tunelab.training.checkpoints import StoreCheckpoints
 from tunelab.training.evaluate import answer_perplexity
-from tunelab.training.job import StoreCheckpoints, init_distributed
+from tunelab.training.job import init_distributed
 from tunelab.training.trainer import Stopped, TrainResult
 
 

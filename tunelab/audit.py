@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from tunelab.db import RowBuffer
-from tunelab.db.models import AuditEntry
+from tunelab.db.tables import AuditEntry
 
 
 class AuditTrail(RowBuffer):

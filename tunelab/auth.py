@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tunelab.db import Database
-from tunelab.db.models import ApiToken, Workspace
+from tunelab.db.tables import ApiToken, Workspace
 from tunelab.names import check_label
 
 TOKEN_PREFIX = "tl_"

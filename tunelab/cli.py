@@ -74,7 +74,7 @@ def _token_list(args: argparse.Namespace) -> None:
     from sqlalchemy import select
 
     from tunelab.auth import list_tokens
-    from tunelab.db.models import Workspace
+    from tunelab.db.tables import Workspace
     from tunelab.times import iso
 
     with _database().session() as session:
@@ -91,7 +91,7 @@ def _token_revoke(args: argparse.Namespace) -> None:
     from sqlalchemy import select
 
     from tunelab.auth import revoke_token
-    from tunelab.db.models import Workspace
+    from tunelab.db.tables import Workspace
 
     with _database().session() as session:
         workspace = session.scalar(select(Workspace).where(Workspace.name == args.workspace))
@@ -102,7 +102,7 @@ def _token_revoke(args: argparse.Namespace) -> None:
 
 
 def _train_task(args: argparse.Namespace) -> None:
-    from tunelab.workers.gpu.pod import train_in_pod
+    from tunelab.workers.kube.pod import train_in_pod
 
     sys.exit(train_in_pod(load_settings(), args.task_id))
 
@@ -111,12 +111,12 @@ def _adapter_agent(args: argparse.Namespace) -> None:
     import os
     import threading
 
+    from tunelab.context import open_context
     from tunelab.events.broker import build_broker
     from tunelab.workers.kube.agent import AdapterAgent, serve
-    from tunelab.workers.setup import install_broker, make_context
 
     settings = load_settings()
-    ctx = make_context(settings, install_broker(build_broker(settings)))
+    ctx = open_context(settings, build_broker(settings))
     agent = AdapterAgent(ctx, args.server_id, args.vllm_url)
     serve(agent, int(os.environ.get("TUNELAB_AGENT_PORT", settings.kube_agent_port)))
     agent.run(threading.Event())
@@ -125,8 +125,8 @@ def _adapter_agent(args: argparse.Namespace) -> None:
 def _fetch_model(args: argparse.Namespace) -> None:
     from pathlib import Path
 
+    from tunelab.serving.folders import model_folder
     from tunelab.store import open_store
-    from tunelab.workers.gpu.serving.models import model_folder
 
     settings = load_settings()
     folder = model_folder(settings, open_store(settings), args.uri)

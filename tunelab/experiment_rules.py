@@ -81,9 +81,7 @@ def resolve_params(
     if params.quantization != "none" and not quantization_available(task.compute):
         problems.append(
             {
-                "field": f"{at}.overrides.quantization"
-                if "quantization" in task.overrides
-                else f"{at}.parameter_group",
+                "field": _parameter_field(task, at, "quantization"),
                 "message": f"{params.quantization} quantization needs bitsandbytes and a GPU; "
                 f"this task trains on {task.compute.gpu_type!r}",
             }
@@ -91,9 +89,7 @@ def resolve_params(
     if params.batch_size < processes(task.compute):
         problems.append(
             {
-                "field": f"{at}.overrides.batch_size"
-                if "batch_size" in task.overrides
-                else f"{at}.parameter_group",
+                "field": _parameter_field(task, at, "batch_size"),
                 "message": f"batch_size {params.batch_size} is smaller than the "
                 f"{processes(task.compute)} processes that share each batch",
             }
@@ -191,3 +187,8 @@ def _human(kind: str, value: Decimal) -> str:
     if kind == "memory":
         return f"{float(value) / 2**30:.1f}Gi"
     return f"{value} cores"
+
+
+def _parameter_field(task: TaskRequest, at: str, name: str) -> str:
+    """Where a parameter's value came from: the task's override, else its group."""
+    return f"{at}.overrides.{name}" if name in task.overrides else f"{at}.parameter_group"

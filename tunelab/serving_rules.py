@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tunelab.clusters import CPU_TYPE, Cluster
 from tunelab.experiment_rules import Range, span_problems
 from tunelab.names import Name
+from tunelab.quantity import parse_quantity
 from tunelab.settings import Settings
 
 GiB = 2**30
@@ -111,12 +112,9 @@ def fit_problems(
     return problems
 
 
-def memory_request(spec: dict[str, Any]) -> float:
-    from tunelab.quantity import parse_quantity
-
-    return float(parse_quantity(spec["resources"]["memory"]["request"])) * int(
-        spec.get("replicas", 1)
-    )
+def memory_request(request: DeployRequest) -> float:
+    """The memory a service's replicas request together, in bytes."""
+    return float(parse_quantity(request.resources.memory.request)) * request.replicas
 
 
 def engine_of(settings: Settings) -> str:

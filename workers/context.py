@@ -1,32 +1,18 @@
-"""The clients an actor needs, wired once per worker process (or per test)."""
+"""The context a worker process's actors run with, installed once before they run."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from tunelab.context import Context
 
-from tunelab.db import Database
-from tunelab.events.bus import EventBus
-from tunelab.settings import Settings
-from tunelab.store import ObjectStore
+_current: Context | None = None
 
 
-@dataclass(frozen=True)
-class WorkerContext:
-    settings: Settings
-    db: Database
-    store: ObjectStore
-    bus: EventBus
-
-
-_current: WorkerContext | None = None
-
-
-def install(context: WorkerContext) -> None:
+def install(context: Context) -> None:
     global _current
     _current = context
 
 
-def current() -> WorkerContext:
+def current() -> Context:
     if _current is None:
         raise RuntimeError("no worker context installed; call workers.context.install first")
     return _current

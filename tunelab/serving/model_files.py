@@ -48,7 +48,7 @@ def prompt_folder(settings: Settings, store: ObjectStore, uri: str) -> Path:
         prefix = key_from_uri(uri).rstrip("/") + "/"
         return _cached(settings, name, lambda out: _from_store(store, prefix, out))
     if uri.startswith("s3://"):
-        return _cached(settings, name, lambda out: _from_s3(settings, uri, out))
+        return _cached(settings, name, lambda out: _from_s3(settings, store, uri, out))
     raise FileNotFoundError(f"no model at {uri!r}")
 
 
@@ -76,12 +76,10 @@ def _from_store(store: ObjectStore, prefix: str, out: Path) -> None:
             continue
 
 
-def _from_s3(settings: Settings, uri: str, out: Path) -> None:
-    from tunelab.store.s3 import s3_client
+def _from_s3(settings: Settings, store: ObjectStore, uri: str, out: Path) -> None:
+    from tunelab.store.s3 import client_for
 
-    client = s3_client(
-        settings.s3_endpoint, settings.s3_region, settings.s3_access_key, settings.s3_secret_key
-    )
+    client = client_for(settings, store)
     bucket, _, prefix = uri.removeprefix("s3://").partition("/")
     prefix = prefix.rstrip("/") + "/"
     for name in PROMPT_FILES:

@@ -18,7 +18,8 @@ from typing import Any
 from sqlalchemy import select
 
 from tunelab.db import Database
-from tunelab.db.models import Model, ModelServer, Service, Workspace
+from tunelab.db.tables import Model, ModelServer, Service, Workspace
+from tunelab.lifecycle.specs import ServiceSpec
 from tunelab.serving.served import Served, served
 
 log = logging.getLogger("tunelab.serving")
@@ -96,10 +97,10 @@ class RouteTable:
             ).all()
             routes = {}
             for service, server, workspace in rows:
-                model = session.get(Model, service.spec["model_id"])
+                spec = ServiceSpec.of(service)
+                model = session.get(Model, spec.model_id)
                 if model is None:
                     continue  # deleted under the service: it cannot be asked
-                request = service.spec.get("request", {})
                 routes[service.name] = Route(
                     workspace_id=workspace_id,
                     workspace=workspace,
@@ -109,7 +110,7 @@ class RouteTable:
                     server_status=server.status if server else None,
                     url=server.url if server else None,
                     served=served(model),
-                    store=bool(request.get("store", False)),
+                    store=spec.request.store,
                 )
             return routes
 

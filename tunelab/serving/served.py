@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tunelab.db.models import Model
+from tunelab.db.tables import Model
 
 SERVED_NAME = "base"
 """What a server calls its own model; adapters are called by their service's id."""

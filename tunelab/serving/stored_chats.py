@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import delete
 
 from tunelab.db import Database, RowBuffer
-from tunelab.db.models import StoredChat
+from tunelab.db.tables import StoredChat
 
 
 class ChatArchive(RowBuffer):

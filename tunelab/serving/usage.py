@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from tunelab.db import Database
-from tunelab.db.models import UsageRecord
+from tunelab.db.tables import UsageRecord
 from tunelab.metrics import CHAT_DURATION, CHAT_REQUESTS, CHAT_TOKENS, CHAT_TTFT
 
 log = logging.getLogger("tunelab.serving")

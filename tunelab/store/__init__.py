@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Protocol
+from typing import IO, TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
     from tunelab.settings import Settings
@@ -108,9 +108,26 @@ class keys:
         return f"batches/{batch_id}/"
 
     @staticmethod
+    def batch_file(batch_id: str, name: Literal["input", "output", "errors"]) -> str:
+        """A batch's requests as uploaded, its answers, and the lines that failed."""
+        return f"batches/{batch_id}/{name}.jsonl"
+
+    @staticmethod
     def task_prefix(task_id: str) -> str:
         """A task's checkpoints, metrics, logs and result."""
         return f"tasks/{task_id}/"
+
+    @staticmethod
+    def task_file(
+        task_id: str, name: Literal["metrics.jsonl", "logs.txt", "result.json", "base-score.json"]
+    ) -> str:
+        """One of a task's own records: metrics by step, its log, what it ended with, the
+        base model's score (kept so that a resumed task does not score it again)."""
+        return f"tasks/{task_id}/{name}"
+
+    @staticmethod
+    def task_checkpoints(task_id: str) -> str:
+        return f"tasks/{task_id}/checkpoints/"
 
     @staticmethod
     def model_prefix(model_id: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -12,6 +12,9 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from tunelab.store import HashingReader, ObjectNotFound, StoredObject
+
+if TYPE_CHECKING:
+    from tunelab.settings import Settings
 
 # Files over this size go up in parts, so a 50 MB dataset or a multi-GB checkpoint never
 # needs one huge request; boto3 streams each part from the source.
@@ -232,3 +235,14 @@ class S3Store:
 
     def ping(self) -> None:
         self.client.head_bucket(Bucket=self.bucket)
+
+
+def client_for(settings: Settings, store: object) -> Any:
+    """An S3 client with the platform's credentials: the store's own when it is the S3
+    store, else one made from the same settings (for buckets other than the platform's)."""
+    own = getattr(store, "client", None)
+    if own is not None:
+        return own
+    return s3_client(
+        settings.s3_endpoint, settings.s3_region, settings.s3_access_key, settings.s3_secret_key
+    )

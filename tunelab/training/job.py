@@ -33,17 +33,17 @@ from pydantic import BaseModel
 
 from tunelab.params import Parameters
 from tunelab.processes import die_with_parent
-from tunelab.settings import get_settings
-from tunelab.store import ObjectNotFound, ObjectStore, key_from_uri, open_store
+from tunelab.settings import Settings, load_settings
+from tunelab.store import ObjectStore, key_from_uri, keys, open_store
+from tunelab.training.checkpoints import StoreCheckpoints, upload_dir
 from tunelab.training.evaluate import evaluate
+from tunelab.training.exits import EXIT_USER_ERROR
+from tunelab.training.model_dirs import resolve_model_dir
 from tunelab.training.model_io import UnsupportedSetup, load_model, load_tokenizer, save_model
-from tunelab.training.models import resolve_model_dir
 from tunelab.training.template import PromptTooLong, TemplateError, encode_pair
 from tunelab.training.trainer import Stopped, Trainer, TrainingData
 
-EXIT_USER_ERROR = 3
 EXIT_STOPPED = 4
-KEEP_CHECKPOINTS = 2
 log = logging.getLogger("tunelab.training")
 
 
@@ -55,10 +55,6 @@ class JobSpec(BaseModel):
     """The dataset's validate split; None: a seeded sample of the training rows."""
     evaluation: str
     params: Parameters
-    prefix: str
-    """Object-store prefix of the task's own objects (checkpoints, result)."""
-    model_prefix: str
-    """Where the fine-tuned model is saved."""
     eval_limit: int = 200
     cpu_threads: int | None = None
     """Threads per process when training on the CPU: the task's CPU request shared by
@@ -76,63 +72,6 @@ class UserError(Exception):
 def emit(kind: str, **fields: Any) -> None:
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"kind": kind, **fields}), flush=True)
-
-
-class StoreCheckpoints:
-    """Checkpoints as objects: one state file per step, or (DeepSpeed) a folder that
-    every rank wrote. A small pointer object names the complete ones, newest last."""
-
-    def __init__(self, store: ObjectStore, prefix: str) -> None:
-        self.store, self.prefix = store, f"{prefix}checkpoints/"
-
-    def save(self, step: int, state: dict[str, Any]) -> None:
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        self.store.put_bytes(f"{self.prefix}step-{step:08d}.pt", buffer.getvalue())
-        self._advance(step)
-
-    def save_folder(self, step: int, folder: Path) -> None:
-        _upload_dir(self.store, folder, f"{self.prefix}step-{step:08d}/")
-        self._advance(step)
-
-    def _advance(self, step: int) -> None:
-        previous = self._pointer()
-        # The pointer moves only once the checkpoint is whole: a kill mid-upload leaves
-        # the previous checkpoint as the latest.
-        keep = [*previous[-(KEEP_CHECKPOINTS - 1) :], step]
-        self.store.put_bytes(f"{self.prefix}latest.json", json.dumps({"steps": keep}).encode())
-        for old in previous[: -(KEEP_CHECKPOINTS - 1)]:
-            self.store.delete(f"{self.prefix}step-{old:08d}.pt")
-            self.store.delete_prefix(f"{self.prefix}step-{old:08d}/")
-        emit("checkpoint", step=step)
-
-    def _pointer(self) -> list[int]:
-        try:
-            raw = self.store.read_bytes(f"{self.prefix}latest.json")
-        except ObjectNotFound:
-            return []
-        steps: list[int] = json.loads(raw)["steps"]
-        return steps
-
-    def latest(self) -> dict[str, Any] | None:
-        steps = self._pointer()
-        if not steps:
-            return None
-        raw = self.store.read_bytes(f"{self.prefix}step-{steps[-1]:08d}.pt")
-        state: dict[str, Any] = torch.load(io.BytesIO(raw), weights_only=True)
-        return state
-
-    def fetch_latest_folder(self, into: Path) -> int | None:
-        steps = self._pointer()
-        if not steps:
-            return None
-        step = steps[-1]
-        prefix = f"{self.prefix}step-{step:08d}/"
-        for key in self.store.list(prefix):
-            target = into / key[len(prefix) :]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(self.store.read_bytes(key))
-        return step
 
 
 def read_pairs(store: ObjectStore, uri: str) -> tuple[list[tuple[str, str]], str]:
@@ -155,8 +94,7 @@ def eval_pairs(
     return "train-sample", [train[i] for i in sorted(picks)]
 
 
-def run(spec: JobSpec) -> dict[str, Any]:
-    settings = get_settings()
+def run(spec: JobSpec, settings: Settings) -> dict[str, Any]:
     store = open_store(settings)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     device = _device(rank, spec.cpu_threads)
@@ -198,7 +136,7 @@ def run(spec: JobSpec) -> dict[str, Any]:
         raise UserError(
             "prompt_too_long", f"In the evaluation split, {exc} (block_size): raise block_size."
         ) from None
-    base_key = f"{spec.prefix}base-score.json"
+    base_key = keys.task_file(spec.task_id, "base-score.json")
     if rank == 0 and not store.exists(base_key):
         # Before any step a fresh LoRA adapter adds exactly zero, so this is the base.
         emit("phase", phase="scoring-base")
@@ -218,7 +156,11 @@ def run(spec: JobSpec) -> dict[str, Any]:
         spec.params,
         data,
         device,
-        checkpoints=StoreCheckpoints(store, spec.prefix),
+        checkpoints=StoreCheckpoints(
+            store,
+            keys.task_checkpoints(spec.task_id),
+            on_saved=lambda step: emit("checkpoint", step=step),
+        ),
         on_step=lambda p: emit("progress", **p.as_dict()),
         on_resume=lambda step, history: emit(
             "resumed", step=step, history=[p.as_dict() for p in history]
@@ -247,7 +189,7 @@ def run(spec: JobSpec) -> dict[str, Any]:
             # What serving needs beside the weights: the template and stop tokens that
             # training used, so answers are prompted exactly as the model learned.
             (Path(tmp) / "tunelab.json").write_text(json.dumps(serving, indent=2))
-            files = _upload_dir(store, Path(tmp), spec.model_prefix)
+            files = upload_dir(store, Path(tmp), keys.model_prefix(spec.task_id))
         result = {
             "score": {**score, "split": split, "rows": len(pairs)},
             "base_score": base_score,
@@ -260,7 +202,7 @@ def run(spec: JobSpec) -> dict[str, Any]:
             "dataset_sha256": dataset_sha256,
             **serving,
         }
-        store.put_bytes(f"{spec.prefix}result.json", json.dumps(result).encode())
+        store.put_bytes(keys.task_file(spec.task_id, "result.json"), json.dumps(result).encode())
     if world > 1:
         dist.barrier()
     return result
@@ -291,17 +233,6 @@ def _device(rank: int, cpu_threads: int | None) -> torch.device:
     return torch.device("cpu")
 
 
-def _upload_dir(store: ObjectStore, folder: Path, prefix: str) -> list[str]:
-    names = []
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            name = path.relative_to(folder).as_posix()
-            with path.open("rb") as f:
-                store.put_stream(f"{prefix}{name}", f)
-            names.append(name)
-    return names
-
-
 def main() -> None:
     logging.basicConfig(
         level=logging.INFO,
@@ -310,12 +241,13 @@ def main() -> None:
     )
     die_with_parent()  # under torchrun: a killed launcher takes its ranks with it
     spec = JobSpec.model_validate_json(Path(sys.argv[1]).read_text())
+    settings = load_settings()  # once, for the whole process
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
-        init_distributed(get_settings().distributed_engine)
+        init_distributed(settings.distributed_engine)
     code = 0
     try:
-        result = run(spec)
+        result = run(spec, settings)
         emit("result", **result)
     except Stopped as exc:
         emit("stopped", message=str(exc))

@@ -19,7 +19,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tunelab.db.models import Batch
+from tunelab.context import Context
+from tunelab.db.tables import Batch
 from tunelab.errors import Conflict, NotFound, TunelabError
 from tunelab.events.batch import (
     BatchCompleted,
@@ -34,7 +35,7 @@ from tunelab.serving.routes import RouteTable
 from tunelab.serving.slots import ServerSlots
 from tunelab.serving.usage import UsageMeter
 from tunelab.store import keys
-from tunelab.workers.context import WorkerContext, current
+from tunelab.workers.context import current
 from tunelab.workers.registry import subscriber
 
 IN_FLIGHT = 16
@@ -90,7 +91,7 @@ def _parse_line(line: str, seen: set[str]) -> BatchLine | Problem:
     return item
 
 
-def run(ctx: WorkerContext, event: BatchCreated) -> None:
+def run(ctx: Context, event: BatchCreated) -> None:
     with ctx.db.session() as session:
         batch = session.get(Batch, event.data.batch_id)
         if batch is None or batch.status in FINAL:
@@ -104,17 +105,18 @@ def run(ctx: WorkerContext, event: BatchCreated) -> None:
     counts = {"total": len(lines), "completed": 0, "failed": 0}
     _update(ctx, event.data.batch_id, status="in_progress", counts=counts)
     outcomes = asyncio.run(_answer_all(ctx, event.data.batch_id, workspace, lines, counts))
-    prefix = keys.batch_prefix(event.data.batch_id)
+    output_key = keys.batch_file(event.data.batch_id, "output")
+    error_key = keys.batch_file(event.data.batch_id, "errors")
     results = [outcomes[n] for n, _ in lines if "response" in outcomes[n]]
     errors = [outcomes[n] for n, _ in lines if "response" not in outcomes[n]]
-    ctx.store.put_bytes(f"{prefix}output.jsonl", _jsonl(results))
-    ctx.store.put_bytes(f"{prefix}errors.jsonl", _jsonl(errors))
+    ctx.store.put_bytes(output_key, _jsonl(results))
+    ctx.store.put_bytes(error_key, _jsonl(errors))
     with ctx.db.session() as session:
         batch = session.get(Batch, event.data.batch_id, with_for_update=True)
         if batch is None or batch.status in FINAL:
             return
         batch.status, batch.counts = "completed", counts
-        batch.output_key, batch.error_key = f"{prefix}output.jsonl", f"{prefix}errors.jsonl"
+        batch.output_key, batch.error_key = output_key, error_key
         batch.completed_at = datetime.now(UTC)
         send = ctx.bus.stage(
             session,
@@ -126,7 +128,7 @@ def run(ctx: WorkerContext, event: BatchCreated) -> None:
 
 
 async def _answer_all(
-    ctx: WorkerContext,
+    ctx: Context,
     batch_id: str,
     workspace: str,
     lines: list[tuple[int, BatchLine | Problem]],
@@ -214,7 +216,7 @@ def _jsonl(rows: list[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
 
 
-def _update(ctx: WorkerContext, batch_id: str, **fields: Any) -> None:
+def _update(ctx: Context, batch_id: str, **fields: Any) -> None:
     with ctx.db.session() as session:
         batch = session.get(Batch, batch_id)
         # A second delivery's progress must not reopen a batch the first one finished.
@@ -223,7 +225,7 @@ def _update(ctx: WorkerContext, batch_id: str, **fields: Any) -> None:
                 setattr(batch, name, value)
 
 
-def _fail(ctx: WorkerContext, event: BatchCreated, error: dict[str, str]) -> None:
+def _fail(ctx: Context, event: BatchCreated, error: dict[str, str]) -> None:
     with ctx.db.session() as session:
         batch = session.get(Batch, event.data.batch_id, with_for_update=True)
         if batch is None or batch.status in FINAL:

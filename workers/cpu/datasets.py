@@ -7,8 +7,10 @@ import tempfile
 from datetime import UTC, datetime
 from typing import Any
 
+from tunelab import plugins
+from tunelab.context import Context
 from tunelab.dataset_rules import MAX_DATASET_BYTES
-from tunelab.db.models import Dataset
+from tunelab.db.tables import Dataset
 from tunelab.events.dataset import (
     DatasetFailed,
     DatasetFailedData,
@@ -18,28 +20,18 @@ from tunelab.events.dataset import (
     DatasetValidatedData,
 )
 from tunelab.store import key_from_uri, keys
-from tunelab.store.s3 import s3_client
+from tunelab.store.s3 import client_for
 from tunelab.tokenizer import default_tokenizer
-from tunelab.workers.context import WorkerContext, current
-from tunelab.workers.cpu import plugins
+from tunelab.workers.context import current
 from tunelab.workers.cpu.ingest import IngestResult, ingest, write_rows_csv
 from tunelab.workers.cpu.sources import SourceError, fetch_http, fetch_s3
 from tunelab.workers.registry import subscriber
 
 
-def _s3_client(ctx: WorkerContext) -> Any:
-    """The platform store's client, or one built from the same settings."""
-    own = getattr(ctx.store, "client", None)
-    if own is not None:
-        return own
-    s = ctx.settings
-    return s3_client(s.s3_endpoint, s.s3_region, s.s3_access_key, s.s3_secret_key)
-
-
-def fetch(ctx: WorkerContext, uri: str, sink: Any) -> int:
+def fetch(ctx: Context, uri: str, sink: Any) -> int:
     """Copy a remote http(s) or s3 address into `sink`, capped and checked."""
     if uri.startswith("s3://"):
-        return fetch_s3(_s3_client(ctx), uri, sink, max_bytes=MAX_DATASET_BYTES)
+        return fetch_s3(client_for(ctx.settings, ctx.store), uri, sink, max_bytes=MAX_DATASET_BYTES)
     return fetch_http(
         uri,
         sink,
@@ -49,7 +41,7 @@ def fetch(ctx: WorkerContext, uri: str, sink: Any) -> int:
     )
 
 
-def stage(ctx: WorkerContext, data: DatasetUploadedData) -> dict[str, str]:
+def stage(ctx: Context, data: DatasetUploadedData) -> dict[str, str]:
     """Each split's object key in the platform's store, fetching what is remote."""
     if data.plugin is not None:
         plugin = plugins.load(data.plugin.name)
@@ -88,7 +80,7 @@ def stage(ctx: WorkerContext, data: DatasetUploadedData) -> dict[str, str]:
 PLUGIN_MAPPING = {"question": "question", "answer": "answer"}
 
 
-def run_ingestion(ctx: WorkerContext, data: DatasetUploadedData) -> IngestResult:
+def run_ingestion(ctx: Context, data: DatasetUploadedData) -> IngestResult:
     try:
         staged = stage(ctx, data)
     except (SourceError, plugins.PluginError) as exc:

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 from standardwebhooks.webhooks import Webhook as Signer
 
-from tunelab.db.models import EventRecord, Webhook, WebhookDelivery
+from tunelab.db.tables import EventRecord, Webhook, WebhookDelivery
 from tunelab.net import AddressRefused, check_scheme, pinned_client
-from tunelab.settings import get_settings
+from tunelab.settings import Settings
 from tunelab.workers.context import current
 from tunelab.workers.registry import command
 
@@ -50,17 +50,17 @@ def post(
     return attempt
 
 
-# Dramatiq reads retry options when the actor is declared; the status logic below
-# reads the same value back from the actor, so the two cannot disagree.
-_settings = get_settings()
+def _retries(settings: Settings) -> dict[str, int]:
+    """The actor's retry options; the status logic below reads the same setting, so the
+    two cannot disagree."""
+    return {
+        "max_retries": settings.webhook_max_retries,
+        "min_backoff": settings.webhook_min_backoff_ms,
+        "max_backoff": settings.webhook_max_backoff_ms,
+    }
 
 
-@command(
-    "cpu",
-    max_retries=_settings.webhook_max_retries,
-    min_backoff=_settings.webhook_min_backoff_ms,
-    max_backoff=_settings.webhook_max_backoff_ms,
-)
+@command("cpu", options_from=_retries)
 def deliver_webhook(delivery_id: str) -> None:
     ctx = current()
     with ctx.db.session() as session:
@@ -82,7 +82,7 @@ def deliver_webhook(delivery_id: str) -> None:
         delivery.attempts = [*delivery.attempts, attempt]
         if attempt["ok"]:
             delivery.status = "delivered"
-        elif len(delivery.attempts) > deliver_webhook.options["max_retries"]:
+        elif len(delivery.attempts) > ctx.settings.webhook_max_retries:
             delivery.status = "failed"
         else:
             delivery.status = "retrying"

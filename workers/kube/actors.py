@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from tunelab.db.models import Experiment, Task
+from tunelab.db.tables import Experiment, Task
 from tunelab.events.experiment import ExperimentCancelled, TaskScheduled
 from tunelab.events.service import ServiceDeleted, ServiceDeployRequested
+from tunelab.lifecycle.specs import ExperimentSpec
+from tunelab.lifecycle.states import TASK_TERMINAL, TaskState
+from tunelab.lifecycle.tasks import fail_task, outcome, scheduled_event
 from tunelab.workers.context import current
-from tunelab.workers.cpu.scheduling import scheduled_event
-from tunelab.workers.gpu.outcomes import TERMINAL, outcome
 from tunelab.workers.kube import jobs, servers
 from tunelab.workers.kube.client import kube
-from tunelab.workers.kube.reconciler import poke
-from tunelab.workers.kube.training import fail_task
+from tunelab.workers.kube.reconciler import KubeReconciler
 from tunelab.workers.registry import subscriber
 
 
@@ -44,11 +44,11 @@ def submit_task_job(event: TaskScheduled) -> None:
         experiment = session.get(Experiment, event.data.experiment_id)
         if task is None or experiment is None:
             return
-        if task.status in TERMINAL:
-            ctx.bus.publish(outcome(ctx, event, task))
+        if task.status in TASK_TERMINAL:
+            ctx.bus.publish(outcome(event, task))
             return
         manifest = jobs.job_manifest(ctx.settings, task, experiment)
-        namespace = experiment.spec["namespace"]
+        namespace = ExperimentSpec.of(experiment).namespace
     refused = jobs.submit(kube(ctx.settings), namespace, manifest)
     if refused:
         fail_task(ctx, event.data.task_id, refused["code"], refused["message"])
@@ -67,13 +67,13 @@ def delete_cancelled_jobs(event: ExperimentCancelled) -> None:
                 select(Task).where(Task.experiment_id == experiment.id, Task.started_at.isnot(None))
             )
         )
-        namespace = experiment.spec["namespace"]
+        namespace = ExperimentSpec.of(experiment).namespace
         ends = [
-            outcome(ctx, scheduled_event(t, experiment), t)
+            outcome(scheduled_event(t, experiment), t)
             for t in tasks
-            if t.status == "cancelled"
+            if t.status == TaskState.CANCELLED
         ]
-        cancelled = [t.id for t in tasks if t.status == "cancelled"]
+        cancelled = [t.id for t in tasks if t.status == TaskState.CANCELLED]
     for task_id in cancelled:
         jobs.delete(kube(ctx.settings), namespace, task_id)
     for end in ends:
@@ -83,9 +83,9 @@ def delete_cancelled_jobs(event: ExperimentCancelled) -> None:
 @subscriber("service.deploy_requested", "cpu", max_retries=5)
 def deploy_service_on_kubernetes(event: ServiceDeployRequested) -> None:
     servers.assign(current(), event)
-    poke()
+    KubeReconciler.poke_current()
 
 
 @subscriber("service.deleted", "cpu")
 def wake_kube_on_deleted(event: ServiceDeleted) -> None:
-    poke()
+    KubeReconciler.poke_current()

@@ -20,13 +20,14 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
-from tunelab.db.models import Model, Service
+from tunelab.context import Context
+from tunelab.db.tables import Model, Service
+from tunelab.lifecycle.services import fail_service
+from tunelab.lifecycle.specs import ServiceSpec
+from tunelab.lifecycle.states import SERVICE_LIVE
+from tunelab.serving.adapters import AdapterRejected, check_adapter
+from tunelab.serving.folders import local_dir
 from tunelab.serving.served import adapter_name, served
-from tunelab.workers.context import WorkerContext
-from tunelab.workers.gpu.serving.adapters import AdapterRejected, check_adapter
-from tunelab.workers.gpu.serving.keeper import LIVE
-from tunelab.workers.gpu.serving.models import local_dir
-from tunelab.workers.gpu.serving.status import fail_service
 
 log = logging.getLogger("tunelab.adapters")
 
@@ -35,7 +36,7 @@ LOAD_ATTEMPTS = 3
 
 
 class AdapterAgent:
-    def __init__(self, ctx: WorkerContext, server_id: str, vllm_url: str) -> None:
+    def __init__(self, ctx: Context, server_id: str, vllm_url: str) -> None:
         self.ctx, self.server_id, self.vllm_url = ctx, server_id, vllm_url
         self.loaded: set[str] = set()
         self.known: set[str] = set()
@@ -48,11 +49,13 @@ class AdapterAgent:
         """Service id → adapter URI of every live LoRA service on this server."""
         with self.ctx.db.session() as session:
             services = session.scalars(
-                select(Service).where(Service.server_id == self.server_id, Service.status.in_(LIVE))
+                select(Service).where(
+                    Service.server_id == self.server_id, Service.status.in_(SERVICE_LIVE)
+                )
             )
             found = {}
             for service in services:
-                model = session.get(Model, service.spec["model_id"])
+                model = session.get(Model, ServiceSpec.of(service).model_id)
                 adapter = served(model).adapter_uri if model else None
                 if adapter:
                     found[service.id] = adapter

@@ -16,8 +16,10 @@ from typing import Any
 from kubernetes.client import ApiException
 
 from tunelab.clusters import CPU_TYPE
-from tunelab.db.models import Experiment, Task
+from tunelab.db.tables import Experiment, Task
+from tunelab.lifecycle.specs import TaskNeeds, TaskResources
 from tunelab.settings import Settings
+from tunelab.training.exits import EXIT_USER_ERROR
 from tunelab.workers.kube.client import (
     MANAGED,
     SECURE,
@@ -28,7 +30,6 @@ from tunelab.workers.kube.client import (
 )
 from tunelab.workers.kube.reasons import namespace_missing, refusal, transient
 
-EXIT_USER_ERROR = 42
 """Exit code of a training pod whose task failed for its data or parameters: a retry
 would fail the same way."""
 CONTAINER = "train"
@@ -59,20 +60,18 @@ def gpu_placement(settings: Settings, gpus: int) -> dict[str, Any]:
     }
 
 
-def resources_of(resources: dict[str, Any], gpus: int) -> dict[str, Any]:
-    requests = {
-        "cpu": str(resources["cpu"]["request"]),
-        "memory": str(resources["memory"]["request"]),
-    }
-    limits = {"cpu": str(resources["cpu"]["limit"]), "memory": str(resources["memory"]["limit"])}
+def resources_of(resources: TaskResources, gpus: int) -> dict[str, Any]:
+    cpu, memory = resources.cpu, resources.memory
+    requests = {"cpu": str(cpu.request), "memory": str(memory.request)}
+    limits = {"cpu": str(cpu.limit), "memory": str(memory.limit)}
     if gpus:
         requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(gpus)
     return {"requests": requests, "limits": limits}
 
 
 def job_manifest(settings: Settings, task: Task, experiment: Experiment) -> dict[str, Any]:
-    compute = task.spec["compute"]
-    gpus = 0 if compute["gpu_type"] == CPU_TYPE else int(compute["gpu_count"])
+    spec = TaskNeeds.of(task)
+    gpus = 0 if spec.compute.gpu_type == CPU_TYPE else spec.compute.gpu_count
     labels = {
         **MANAGED,
         "app.kubernetes.io/component": "training",
@@ -99,7 +98,7 @@ def job_manifest(settings: Settings, task: Task, experiment: Experiment) -> dict
                     "command": ["tunelab", "train-task", task.id],
                     "env": env,
                     "envFrom": env_from(settings),
-                    "resources": resources_of(task.spec["resources"], gpus),
+                    "resources": resources_of(spec.resources, gpus),
                     "securityContext": SECURE,
                     "volumeMounts": [
                         {"name": "scratch", "mountPath": "/tmp"},

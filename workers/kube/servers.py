@@ -19,26 +19,22 @@ import httpx
 from kubernetes.client import ApiException
 from sqlalchemy import select
 
-from tunelab.db.models import Model, ModelServer, Service
-from tunelab.events.service import ServiceDeployRequested, ServicePlaced, ServiceRef
+from tunelab.context import Context
+from tunelab.db.tables import Model, ModelServer, Service
+from tunelab.events.service import ServiceDeployRequested, ServiceRef
+from tunelab.lifecycle.services import assign as place
+from tunelab.lifecycle.services import fail_service, mark_ready
+from tunelab.lifecycle.specs import ServiceSpec
+from tunelab.lifecycle.states import SERVICE_LIVE, ServiceState
 from tunelab.serving.routes import announce_change
-from tunelab.serving.served import SERVED_NAME, served
-from tunelab.serving_rules import DeployRequest
+from tunelab.serving.served import served
 from tunelab.settings import Settings
-from tunelab.workers.context import WorkerContext
-from tunelab.workers.gpu.serving.keeper import LIVE
-from tunelab.workers.gpu.serving.status import fail_service, mark_ready
 from tunelab.workers.kube.client import (
-    MANAGED,
-    MANAGED_SELECTOR,
-    SECURE,
     Kube,
     create,
     dry_run_pod,
     meta,
-    object_name,
 )
-from tunelab.workers.kube.jobs import env_from, gpu_placement
 from tunelab.workers.kube.reasons import (
     namespace_missing,
     quota_event,
@@ -46,187 +42,22 @@ from tunelab.workers.kube.reasons import (
     stuck_pod,
     transient,
 )
+from tunelab.workers.kube.server_manifests import (
+    SERVER_SELECTOR,
+    VLLM_PORT,
+    deployment_manifest,
+    server_name,
+    service_manifest,
+)
 
 log = logging.getLogger("tunelab.kube")
 
 ENGINE = "kubernetes"
-VLLM_PORT = 8000
-SERVER_SELECTOR = f"{MANAGED_SELECTOR},app.kubernetes.io/component=model-server"
 
 
-def server_name(server_id: str) -> str:
-    return object_name("tl-srv", server_id)
-
-
-def assign(ctx: WorkerContext, event: ServiceDeployRequested) -> None:
-    """Give the service a server (an existing one with room, else a new one)."""
-    with ctx.db.session() as session:
-        service = session.get(Service, event.data.service_id, with_for_update=True)
-        if service is None or service.status != "deploying" or service.server_id:
-            return
-        model = session.get(Model, service.spec["model_id"])
-        if model is None:
-            send = None
-        else:
-            what = served(model)
-            shared = what.adapter_uri is not None or model.kind == "base"
-            namespace = service.spec["request"]["namespace"]
-            server = _with_room(ctx, session, what.server_model_uri, namespace) if shared else None
-            if server is None:
-                server = ModelServer(
-                    model_uri=what.server_model_uri, shared=shared, engine=ENGINE, restarts=0
-                )
-                session.add(server)
-                session.flush()
-            service.server_id = server.id
-            send = ctx.bus.stage(session, ServicePlaced.following(event, data=event.data))
-    if send is None:
-        fail_service(
-            ctx, event.data.service_id, "model_missing", "The service's model was deleted."
-        )
-    else:
-        send()
-
-
-def _with_room(ctx: WorkerContext, session: Any, model_uri: str, namespace: str) -> Any:
-    # Locked: a server being retired (no live service) must not be joined meanwhile.
-    candidates = session.scalars(
-        select(ModelServer)
-        .where(
-            ModelServer.engine == ENGINE,
-            ModelServer.model_uri == model_uri,
-            ModelServer.shared.is_(True),
-        )
-        .with_for_update()
-    )
-    for server in candidates:
-        services = list(
-            session.scalars(
-                select(Service).where(Service.server_id == server.id, Service.status.in_(LIVE))
-            )
-        )
-        # A server with no live service is being removed: not joined.
-        if 0 < len(services) < ctx.settings.adapters_per_server and all(
-            s.spec["request"]["namespace"] == namespace for s in services
-        ):
-            return server
-    return None
-
-
-def server_labels(server_id: str) -> dict[str, str]:
-    return {
-        **MANAGED,
-        "app.kubernetes.io/component": "model-server",
-        "tunelab.io/server-id": server_id,
-    }
-
-
-def _resources(request: DeployRequest) -> dict[str, Any]:
-    res = request.resources
-    requests = {"cpu": str(res.cpu.request), "memory": str(res.memory.request)}
-    limits = {"cpu": str(res.cpu.limit), "memory": str(res.memory.limit)}
-    if res.gpu_count:
-        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(res.gpu_count)
-    return {"requests": requests, "limits": limits}
-
-
-def deployment_manifest(
-    settings: Settings, server_id: str, model_uri: str, request: DeployRequest
-) -> dict[str, Any]:
-    labels = server_labels(server_id)
-    shared_env = [{"name": "TUNELAB_MODEL_CACHE", "value": "/models/cache"}]
-    vllm_args = [
-        "--model", "/models/base",
-        "--served-model-name", SERVED_NAME,
-        "--port", str(VLLM_PORT),
-        "--enable-lora",
-        "--max-lora-rank", str(settings.vllm_max_lora_rank),
-        "--max-loras", str(settings.adapters_per_server),
-    ]  # fmt: skip
-    pod = {
-        "metadata": {"labels": labels},
-        "spec": {
-            "automountServiceAccountToken": False,
-            "initContainers": [
-                {
-                    "name": "fetch-model",
-                    "image": settings.kube_image,
-                    "command": ["tunelab", "fetch-model", model_uri, "/models/base"],
-                    "env": shared_env,
-                    "envFrom": env_from(settings),
-                    "securityContext": SECURE,
-                    "volumeMounts": [{"name": "models", "mountPath": "/models"}],
-                }
-            ],
-            "containers": [
-                {
-                    "name": "vllm",
-                    "image": settings.kube_vllm_image,
-                    "args": vllm_args,
-                    # Adapters are loaded and unloaded at run time by the sidecar.
-                    "env": [{"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"}],
-                    "ports": [{"name": "http", "containerPort": VLLM_PORT}],
-                    "resources": _resources(request),
-                    "securityContext": SECURE,
-                    "readinessProbe": {
-                        "httpGet": {"path": "/health", "port": VLLM_PORT},
-                        "periodSeconds": 5,
-                    },
-                    "volumeMounts": [
-                        {"name": "models", "mountPath": "/models", "readOnly": True},
-                        {"name": "shm", "mountPath": "/dev/shm"},
-                    ],
-                },
-                {
-                    "name": "adapters",
-                    "image": settings.kube_image,
-                    "command": ["tunelab", "adapter-agent", server_id],
-                    "env": [
-                        *shared_env,
-                        {"name": "TUNELAB_AGENT_PORT", "value": str(settings.kube_agent_port)},
-                    ],
-                    "envFrom": env_from(settings),
-                    "ports": [{"name": "adapters", "containerPort": settings.kube_agent_port}],
-                    # Not ready until the registry's adapters are in this replica's vLLM:
-                    # the Service sends requests only to replicas that can answer them.
-                    "readinessProbe": {
-                        "httpGet": {"path": "/ready", "port": settings.kube_agent_port},
-                        "periodSeconds": 2,
-                    },
-                    "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
-                    "securityContext": SECURE,
-                    "volumeMounts": [{"name": "models", "mountPath": "/models"}],
-                },
-            ],
-            "volumes": [
-                {"name": "models", "emptyDir": {}},
-                {"name": "shm", "emptyDir": {"medium": "Memory"}},
-            ],
-            **gpu_placement(settings, request.resources.gpu_count),
-        },
-    }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": server_name(server_id), "labels": labels},
-        "spec": {
-            "replicas": request.replicas,
-            "selector": {"matchLabels": {"tunelab.io/server-id": server_id}},
-            "template": pod,
-        },
-    }
-
-
-def service_manifest(server_id: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": server_name(server_id), "labels": server_labels(server_id)},
-        "spec": {
-            "selector": {"tunelab.io/server-id": server_id},
-            "ports": [{"name": "http", "port": VLLM_PORT, "targetPort": VLLM_PORT}],
-        },
-    }
+def assign(ctx: Context, event: ServiceDeployRequested) -> None:
+    """Give the service a server by the placement rule (tunelab.lifecycle.services)."""
+    place(ctx, event, ENGINE)
 
 
 def _ensure(kube: Kube, namespace: str, manifest: dict[str, Any], service: dict[str, Any]) -> None:
@@ -290,20 +121,22 @@ def loaded_on(settings: Settings, pod: Any) -> set[str]:
         return set()
 
 
-def reconcile_server(ctx: WorkerContext, kube: Kube, server: ModelServer) -> None:
+def reconcile_server(ctx: Context, kube: Kube, server: ModelServer) -> None:
     with ctx.db.session() as session:
         services = list(
             session.scalars(
-                select(Service).where(Service.server_id == server.id, Service.status.in_(LIVE))
+                select(Service).where(
+                    Service.server_id == server.id, Service.status.in_(SERVICE_LIVE)
+                )
             )
         )
-        models = {s.id: session.get(Model, s.spec["model_id"]) for s in services}
+        models = {s.id: session.get(Model, ServiceSpec.of(s).model_id) for s in services}
     if not services:
         _retire(ctx, server.id)
         return
-    request = DeployRequest.model_validate(services[0].spec["request"])
+    request = ServiceSpec.of(services[0]).request
     namespace, name = request.namespace, server_name(server.id)
-    waiting = [s for s in services if s.status == "deploying"]
+    waiting = [s for s in services if s.status == ServiceState.DEPLOYING]
 
     def fail_waiting(code: str, message: str) -> None:
         # Ready services keep serving from the replicas that work; only those still
@@ -366,7 +199,7 @@ def _start_trouble(
     return None
 
 
-def _waited_too_long(ctx: WorkerContext, waiting: list[Service]) -> bool:
+def _waited_too_long(ctx: Context, waiting: list[Service]) -> bool:
     oldest = min(s.created_at for s in waiting)
     oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
     return datetime.now(UTC) - oldest > timedelta(seconds=ctx.settings.kube_start_timeout_s)
@@ -381,7 +214,7 @@ def _unscheduled(pods: list[Any]) -> str:
     return ""
 
 
-def _set_server(ctx: WorkerContext, server_id: str, namespace: str, ready: bool) -> None:
+def _set_server(ctx: Context, server_id: str, namespace: str, ready: bool) -> None:
     with ctx.db.session() as session:
         server = session.get(ModelServer, server_id)
         if server is None:
@@ -396,19 +229,21 @@ def _set_server(ctx: WorkerContext, server_id: str, namespace: str, ready: bool)
     announce_change(ctx.bus.redis)
 
 
-def _retire(ctx: WorkerContext, server_id: str) -> None:
+def _retire(ctx: Context, server_id: str) -> None:
     """Forget a server no live service needs (unless a service was placed on it since this
     pass looked); `sweep` then deletes its Deployment and Service."""
     with ctx.db.session() as session:
         server = session.get(ModelServer, server_id, with_for_update=True)
         in_use = session.scalar(
-            select(Service.id).where(Service.server_id == server_id, Service.status.in_(LIVE))
+            select(Service.id).where(
+                Service.server_id == server_id, Service.status.in_(SERVICE_LIVE)
+            )
         )
         if server is not None and in_use is None:
             session.delete(server)
 
 
-def sweep(ctx: WorkerContext, kube: Kube) -> None:
+def sweep(ctx: Context, kube: Kube) -> None:
     """Delete model-server Deployments and Services whose server is no longer in the
     database (its services were deleted or failed): they would hold GPUs for nothing."""
     with ctx.db.session() as session:
@@ -425,7 +260,7 @@ def sweep(ctx: WorkerContext, kube: Kube) -> None:
             remove(kube, namespace, server_id)
 
 
-def replace_lost(ctx: WorkerContext) -> None:
+def replace_lost(ctx: Context) -> None:
     """A deploying service left without a server (its server was retired while it was
     being placed) is placed again."""
     with ctx.db.session() as session:
@@ -436,14 +271,16 @@ def replace_lost(ctx: WorkerContext) -> None:
                 data=ServiceRef(service_id=s.id, name=s.name, model=s.model),
             )
             for s in session.scalars(
-                select(Service).where(Service.status == "deploying", Service.server_id.is_(None))
+                select(Service).where(
+                    Service.status == ServiceState.DEPLOYING, Service.server_id.is_(None)
+                )
             )
         ]
     for event in lost:
         assign(ctx, event)
 
 
-def reconcile_servers(ctx: WorkerContext, kube: Kube) -> None:
+def reconcile_servers(ctx: Context, kube: Kube) -> None:
     replace_lost(ctx)
     with ctx.db.session() as session:
         servers = list(session.scalars(select(ModelServer).where(ModelServer.engine == ENGINE)))

@@ -10,12 +10,13 @@ from typing import Any
 
 from sqlalchemy import select
 
-from tunelab.db.models import Experiment, Task
-from tunelab.workers.context import WorkerContext
-from tunelab.workers.cpu.scheduling import scheduled_event
-from tunelab.workers.gpu.outcomes import TERMINAL, finish
+from tunelab.context import Context
+from tunelab.db.tables import Task
+from tunelab.lifecycle.states import TASK_TERMINAL, TaskState
+from tunelab.lifecycle.tasks import fail_task
+from tunelab.training.exits import EXIT_USER_ERROR
 from tunelab.workers.kube.client import MANAGED_SELECTOR, Kube, meta
-from tunelab.workers.kube.jobs import EXIT_USER_ERROR, delete, job_name
+from tunelab.workers.kube.jobs import delete, job_name
 from tunelab.workers.kube.reasons import quota_event, stuck_pod
 
 log = logging.getLogger("tunelab.kube")
@@ -24,17 +25,6 @@ TRAINING_SELECTOR = f"{MANAGED_SELECTOR},app.kubernetes.io/component=training"
 MISSING_AFTER = timedelta(minutes=10)
 """A training task with no Job this long after it was scheduled has lost it (deleted by
 hand, or its creation kept failing): it fails instead of waiting forever."""
-
-
-def fail_task(ctx: WorkerContext, task_id: str, code: str, message: str) -> None:
-    """End the task `failed` with the reason, and announce it (once)."""
-    with ctx.db.session() as session:
-        task = session.get(Task, task_id)
-        experiment = session.get(Experiment, task.experiment_id) if task else None
-        if task is None or experiment is None or task.status in TERMINAL:
-            return
-        event = scheduled_event(task, experiment)
-    ctx.bus.publish(finish(ctx, event, "failed", {"code": code, "message": message}))
 
 
 def job_trouble(job: Any, pods: list[Any], events: list[Any]) -> tuple[str, str] | None:
@@ -86,16 +76,16 @@ def user_error_exit(pods: list[Any]) -> bool:
     return False
 
 
-def reconcile_job(ctx: WorkerContext, kube: Kube, job: Any) -> None:
+def reconcile_job(ctx: Context, kube: Kube, job: Any) -> None:
     name, namespace, labels = meta(job)
     task_id = labels.get("tunelab.io/task-id", "")
     with ctx.db.session() as session:
         task = session.get(Task, task_id)
         status = task.status if task else None
-    if status is None or status == "cancelled":
+    if status is None or status == TaskState.CANCELLED:
         delete(kube, namespace, task_id)  # nothing left to train it for
         return
-    if status in TERMINAL:
+    if status in TASK_TERMINAL:
         return
     pods = kube.core.list_namespaced_pod(namespace, label_selector=f"job-name={name}").items
     if user_error_exit(pods):
@@ -113,7 +103,7 @@ def reconcile_job(ctx: WorkerContext, kube: Kube, job: Any) -> None:
         delete(kube, namespace, task_id)
 
 
-def reconcile_jobs(ctx: WorkerContext, kube: Kube) -> None:
+def reconcile_jobs(ctx: Context, kube: Kube) -> None:
     jobs = kube.batch.list_job_for_all_namespaces(label_selector=TRAINING_SELECTOR).items
     for job in jobs:
         try:
@@ -123,12 +113,12 @@ def reconcile_jobs(ctx: WorkerContext, kube: Kube) -> None:
     fail_tasks_without_jobs(ctx, {meta(job)[0] for job in jobs})
 
 
-def fail_tasks_without_jobs(ctx: WorkerContext, job_names: set[str]) -> None:
+def fail_tasks_without_jobs(ctx: Context, job_names: set[str]) -> None:
     cutoff = datetime.now(UTC) - MISSING_AFTER
     with ctx.db.session() as session:
         lost = [
             task.id
-            for task in session.scalars(select(Task).where(Task.status == "training"))
+            for task in session.scalars(select(Task).where(Task.status == TaskState.TRAINING))
             if job_name(task.id) not in job_names
             and task.started_at is not None
             and task.started_at.replace(tzinfo=task.started_at.tzinfo or UTC) < cutoff

@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from tunelab.db.models import Base
+from tunelab.db.tables import Base
 
 connection = context.config.attributes["connection"]
 context.configure(

@@ -3,18 +3,12 @@ Chats do not come here: the API sends them straight to the servers (tunelab.serv
 
 from __future__ import annotations
 
-import dramatiq
-
 from tunelab.events.service import ServiceDeployRequested
+from tunelab.lifecycle.services import fail_service
 from tunelab.workers.context import current
-from tunelab.workers.gpu.serving.keeper import poke
+from tunelab.workers.gpu.serving.keeper import Reconciler
 from tunelab.workers.gpu.serving.placement import place
-from tunelab.workers.gpu.serving.status import fail_service
 from tunelab.workers.registry import subscriber
-
-
-def _redis() -> object:
-    return getattr(dramatiq.get_broker(), "client", None)
 
 
 def _give_up_placing(event: ServiceDeployRequested, error: str) -> None:
@@ -23,14 +17,15 @@ def _give_up_placing(event: ServiceDeployRequested, error: str) -> None:
 
 @subscriber("service.deploy_requested", "gpu", on_give_up=_give_up_placing, max_retries=3)
 def place_service(event: ServiceDeployRequested) -> None:
-    place(current(), event, _redis())
+    ctx = current()
+    place(ctx, event, ctx.bus.redis)
 
 
 @subscriber("service.placed", "gpu", max_retries=0)
 def wake_servers_on_placed(event: object) -> None:
-    poke()
+    Reconciler.poke_current()
 
 
 @subscriber("service.deleted", "gpu", max_retries=0)
 def wake_servers_on_deleted(event: object) -> None:
-    poke()
+    Reconciler.poke_current()

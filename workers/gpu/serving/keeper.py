@@ -12,54 +12,52 @@ from __future__ import annotations
 
 import logging
 import shutil
-import threading
 from pathlib import Path
 
 import httpx
 from sqlalchemy import delete, exists, select
 from sqlalchemy.orm import Session
 
-from tunelab.db.models import Model, ModelServer, Service
+from tunelab.context import Context
+from tunelab.db.tables import Model, ModelServer, Service
+from tunelab.lease import Lease
+from tunelab.lifecycle.services import fail_service, mark_ready
+from tunelab.lifecycle.specs import ServiceSpec
+from tunelab.lifecycle.states import SERVICE_LIVE
+from tunelab.loops import Loop
+from tunelab.serving.adapters import AdapterRejected, check_adapter
+from tunelab.serving.folders import local_dir
 from tunelab.serving.routes import announce_change
 from tunelab.serving.served import adapter_name, served
-from tunelab.workers.context import WorkerContext
-from tunelab.workers.gpu.lease import TaskLease
-from tunelab.workers.gpu.serving.adapters import AdapterRejected, check_adapter
-from tunelab.workers.gpu.serving.models import local_dir
 from tunelab.workers.gpu.serving.process import ServerFailed, ServerProcess
-from tunelab.workers.gpu.serving.status import fail_service, mark_ready
 
 log = logging.getLogger("tunelab.serving")
 
-LIVE = ("deploying", "ready")
 START_ATTEMPTS = 3
 """Failed starts in a row before the server's services are failed with its log."""
 
 
-class Keeper(threading.Thread):
-    def __init__(self, ctx: WorkerContext, server_id: str, lease: TaskLease) -> None:
-        super().__init__(name=f"keeper-{server_id[:8]}", daemon=True)
+class Keeper(Loop):
+    """Keeps one model server's process running with its services' adapters loaded;
+    a failed pass ends it, and the reconciler gives the server a fresh keeper."""
+
+    ends_on_error = True
+
+    def __init__(self, ctx: Context, server_id: str, lease: Lease) -> None:
+        super().__init__(f"keeper-{server_id[:8]}")
         self.ctx, self.server_id, self.lease = ctx, server_id, lease
-        self.wake = threading.Event()
-        self.stopping = threading.Event()
         self.process: ServerProcess | None = None
         self.loaded: set[str] = set()
         self.failed_starts = 0
 
-    def run(self) -> None:
-        try:
-            while not self.stopping.is_set():
-                self.lease.renew()
-                if not self.step():
-                    return
-                self.wake.wait(1.0)
-                self.wake.clear()
-        except Exception:
-            log.exception("keeper of server %s failed", self.server_id)
-        finally:
-            if self.process is not None:
-                self.process.close()
-            self.lease.release()
+    def pass_once(self) -> bool:
+        self.lease.renew()
+        return self.step()
+
+    def finish(self) -> None:
+        if self.process is not None:
+            self.process.close()
+        self.lease.release()
 
     def step(self) -> bool:
         """One pass; False once the server is gone for good."""
@@ -69,7 +67,7 @@ class Keeper(threading.Thread):
                 list(
                     session.scalars(
                         select(Service).where(
-                            Service.server_id == self.server_id, Service.status.in_(LIVE)
+                            Service.server_id == self.server_id, Service.status.in_(SERVICE_LIVE)
                         )
                     )
                 )
@@ -92,7 +90,9 @@ class Keeper(threading.Thread):
     def remove_if_unused(self, session: Session) -> bool:
         """Delete the server's row unless a live service is on it by now (placement may
         have committed one since this pass read the services)."""
-        in_use = exists().where(Service.server_id == self.server_id, Service.status.in_(LIVE))
+        in_use = exists().where(
+            Service.server_id == self.server_id, Service.status.in_(SERVICE_LIVE)
+        )
         gone = session.execute(delete(ModelServer).where(ModelServer.id == self.server_id, ~in_use))
         if not gone.rowcount:  # type: ignore[attr-defined]
             return False
@@ -147,7 +147,7 @@ class Keeper(threading.Thread):
         assert self.process is not None
         with self.ctx.db.session() as session:
             service = session.get(Service, service_id)
-            model = session.get(Model, service.spec["model_id"]) if service else None
+            model = session.get(Model, ServiceSpec.of(service).model_id) if service else None
             if model is None:
                 return ("model_missing", "the service's model was deleted")
             adapter_uri = served(model).adapter_uri
@@ -177,31 +177,21 @@ class Keeper(threading.Thread):
         announce_change(self.ctx.bus.redis)  # chats wait for, or move to, the new address
 
 
-class Reconciler(threading.Thread):
+class Reconciler(Loop):
     """Finds the servers that should run and gives each a keeper in one GPU worker."""
 
-    def __init__(self, ctx: WorkerContext, client: object) -> None:
-        super().__init__(name="server-reconciler", daemon=True)
+    def __init__(self, ctx: Context, client: object) -> None:
+        super().__init__("server-reconciler")
         self.ctx, self.client = ctx, client
         self.keepers: dict[str, Keeper] = {}
-        self.wake = threading.Event()
-        self.stopping = threading.Event()
 
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                self.pass_once()
-            except Exception:
-                log.exception("server reconciler pass failed")
-            self.wake.wait(1.0)
-            self.wake.clear()
+    def finish(self) -> None:
         for keeper in self.keepers.values():
-            keeper.stopping.set()
-            keeper.wake.set()
+            keeper.stop()
         for keeper in self.keepers.values():
             keeper.join(timeout=30)
 
-    def pass_once(self) -> None:
+    def pass_once(self) -> bool:
         with self.ctx.db.session() as session:
             server_ids = list(session.scalars(select(ModelServer.id)))
         for server_id, keeper in list(self.keepers.items()):
@@ -211,28 +201,14 @@ class Reconciler(threading.Thread):
             if server_id in self.keepers:
                 self.keepers[server_id].wake.set()
                 continue
-            lease = TaskLease(self.client, f"server-{server_id}")
+            lease = Lease(self.client, f"server-{server_id}")
             if lease.try_acquire():
                 keeper = Keeper(self.ctx, server_id, lease)
                 self.keepers[server_id] = keeper
                 keeper.start()
+        return True
 
     def poke(self) -> None:
-        self.wake.set()
+        super().poke()
         for keeper in list(self.keepers.values()):
-            keeper.wake.set()
-
-
-_reconciler: Reconciler | None = None
-
-
-def start_reconciler(ctx: WorkerContext, client: object) -> Reconciler:
-    global _reconciler
-    _reconciler = Reconciler(ctx, client)
-    _reconciler.start()
-    return _reconciler
-
-
-def poke() -> None:
-    if _reconciler is not None:
-        _reconciler.poke()
+            keeper.poke()

@@ -1,7 +1,8 @@
 """Training one task inside a Kubernetes Job's pod.
 
-The pod trains exactly as a local GPU worker would (`run_task`: torchrun over the pod's
-GPUs, checkpoints, progress and the outcome published as events) and tells the Job how
+The pod trains exactly as a local GPU worker would (tunelab.training.runner: torchrun over
+the pod's GPUs, checkpoints, progress and the outcome published as events) and tells the
+Job how
 it ended through its exit code: 0 when the task has its outcome, EXIT_USER_ERROR when
 the task failed for its data or parameters (the Job's podFailurePolicy does not retry
 that), anything else for a fault worth another pod (which resumes from the checkpoint).
@@ -11,27 +12,21 @@ from __future__ import annotations
 
 import logging
 
-from tunelab.db.models import Experiment, Task
+from tunelab.context import open_context
+from tunelab.db.tables import Experiment, Task
+from tunelab.events.broker import build_broker
 from tunelab.events.experiment import TaskFailed
+from tunelab.lifecycle.tasks import scheduled_event
 from tunelab.settings import Settings
-from tunelab.workers import context
-from tunelab.workers.gpu.outcomes import JobCrashed
-from tunelab.workers.kube.jobs import EXIT_USER_ERROR
+from tunelab.training.exits import EXIT_CRASHED, EXIT_USER_ERROR
+from tunelab.training.runner import JobCrashed, run_task
 
 log = logging.getLogger("tunelab.pod")
 
-EXIT_CRASHED = 1
-
 
 def train_in_pod(settings: Settings, task_id: str) -> int:
-    from tunelab.events.broker import build_broker
-    from tunelab.workers.setup import install_broker, make_context
-
-    ctx = make_context(settings, install_broker(build_broker(settings)))
-    context.install(ctx)
-    # Actor modules bind to the broker when imported: only now that it is installed.
-    from tunelab.workers.cpu.scheduling import scheduled_event
-    from tunelab.workers.gpu.training import run_task
+    # No actor runs here: the broker only publishes the task's events.
+    ctx = open_context(settings, build_broker(settings))
 
     with ctx.db.session() as session:
         task = session.get(Task, task_id)

@@ -1,10 +1,10 @@
-"""At most one live job per task, across every GPU worker.
+"""Leases: at most one live holder of a thing across every process, for as long as it
+keeps renewing. A holder that dies stops renewing, its lease runs out, and another takes
+over; no one has to notice the death.
 
-A message can be delivered twice while its first consumer is still alive (a missed
-heartbeat, an operator re-sending it); two jobs would then train the same task and
-overwrite each other's checkpoints. The job's worker holds a Redis lock that expires
-unless renewed, so a killed worker's lease runs out on its own and the redelivered
-message takes over.
+What is leased: a task's training (a message can be delivered twice while its first
+consumer lives, and two jobs would overwrite each other's checkpoints), a model server's
+keeper, the Kubernetes reconciler.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ TTL_S = 15
 RENEW_EVERY_S = 5
 
 
-class TaskLease:
+class Lease:
     def __init__(
-        self, client: Any, task_id: str, ttl_s: float = TTL_S, renew_every_s: float = RENEW_EVERY_S
+        self, client: Any, name: str, ttl_s: float = TTL_S, renew_every_s: float = RENEW_EVERY_S
     ) -> None:
         # A StubBroker (tests of one process) has no Redis client: nothing to share.
-        key = f"tunelab:task-lease:{task_id}"
+        key = f"tunelab:lease:{name}"
         self.lock = client.lock(key, timeout=ttl_s, thread_local=False) if client else None
         self.ttl_s, self.renew_every_s, self.renewed = ttl_s, renew_every_s, 0.0
 

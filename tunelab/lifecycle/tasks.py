@@ -1,5 +1,8 @@
-"""How a task ends: its final state and event, and for a success the fine-tuned model
-registered in the repository, each in one transaction."""
+"""A task's life after it is accepted: scheduled, ended (succeeded, failed, cancelled),
+and for a success the fine-tuned model registered in the repository. Each change is
+recorded with its event in one transaction; an ending is announced with an id derived
+from the task, so whoever ends it (a GPU worker, a training pod, the Kubernetes
+reconciler, a retry) announces the very same event."""
 
 from __future__ import annotations
 
@@ -8,47 +11,89 @@ from typing import Any
 
 from sqlalchemy import or_, select
 
-from tunelab.db.models import Dataset, Model, Task
-from tunelab.events.envelope import Event
+from tunelab.context import Context
+from tunelab.db.tables import Dataset, Experiment, Model, Task
+from tunelab.events.envelope import Event, derived_id
 from tunelab.events.experiment import (
     TaskCancelled,
     TaskFailed,
     TaskFailedData,
     TaskRef,
     TaskScheduled,
+    TaskScheduledData,
     TaskSucceeded,
     TaskSucceededData,
 )
 from tunelab.events.model import ModelRegistered, ModelRegisteredData
+from tunelab.lifecycle.specs import TaskSpec
+from tunelab.lifecycle.states import TASK_TERMINAL, TaskState
+from tunelab.model_card import model_card
 from tunelab.store import keys
-from tunelab.workers.context import WorkerContext
-from tunelab.workers.gpu.model_card import model_card
-
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
-class JobCrashed(RuntimeError):
-    """The job process died of a fault worth a retry (it resumes from its checkpoint)."""
+class TaskGone(LookupError):
+    """The task was deleted (with its experiment) while it trained."""
+
+
+def task_ref(task: Task, experiment: Experiment) -> dict[str, str]:
+    return {
+        "experiment_id": experiment.id,
+        "experiment": experiment.name,
+        "task_id": task.id,
+        "task": task.name,
+    }
+
+
+def scheduled_event(task: Task, experiment: Experiment) -> TaskScheduled:
+    """The task's `task.scheduled`; the same event (and id) whoever builds it again: the
+    cause every later event of the task follows from."""
+    return TaskScheduled(
+        id=derived_id(f"{task.id}/task.scheduled"),
+        workspace=task.workspace_id,
+        subject=f"experiments/{experiment.name}/tasks/{task.name}",
+        data=TaskScheduledData(**task_ref(task, experiment), cluster=task.cluster),
+    )
 
 
 def finish(
-    ctx: WorkerContext, event: TaskScheduled, status: str, error: dict[str, Any] | None
+    ctx: Context, event: TaskScheduled, status: TaskState, error: dict[str, Any] | None
 ) -> Event:
+    """End the task in `status` unless it has ended already; its outcome event (to be
+    published by the caller)."""
     with ctx.db.session() as session:
         task = session.get(Task, event.data.task_id, with_for_update=True)
         if task is not None:
-            if task.status not in TERMINAL:
+            if task.status not in TASK_TERMINAL:
                 task.status, task.error = status, error
                 task.finished_at = datetime.now(UTC)
-            return outcome(ctx, event, task)
+            return outcome(event, task)
     return TaskCancelled.following(
         event, data=TaskRef(**{k: getattr(event.data, k) for k in TaskRef.model_fields})
     )
 
 
-def outcome(ctx: WorkerContext, event: TaskScheduled, task: Task) -> Event:
+def fail_task(ctx: Context, task_id: str, code: str, message: str) -> None:
+    """End the task `failed` with the reason, and announce it (once)."""
+    with ctx.db.session() as session:
+        task = session.get(Task, task_id)
+        experiment = session.get(Experiment, task.experiment_id) if task else None
+        if task is None or experiment is None or task.status in TASK_TERMINAL:
+            return
+        event = scheduled_event(task, experiment)
+    ctx.bus.publish(finish(ctx, event, TaskState.FAILED, {"code": code, "message": message}))
+
+
+def mark_evaluating(ctx: Context, task_id: str) -> None:
+    with ctx.db.session() as session:
+        task = session.get(Task, task_id)
+        if task is not None and task.status == TaskState.TRAINING:
+            task.status = TaskState.EVALUATING
+
+
+def outcome(event: TaskScheduled, task: Task) -> Event:
+    """The event that announces how the task ended."""
     ref = TaskRef(**{k: getattr(event.data, k) for k in TaskRef.model_fields})
-    if task.status == "succeeded":
+    if task.status == TaskState.SUCCEEDED:
         score = task.score or {}
         return TaskSucceeded.following(
             event,
@@ -59,7 +104,7 @@ def outcome(ctx: WorkerContext, event: TaskScheduled, task: Task) -> Event:
                 base_score=score.get("base_score", {}),
             ),
         )
-    if task.status == "failed":
+    if task.status == TaskState.FAILED:
         return TaskFailed.following(
             event, data=TaskFailedData(**ref.model_dump(), error=task.error or {})
         )
@@ -78,21 +123,22 @@ def _model_name(session: Any, workspace: str, experiment: str, task: Task) -> st
     return name
 
 
-def register_model(ctx: WorkerContext, event: TaskScheduled, result: dict[str, Any]) -> Event:
+def register_model(ctx: Context, event: TaskScheduled, result: dict[str, Any]) -> Event:
     """The fine-tuned model into the repository and the task succeeded, in one
     transaction; the model's id is the task's, so a redelivery registers nothing twice."""
     data = event.data
     with ctx.db.session() as session:
         task = session.get(Task, data.task_id, with_for_update=True)
         if task is None:
-            raise JobCrashed("the task disappeared while training")
-        if task.status in TERMINAL:
-            return outcome(ctx, event, task)  # cancelled while saving: no model
-        dataset = session.get(Dataset, task.spec["dataset_id"])
+            raise TaskGone(f"task {data.task_id} was deleted while it trained")
+        if task.status in TASK_TERMINAL:
+            return outcome(event, task)  # cancelled while saving: no model
+        task_spec = TaskSpec.of(task)
+        dataset = session.get(Dataset, task_spec.dataset_id)
         name = _model_name(session, task.workspace_id, data.experiment, task)
         spec = {
-            "base_model": task.spec["base_model"],
-            "base_model_uri": task.spec["base_model_uri"],
+            "base_model": task_spec.base_model,
+            "base_model_uri": task_spec.base_model_uri,
             "experiment": data.experiment,
             "task": data.task,
             "adapter": result["adapter"],
@@ -100,12 +146,12 @@ def register_model(ctx: WorkerContext, event: TaskScheduled, result: dict[str, A
             "base_score": result["base_score"]["score"],
             "evaluation": result["score"],
             "dataset": {
-                "name": task.spec["dataset"],
-                "id": task.spec["dataset_id"],
+                "name": task_spec.dataset,
+                "id": task_spec.dataset_id,
                 "sha256": result.get("dataset_sha256"),
                 "rows": (dataset.stats or {}).get("train", {}).get("rows") if dataset else None,
             },
-            "parameters": task.spec["parameters"],
+            "parameters": task_spec.parameters,
             "chat_template": result.get("chat_template"),
             "stop_tokens": result.get("stop_tokens"),
             "metrics": {"final_loss": result["final_loss"], "steps": result["steps"]},
@@ -124,7 +170,7 @@ def register_model(ctx: WorkerContext, event: TaskScheduled, result: dict[str, A
                     spec=spec,
                 )
             )
-        task.status, task.model = "succeeded", name
+        task.status, task.model = TaskState.SUCCEEDED, name
         task.score = {
             "score": spec["score"],
             "details": result["score"],
@@ -147,6 +193,6 @@ def register_model(ctx: WorkerContext, event: TaskScheduled, result: dict[str, A
                 ),
             ),
         )
-        succeeded = outcome(ctx, event, task)
+        succeeded = outcome(event, task)
     send_model()
     return succeeded

@@ -11,14 +11,14 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from tunelab.context import Context
 from tunelab.serving.model_files import in_platform_store
 from tunelab.settings import Settings
 from tunelab.store import ObjectStore, key_from_uri
-from tunelab.training.models import resolve_model_dir
-from tunelab.workers.context import WorkerContext
+from tunelab.training.model_dirs import resolve_model_dir
 
 
-def local_dir(ctx: WorkerContext, uri: str) -> Path:
+def local_dir(ctx: Context, uri: str) -> Path:
     """A local folder with the model or adapter at `uri`, fetched once into the cache."""
     return model_folder(ctx.settings, ctx.store, uri)
 

@@ -1,5 +1,5 @@
-"""Relaying a training job's messages: into the task's row, the event bus, and the
-task's metrics and logs objects."""
+"""Reporting a training job's messages: into the task's row (progress, the evaluating
+phase), `task.progress` events, and the task's metrics and logs objects."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ from typing import Any
 
 from sqlalchemy import select
 
-from tunelab.db.models import Task
+from tunelab.context import Context
+from tunelab.db.tables import Task
 from tunelab.events.experiment import TaskProgress, TaskProgressData, TaskRef, TaskScheduled
+from tunelab.lifecycle.states import TASK_TERMINAL
+from tunelab.lifecycle.tasks import mark_evaluating
 from tunelab.store import ObjectNotFound, keys
-from tunelab.workers.context import WorkerContext
-from tunelab.workers.gpu.launch import Message
-from tunelab.workers.gpu.outcomes import TERMINAL
+from tunelab.training.launch import Message
 
 PROGRESS_EVERY_S = 0.5
 FLUSH_EVERY_S = 5.0
@@ -39,9 +40,9 @@ class Run:
     """One attempt at a task: relays the job's messages into the database, the event
     bus and the task's metrics and logs objects."""
 
-    def __init__(self, ctx: WorkerContext, cause: TaskScheduled, task: Task) -> None:
+    def __init__(self, ctx: Context, cause: TaskScheduled, task: Task) -> None:
         self.ctx, self.cause = ctx, cause
-        self.task_id, self.prefix = task.id, keys.task_prefix(task.id)
+        self.task_id = task.id
         self.ref = cause.data.model_dump()
         self.points = self._load_points()
         self.last_progress = 0.0
@@ -53,14 +54,14 @@ class Run:
 
     def _load_points(self) -> list[dict[str, Any]]:
         try:
-            raw = self.ctx.store.read_bytes(f"{self.prefix}metrics.jsonl")
+            raw = self.ctx.store.read_bytes(keys.task_file(self.task_id, "metrics.jsonl"))
         except ObjectNotFound:
             return []
         return [json.loads(line) for line in raw.splitlines() if line]
 
     def _load_logs(self) -> str:
         try:
-            return self.ctx.store.read_bytes(f"{self.prefix}logs.txt").decode()
+            return self.ctx.store.read_bytes(keys.task_file(self.task_id, "logs.txt")).decode()
         except ObjectNotFound:
             return ""
 
@@ -80,7 +81,7 @@ class Run:
             self.note(f"phase: {fields['phase']}")
             if fields["phase"] == "evaluating":
                 self.publish_progress()
-                self._set(status="evaluating")
+                mark_evaluating(self.ctx, self.task_id)
             elif fields["phase"] == "training" and "total_steps" in fields:
                 self._set(progress={"step": 0, "total_steps": fields["total_steps"], "epoch": 0})
         elif message.kind == "result":
@@ -97,7 +98,7 @@ class Run:
     def _set(self, **fields: Any) -> None:
         with self.ctx.db.session() as session:
             task = session.get(Task, self.task_id, with_for_update=True)
-            if task is not None and task.status not in TERMINAL:
+            if task is not None and task.status not in TASK_TERMINAL:
                 for name, value in fields.items():
                     setattr(task, name, value)
 
@@ -144,11 +145,11 @@ class Run:
         self.last_flush = time.monotonic()
         store = self.ctx.store
         store.put_bytes(
-            f"{self.prefix}metrics.jsonl",
+            keys.task_file(self.task_id, "metrics.jsonl"),
             "".join(json.dumps(p) + "\n" for p in self.points).encode(),
         )
         text = self.log_lines + job_log.read_text("utf-8", "replace")
-        store.put_bytes(f"{self.prefix}logs.txt", text.encode())
+        store.put_bytes(keys.task_file(self.task_id, "logs.txt"), text.encode())
 
     def cancelled(self) -> bool:
         with self.ctx.db.session() as session:

@@ -199,6 +199,8 @@ class ModelServer(Base):
     shared: Mapped[bool] = mapped_column(default=True)
     """Whether LoRA services and the base model's own services may join it."""
     engine: Mapped[str] = mapped_column(String(16))
+    namespace: Mapped[str] = mapped_column(String(63), default="default", server_default="default")
+    """Where the server runs (a Kubernetes namespace); only services of it join."""
     status: Mapped[str] = mapped_column(String(16), default="starting")
     """starting (no requests yet: a restart reloads its adapters first), ready."""
     url: Mapped[str | None] = mapped_column(Text)
@@ -308,6 +310,9 @@ class DeadLetter(Base):
     retries: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = _created()
+    compensated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    """When the actor's give-up step (failing what the message was about) has run; until
+    then it is sent again, so a give-up is never lost."""
 
 
 class UsageRecord(Base):

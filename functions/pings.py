@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from tunelab.db.models import DeadLetter
+from tunelab.db.tables import DeadLetter
 from tunelab.events.system import Ping, PingData
 from tunelab.functions.http import parse, read_json, respond, workspace_id
 from tunelab.times import iso

@@ -13,7 +13,7 @@ from filelock import FileLock
 
 from tunelab.settings import Settings
 from tunelab.store import ObjectStore
-from tunelab.store.s3 import s3_client
+from tunelab.store.s3 import client_for
 
 BUILTIN_SCHEME = "builtin://"
 
@@ -45,9 +45,7 @@ def _download(uri: str, settings: Settings, store: ObjectStore, cache: Path) -> 
     target.parent.mkdir(parents=True, exist_ok=True)
     bucket, _, prefix = uri.removeprefix("s3://").partition("/")
     prefix = prefix.rstrip("/") + "/"
-    client = getattr(store, "client", None) or s3_client(
-        settings.s3_endpoint, settings.s3_region, settings.s3_access_key, settings.s3_secret_key
-    )
+    client = client_for(settings, store)
     with FileLock(str(target) + ".lock"):
         if (target / ".complete").exists():
             return target

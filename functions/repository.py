@@ -13,10 +13,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from tunelab.db import Database
-from tunelab.db.models import Experiment, Model, Service, Task
+from tunelab.db.tables import Experiment, Model, Service, Task
 from tunelab.errors import Conflict, Forbidden, Invalid, NotFound
 from tunelab.events.model import ModelDeleted, ModelRef, ModelRegistered, ModelRegisteredData
 from tunelab.functions.http import parse, read_json, respond, workspace_id
+from tunelab.lifecycle.specs import ServiceSpec, TaskSpec
+from tunelab.lifecycle.states import SERVICE_LIVE, TASK_ACTIVE
 from tunelab.model_sources import source_problem
 from tunelab.names import Name
 from tunelab.store import keys
@@ -161,9 +163,6 @@ def _register(request: Request, spec: RegisterRequest) -> dict[str, Any]:
     return body
 
 
-ACTIVE_TASKS = ("queued", "training", "evaluating")
-
-
 def delete_model(request: Request) -> JSONResponse:
     """A fine-tuned model (its files go with it) or a registered base model (an admin's
     call; its files are the operator's): 409 while a service or an unfinished task uses
@@ -204,19 +203,17 @@ def delete_model(request: Request) -> JSONResponse:
 
 def _users(session: Session, workspace: str, model: Model) -> list[str]:
     services = session.scalars(
-        select(Service).where(
-            Service.workspace_id == workspace, Service.status.in_(("deploying", "ready"))
-        )
+        select(Service).where(Service.workspace_id == workspace, Service.status.in_(SERVICE_LIVE))
     )
-    found = [f"service {s.name!r}" for s in services if s.spec.get("model_id") == model.id]
+    found = [f"service {s.name!r}" for s in services if ServiceSpec.of(s).model_id == model.id]
     tasks = session.execute(
         select(Task, Experiment.name)
         .join(Experiment, Experiment.id == Task.experiment_id)
-        .where(Task.workspace_id == workspace, Task.status.in_(ACTIVE_TASKS))
+        .where(Task.workspace_id == workspace, Task.status.in_(TASK_ACTIVE))
     )
     found += [
         f"task {task.name!r} of experiment {experiment!r}"
         for task, experiment in tasks
-        if task.spec.get("base_model_uri") == model.uri
+        if TaskSpec.of(task).base_model_uri == model.uri
     ]
     return found
