@@ -40,6 +40,7 @@ from tunelab.training.evaluate import evaluate
 from tunelab.training.exits import EXIT_USER_ERROR
 from tunelab.training.model_dirs import resolve_model_dir
 from tunelab.training.model_io import UnsupportedSetup, load_model, load_tokenizer, save_model
+from tunelab.training.native_ops import build_deepspeed_ops
 from tunelab.training.template import PromptTooLong, TemplateError, encode_pair
 from tunelab.training.trainer import Stopped, Trainer, TrainingData
 
@@ -218,6 +219,7 @@ def init_distributed(engine: str) -> None:
     if engine == "deepspeed":
         import deepspeed
 
+        build_deepspeed_ops()  # never hang on a build another process left half-done
         deepspeed.init_distributed(dist_backend=backend, timeout=COLLECTIVE_TIMEOUT)
     else:
         dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
