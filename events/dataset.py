@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from pydantic import Field
+
 from tunelab.events.envelope import Event, Payload
 
 
@@ -22,6 +24,9 @@ class DatasetUploadedData(DatasetRef):
     """Split (train, validate, test) to the file's URI: in the platform's store, or a
     remote http(s)/s3 address the CPU worker fetches."""
     plugin: PluginSource | None = None
+    formats: dict[str, str] = Field(default_factory=dict)
+    """Split to its file's format: csv, openai, sharegpt, alpaca, or json (its records'
+    keys tell which); a split not named is told by its first bytes."""
     feature_mapping: dict[str, str]
     language: str = "en"
     size_category: str | None = None

@@ -45,6 +45,10 @@ class DatasetMetadata(BaseModel):
     size_category: str | None = None
     task: DatasetTask = Field(default_factory=DatasetTask)
     feature_mapping: FeatureMapping = Field(default_factory=FeatureMapping)
+    format: Literal["auto", "csv", "openai", "sharegpt", "alpaca"] = "auto"
+    """What the files hold: a Q&A CSV (with `feature_mapping`), or conversations in
+    OpenAI chat, ShareGPT or Alpaca JSON Lines. auto: the file name's extension (.csv,
+    .jsonl, .json) and then its content tell."""
 
     @field_validator("size_category")
     @classmethod

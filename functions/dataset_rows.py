@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -67,26 +68,45 @@ def preview_dataset(request: Request) -> JSONResponse:
 
 
 def export_dataset(request: Request) -> StreamingResponse:
+    """The split as it is stored: pairs as CSV (formula cells neutralised), conversations
+    as OpenAI chat JSON Lines."""
     split = request.query_params.get("split", "train")
     key = _ready_file(request, split)
     data = _local_copy(request.app.state.store, key)
+    parquet = pq.ParquetFile(data)
+    chats = "messages" in parquet.schema_arrow.names
+    lines = _jsonl_lines(parquet) if chats else _csv_lines(parquet)
 
-    def lines() -> Iterator[bytes]:
+    def closing() -> Iterator[bytes]:
         with data:
-            buffer = io.StringIO()
-            writer = csv.writer(buffer)
-            writer.writerow(["question", "answer"])
-            for batch in pq.ParquetFile(data).iter_batches(batch_size=4096):
-                for row in batch.to_pylist():
-                    writer.writerow([neutralise(row["question"]), neutralise(row["answer"])])
-                yield buffer.getvalue().encode()
-                buffer.seek(0)
-                buffer.truncate()
-            yield buffer.getvalue().encode()
+            yield from lines
 
     name = request.path_params["name"]
+    extension, media = ("jsonl", "application/jsonl") if chats else ("csv", "text/csv")
     return StreamingResponse(
-        lines(),
-        media_type="text/csv; charset=utf-8",
-        headers={"content-disposition": f'attachment; filename="{name}-{split}.csv"'},
+        closing(),
+        media_type=f"{media}; charset=utf-8",
+        headers={"content-disposition": f'attachment; filename="{name}-{split}.{extension}"'},
     )
+
+
+def _csv_lines(parquet: pq.ParquetFile) -> Iterator[bytes]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["question", "answer"])
+    for batch in parquet.iter_batches(batch_size=4096):
+        for row in batch.to_pylist():
+            writer.writerow([neutralise(row["question"]), neutralise(row["answer"])])
+        yield buffer.getvalue().encode()
+        buffer.seek(0)
+        buffer.truncate()
+    yield buffer.getvalue().encode()
+
+
+def _jsonl_lines(parquet: pq.ParquetFile) -> Iterator[bytes]:
+    for batch in parquet.iter_batches(batch_size=4096):
+        chunk = []
+        for row in batch.column("messages").to_pylist():
+            messages = [{k: v for k, v in m.items() if v is not None} for m in row]
+            chunk.append(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+        yield "".join(chunk).encode()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Any
 
 from sqlalchemy import select
@@ -114,6 +115,7 @@ def uploaded_event(
     """The dataset's `dataset.uploaded`; its id derives from the dataset's, so announcing
     the same dataset again is the same event."""
     meta = dataset.metadata_
+    names = (dataset.source or {}).get("files") or sources
     return DatasetUploaded(
         id=derived_id(f"{dataset.id}/dataset.uploaded"),
         workspace=dataset.workspace_id,
@@ -123,11 +125,28 @@ def uploaded_event(
             name=dataset.name,
             sources=sources,
             plugin=plugin,
+            formats=split_formats(meta.get("format", "auto"), names),
             feature_mapping=meta["feature_mapping"],
             language=meta["language"],
             size_category=meta.get("size_category"),
         ),
     )
+
+
+EXTENSION_FORMATS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".ndjson": "json"}
+
+
+def split_formats(declared: str, names: dict[str, str]) -> dict[str, str]:
+    """Each split's format: the declared one, else what its file name's extension says
+    (JSON files' record keys then tell which conversation format)."""
+    if declared != "auto":
+        return dict.fromkeys(names, declared)
+    formats = {}
+    for split, name in names.items():
+        suffix = PurePosixPath(name.split("?", 1)[0]).suffix.lower()
+        if suffix in EXTENSION_FORMATS:
+            formats[split] = EXTENSION_FORMATS[suffix]
+    return formats
 
 
 async def create_dataset(request: Request) -> JSONResponse:
@@ -154,7 +173,7 @@ def _create_uploaded(
 ) -> dict[str, Any]:
     if "file" not in received.files:
         raise Invalid(
-            "The upload has no 'file' part (the training CSV).",
+            "The upload has no 'file' part (the training file).",
             [{"field": "file", "message": "required"}],
         )
     if "metadata" not in received.fields:

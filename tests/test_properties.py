@@ -12,9 +12,11 @@ import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tunelab import conversations
 from tunelab.errors import BadRequest
 from tunelab.functions.boundary import parse_json
 from tunelab.plugins import Alpaca, ChatJsonl, PluginError
+from tunelab.workers.cpu.convcheck import check_conversations
 from tunelab.workers.cpu.csvcheck import check_file
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -95,7 +97,35 @@ def test_the_plugin_parsers_fail_only_with_their_own_error(data: bytes, plugin: 
     except PluginError as exc:
         assert exc.message
     else:
-        assert all(isinstance(q, str) and isinstance(a, str) for q, a in rows)
+        for row in rows:  # records, each then checked as a conversation or refused
+            try:
+                conversations.parse(row, plugin.format)
+            except conversations.BadConversation as exc:
+                assert exc.message
+
+
+message = st.fixed_dictionaries(
+    {
+        "role": st.sampled_from(["system", "user", "assistant", "asistant", 3]),
+        "content": json_value,
+    },
+    optional={"weight": json_value},
+)
+conversation_file = st.lists(
+    st.fixed_dictionaries({"messages": st.lists(message, max_size=5)}) | json_value, max_size=8
+).map(lambda items: "\n".join(json.dumps(i) for i in items).encode()) | st.binary(max_size=300)
+
+
+@FAST
+@given(conversation_file, st.sampled_from(["json", "openai", "sharegpt", "alpaca"]))
+def test_the_conversation_checker_reports_on_any_file_and_never_raises(
+    data: bytes, fmt: str
+) -> None:
+    tables: list[pa.Table] = []
+    report = check_conversations(lambda: io.BytesIO(data), fmt, tables.append, min_rows=1)
+    assert report.ok or report.errors
+    if report.ok:
+        assert sum(t.num_rows for t in tables) == report.stats["rows"]
 
 
 @FAST

@@ -10,6 +10,7 @@ import pytest
 
 from tests.receiver import file_server
 from tests.services import free_port
+from tunelab import conversations
 from tunelab.plugins import Alpaca, ChatJsonl, PluginError, load
 from tunelab.workers.cpu.sources import (
     SourceError,
@@ -78,7 +79,7 @@ def served(data: bytes):  # type: ignore[no-untyped-def]
     return lambda uri: data
 
 
-def test_alpaca_joins_instruction_and_input_from_json_or_jsonl() -> None:
+def test_alpaca_records_read_from_json_or_jsonl_join_instruction_and_input() -> None:
     records = [
         {"instruction": "Translate", "input": "bonjour", "output": "hello"},
         {"instruction": "Say hi", "input": "", "output": "hi"},
@@ -87,30 +88,24 @@ def test_alpaca_joins_instruction_and_input_from_json_or_jsonl() -> None:
     as_lines = list(
         Alpaca().rows({"uri": "x"}, served("\n".join(json.dumps(r) for r in records).encode()))
     )
-    assert as_json == as_lines == [("Translate\n\nbonjour", "hello"), ("Say hi", "hi")]
-
-
-def test_alpaca_names_the_record_without_an_output() -> None:
-    lines = b'{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n'
-    with pytest.raises(PluginError) as raised:
-        list(Alpaca().rows({"uri": "x"}, served(lines)))
-    assert raised.value.details == [
-        {"line": 2, "field": "output", "message": "missing or not a string"}
+    assert as_json == as_lines == records
+    assert [conversations.parse(r, Alpaca.format) for r in as_json] == [
+        conversations.from_pair("Translate\n\nbonjour", "hello"),
+        conversations.from_pair("Say hi", "hi"),
     ]
 
 
-def test_chat_jsonl_takes_the_last_user_turn_and_the_final_answer() -> None:
-    record = {
-        "messages": [
-            {"role": "system", "content": "Be brief."},
-            {"role": "user", "content": "Hi"},
-            {"role": "assistant", "content": "Hello"},
-            {"role": "user", "content": "Capital of France?"},
-            {"role": "assistant", "content": "Paris"},
-        ]
-    }
+def test_chat_jsonl_keeps_the_whole_conversation() -> None:
+    turns = [
+        ("system", "Be brief."),
+        ("user", "Hi"),
+        ("assistant", "Hello"),
+        ("user", "Capital of France?"),
+        ("assistant", "Paris"),
+    ]
+    record = {"messages": [{"role": r, "content": c} for r, c in turns]}
     rows = list(ChatJsonl().rows({"uri": "x"}, served(json.dumps(record).encode() + b"\n")))
-    assert rows == [("Capital of France?", "Paris")]
+    assert [(m["role"], m["content"]) for m in conversations.parse(rows[0], "openai")] == turns
 
 
 def test_chat_jsonl_names_a_line_that_is_not_json() -> None:

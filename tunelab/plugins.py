@@ -7,9 +7,10 @@ under the `tunelab.dataset_plugins` entry-point group:
     my-source = "my_package.module:MyPlugin"
 
 `fetch(uri)` returns the bytes behind an http(s) or s3 address, through the same size
-cap and address checks as remote datasets. `rows` yields (question, answer) pairs and
-raises PluginError naming the line and field of bad input. Its rows then go through
-every check a CSV upload gets.
+cap and address checks as remote datasets. `rows` yields (question, answer) pairs, or
+conversation records (JSON objects in the format its optional `format` attribute names:
+openai, sharegpt or alpaca; else told by their keys), and raises PluginError where its
+input cannot be read. Its rows then go through every check an uploaded file gets.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class PluginError(PermanentFailure):
 class DatasetPlugin(Protocol):
     name: str
 
-    def rows(self, parameters: dict[str, Any], fetch: Fetch) -> Iterator[tuple[str, str]]: ...
+    def rows(self, parameters: dict[str, Any], fetch: Fetch) -> Iterator[Any]: ...
 
 
 def available() -> dict[str, Any]:
@@ -94,59 +95,24 @@ def _records(parameters: dict[str, Any], fetch: Fetch) -> Iterator[tuple[int, An
         yield number, record
 
 
-def _text(record: Any, key: str, line: int, required: bool = True) -> str:
-    value = record.get(key) if isinstance(record, dict) else None
-    if value is None and not required:
-        return ""
-    if not isinstance(value, str):
-        raise PluginError(
-            f"Record {line} has no text field {key!r}.",
-            [{"line": line, "field": key, "message": "missing or not a string"}],
-        )
-    return value
-
-
 class Alpaca:
-    """Alpaca instruction data: instruction (+ input) is the question, output the answer."""
+    """Alpaca instruction data (`instruction`, `input`, `output`; LLaMA-Factory's
+    `system` and `history` too): each record is one conversation."""
 
     name = "alpaca"
+    format = "alpaca"
 
-    def rows(self, parameters: dict[str, Any], fetch: Fetch) -> Iterator[tuple[str, str]]:
-        for line, record in _records(parameters, fetch):
-            instruction = _text(record, "instruction", line)
-            extra = _text(record, "input", line, required=False)
-            question = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-            yield question, _text(record, "output", line)
+    def rows(self, parameters: dict[str, Any], fetch: Fetch) -> Iterator[Any]:
+        for _, record in _records(parameters, fetch):
+            yield record
 
 
 class ChatJsonl:
-    """OpenAI chat-format JSONL: the last user turn before the final assistant turn is
-    the question, that assistant turn the answer."""
+    """OpenAI chat-format JSONL (`messages`): each record is one whole conversation."""
 
     name = "chat-jsonl"
+    format = "openai"
 
-    def rows(self, parameters: dict[str, Any], fetch: Fetch) -> Iterator[tuple[str, str]]:
-        for line, record in _records(parameters, fetch):
-            messages = record.get("messages") if isinstance(record, dict) else None
-            if not isinstance(messages, list):
-                raise PluginError(
-                    f"Record {line} has no 'messages' list.",
-                    [{"line": line, "field": "messages", "message": "required"}],
-                )
-            turns = [m for m in messages if isinstance(m, dict)]
-            answer_at = max(
-                (i for i, m in enumerate(turns) if m.get("role") == "assistant"), default=None
-            )
-            question_at = max(
-                (i for i, m in enumerate(turns[: answer_at or 0]) if m.get("role") == "user"),
-                default=None,
-            )
-            if answer_at is None or question_at is None:
-                raise PluginError(
-                    f"Record {line} needs a user turn followed by an assistant turn.",
-                    [{"line": line, "field": "messages", "message": "no user/assistant pair"}],
-                )
-            yield (
-                _text(turns[question_at], "content", line),
-                _text(turns[answer_at], "content", line),
-            )
+    def rows(self, parameters: dict[str, Any], fetch: Fetch) -> Iterator[Any]:
+        for _, record in _records(parameters, fetch):
+            yield record

@@ -19,11 +19,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from transformers import get_scheduler
 
+from tunelab.conversations import Message, from_pair
 from tunelab.params import Parameters
 from tunelab.training.engines import Checkpoints, DeepSpeedEngine, Engine, TorchEngine
 from tunelab.training.model_io import compute_dtype
 from tunelab.training.packing import Batch, batches, epoch_order, steps_per_epoch
-from tunelab.training.template import IGNORE, Sample, encode_pair
+from tunelab.training.template import IGNORE, Sample, Truncation, encode_conversation
 
 
 class Stopped(Exception):
@@ -36,6 +37,19 @@ class TrainingData:
     truncated: int = 0
 
     @classmethod
+    def from_conversations(
+        cls,
+        tokenizer: Any,
+        conversations: Sequence[Sequence[Message]],
+        block_size: int,
+        truncation: Truncation = "turns",
+    ) -> TrainingData:
+        samples = [
+            encode_conversation(tokenizer, c, block_size, truncation) for c in conversations
+        ]
+        return cls(samples, sum(s.truncated for s in samples))
+
+    @classmethod
     def from_pairs(
         cls,
         tokenizer: Any,
@@ -43,8 +57,9 @@ class TrainingData:
         block_size: int,
         system: str | None = None,
     ) -> TrainingData:
-        samples = [encode_pair(tokenizer, q, a, block_size, system) for q, a in pairs]
-        return cls(samples, sum(s.truncated for s in samples))
+        return cls.from_conversations(
+            tokenizer, [from_pair(q, a, system) for q, a in pairs], block_size
+        )
 
 
 @dataclass

@@ -23,7 +23,7 @@ from tunelab.store import key_from_uri, keys
 from tunelab.store.s3 import client_for
 from tunelab.tokenizer import default_tokenizer
 from tunelab.workers.context import current
-from tunelab.workers.cpu.ingest import IngestResult, ingest, write_rows_csv
+from tunelab.workers.cpu.ingest import IngestResult, ingest, write_plugin_rows
 from tunelab.workers.cpu.sources import SourceError, fetch_http, fetch_s3
 from tunelab.workers.registry import subscriber
 
@@ -41,8 +41,9 @@ def fetch(ctx: Context, uri: str, sink: Any) -> int:
     )
 
 
-def stage(ctx: Context, data: DatasetUploadedData) -> dict[str, str]:
-    """Each split's object key in the platform's store, fetching what is remote."""
+def stage(ctx: Context, data: DatasetUploadedData) -> tuple[dict[str, str], dict[str, str]]:
+    """Each split's object key in the platform's store, fetching what is remote, and
+    each split's format."""
     if data.plugin is not None:
         plugin = plugins.load(data.plugin.name)
 
@@ -52,8 +53,13 @@ def stage(ctx: Context, data: DatasetUploadedData) -> dict[str, str]:
             return buffer.getvalue()
 
         key = keys.dataset_staging(data.dataset_id)
-        write_rows_csv(plugin.rows(data.plugin.parameters, fetch_bytes), ctx.store, key)
-        return {"train": key}
+        fmt = write_plugin_rows(
+            plugin.rows(data.plugin.parameters, fetch_bytes),
+            ctx.store,
+            key,
+            getattr(plugin, "format", "json"),
+        )
+        return {"train": key}, {"train": fmt}
     own = ctx.store.uri("")
     staged = {}
     for split, uri in data.sources.items():
@@ -74,7 +80,7 @@ def stage(ctx: Context, data: DatasetUploadedData) -> dict[str, str]:
             spool.seek(0)
             ctx.store.put_stream(key, spool)
         staged[split] = key
-    return staged
+    return staged, data.formats
 
 
 PLUGIN_MAPPING = {"question": "question", "answer": "answer"}
@@ -82,7 +88,7 @@ PLUGIN_MAPPING = {"question": "question", "answer": "answer"}
 
 def run_ingestion(ctx: Context, data: DatasetUploadedData) -> IngestResult:
     try:
-        staged = stage(ctx, data)
+        staged, formats = stage(ctx, data)
     except (SourceError, plugins.PluginError) as exc:
         errors = [
             {"code": exc.code, "file": "train", "message": exc.message, **detail}
@@ -96,6 +102,7 @@ def run_ingestion(ctx: Context, data: DatasetUploadedData) -> IngestResult:
         staged,
         mapping,
         ctx.store,
+        formats=formats,
         language=data.language,
         size_category=data.size_category,
         tokenizer=default_tokenizer(ctx.settings),

@@ -9,7 +9,10 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import itertools
+import json
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,11 +23,22 @@ import pyarrow.parquet as pq
 from tokenizers import Tokenizer
 
 from tunelab.store import ObjectStore, keys
-from tunelab.workers.cpu.csvcheck import MAX_REPORTED, MIN_ROWS, check_file
+from tunelab.workers.cpu.convcheck import check_conversations
+from tunelab.workers.cpu.csvcheck import (
+    HEAD_BYTES,
+    MAX_REPORTED,
+    MIN_ROWS,
+    Opener,
+    Problem,
+    Report,
+    check_file,
+)
 
 MAX_TOKENIZED_ROWS = 200_000
 TEMPLATE_TOKENS = 8
 """Tokens a chat template adds around a question and its answer, roughly."""
+MESSAGE_TOKENS = 4
+"""Tokens a chat template adds around one message, roughly."""
 
 
 @dataclass
@@ -69,31 +83,51 @@ class ParquetSink:
 def token_stats(
     path: Path, tokenizer: Tokenizer, block_size: int, max_rows: int = MAX_TOKENIZED_ROWS
 ) -> dict[str, Any]:
-    """Question/answer token lengths, and how many rows overflow `block_size`.
+    """Token lengths of the rendered samples, and how many overflow `block_size`: of the
+    question and answer of pairs, of whole conversations (every message's content plus
+    what the template adds around it).
 
     Past `max_rows` an evenly spaced sample is measured (tokenizing runs at a few MB/s
     on a small CPU) and the overflow count is scaled up; `sampled` says so.
+    `first_over` is the index of the first overflowing row measured, or None.
     """
     parquet = pq.ParquetFile(path)
     stride = max(1, -(-parquet.metadata.num_rows // max_rows))
-    lengths: dict[str, list[int]] = {"question": [], "answer": []}
+    is_chat = "messages" in parquet.schema_arrow.names
+    lengths: dict[str, list[int]] = (
+        {"conversation": []} if is_chat else {"question": [], "answer": []}
+    )
+    rows: list[int] = []
     seen = 0
     for batch in parquet.iter_batches(batch_size=8192):
         picked = [i for i in range(batch.num_rows) if (seen + i) % stride == 0]
+        rows += [seen + i for i in picked]
         seen += batch.num_rows
+        if is_chat:
+            chats = batch.column("messages").take(picked).to_pylist()
+            contents = [m["content"] for chat in chats for m in chat]
+            sizes = iter(len(e.ids) for e in tokenizer.encode_batch_fast(contents))
+            lengths["conversation"] += [
+                sum(next(sizes) + MESSAGE_TOKENS for _ in chat) for chat in chats
+            ]
+            continue
         for column in lengths:
             texts = batch.column(column).take(picked).to_pylist()
             lengths[column] += [len(e.ids) for e in tokenizer.encode_batch_fast(texts)]
-    totals = np.add(lengths["question"], lengths["answer"]) + TEMPLATE_TOKENS
-    over = int((totals > block_size).sum()) * stride
+    if is_chat:
+        totals = np.asarray(lengths["conversation"], dtype=int)
+    else:
+        totals = np.add(lengths["question"], lengths["answer"]) + TEMPLATE_TOKENS
+    over = np.flatnonzero(totals > block_size)
     stats: dict[str, Any] = {
         column: _summary(np.asarray(values)) for column, values in lengths.items()
     }
     stats.update(
         block_size=block_size,
-        rows_over_block_size=over,
+        rows_over_block_size=int(over.size) * stride,
         sampled=stride > 1,
         histogram=_histogram(totals),
+        first_over=rows[int(over[0])] if over.size else None,
     )
     return stats
 
@@ -126,26 +160,42 @@ def ingest(
     mapping: dict[str, str],
     store: ObjectStore,
     *,
+    formats: dict[str, str] | None = None,
     language: str = "en",
     size_category: str | None = None,
     tokenizer: Tokenizer | None = None,
     block_size: int = 512,
 ) -> IngestResult:
-    """Check each staged split (key by split name) and store the normalised rows."""
+    """Check each staged split (key by split name) and store the normalised rows.
+
+    `formats` says what each split's file is: csv, openai, sharegpt, alpaca, or json (a
+    record's keys tell which); for a split not named, its first bytes tell."""
+    formats = formats or {}
     result = IngestResult()
     with tempfile.TemporaryDirectory(prefix="tunelab-ingest-") as tmp:
         sinks = {}
+        lines: dict[str, list[int]] = {}
         for split, key in staged.items():
             sink = sinks[split] = ParquetSink(Path(tmp) / f"{split}.parquet")
             train = split == "train"
-            report = check_file(
-                functools.partial(store.open, key),
-                mapping,
-                sink,
-                language=language,
-                declared_size=size_category if train else None,
-                min_rows=MIN_ROWS if train else 1,
-            )
+            opener = functools.partial(store.open, key)
+            declared, min_rows = (size_category, MIN_ROWS) if train else (None, 1)
+            fmt = formats.get(split) or sniff_format(opener)
+            report: Report
+            if fmt == "csv":
+                report = check_file(
+                    opener,
+                    mapping,
+                    sink,
+                    language=language,
+                    declared_size=declared,
+                    min_rows=min_rows,
+                )
+            else:
+                report = check_conversations(
+                    opener, fmt, sink, declared_size=declared, min_rows=min_rows
+                )
+                lines[split] = report.row_lines
             sink.close()
             room = MAX_REPORTED - len(result.errors)
             result.errors += [p.to_json(split) for p in report.errors[: max(room, 0)]]
@@ -156,7 +206,21 @@ def ingest(
             return result
         for split, sink in sinks.items():
             if tokenizer is not None:
-                result.stats[split]["tokens"] = token_stats(sink.path, tokenizer, block_size)
+                tokens = result.stats[split]["tokens"] = token_stats(
+                    sink.path, tokenizer, block_size
+                )
+                first = tokens.pop("first_over")
+                if split in lines and first is not None:
+                    result.warnings.append(
+                        Problem(
+                            "conversation_too_long",
+                            f"{tokens['rows_over_block_size']} conversations are longer than "
+                            f"{block_size} tokens; training keeps their first turns up to "
+                            "block_size, or refuses them (the truncation parameter).",
+                            lines[split][first],
+                            "messages",
+                        ).to_json(split)
+                    )
             with sink.path.open("rb") as data:
                 stored = store.put_stream(keys.dataset_parquet(dataset_id, split), data)
             result.files[split] = store.uri(stored.key)
@@ -164,13 +228,31 @@ def ingest(
     return result
 
 
-def write_rows_csv(rows: Any, store: ObjectStore, key: str) -> None:
-    """Store (question, answer) pairs as a CSV file (a plugin's output, for checking)."""
+def sniff_format(open_: Opener) -> str:
+    """ "csv", or "json" for a JSON file (one JSON value per line, or one array)."""
+    with open_() as stream:
+        head = stream.read(HEAD_BYTES).lstrip(b"\xef\xbb\xbf \t\r\n")
+    return "json" if head.startswith((b"{", b"[")) else "csv"
+
+
+def write_plugin_rows(
+    rows: Iterable[Any], store: ObjectStore, key: str, record_format: str = "json"
+) -> str:
+    """Store a plugin's output for checking, and say its format: (question, answer)
+    pairs as a CSV file, conversation records (in `record_format`) as JSON Lines."""
+    items = iter(rows)
+    first = next(items, None)
+    pairs = first is None or isinstance(first, tuple | list)
     with tempfile.SpooledTemporaryFile(max_size=8 << 20) as out:
         text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
-        writer = csv.writer(text)
-        writer.writerow(["question", "answer"])
-        writer.writerows(rows)
+        if pairs:
+            writer = csv.writer(text)
+            writer.writerow(["question", "answer"])
+            writer.writerows(itertools.chain([first] if first else [], items))
+        else:
+            for record in itertools.chain([first], items):
+                text.write(json.dumps(record, ensure_ascii=False) + "\n")
         text.detach()
         out.seek(0)
         store.put_stream(key, out)
+    return "csv" if pairs else record_format
