@@ -63,6 +63,8 @@ class TaskProgressData(TaskRef):
     """None when the loss is not a number (training diverged)."""
     learning_rate: float
     tokens_per_second: float
+    val_loss: float | None = None
+    """The latest validation loss, where training watches one."""
 
 
 class TaskProgress(Event):

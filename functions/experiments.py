@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from tunelab.clusters import clusters, placement_problems
-from tunelab.db.tables import Dataset, Experiment, ParameterGroup, Task, new_id
+from tunelab.db.tables import Dataset, Experiment, Model, ParameterGroup, Task, new_id
 from tunelab.errors import Conflict, Invalid, NotFound
 from tunelab.events.envelope import derived_id
 from tunelab.events.experiment import ExperimentCreated, ExperimentRef
@@ -159,6 +159,22 @@ def _create(request: Request, spec: ExperimentRequest) -> dict[str, Any]:
     return body
 
 
+def starting_point(model: Model) -> dict[str, Any]:
+    """Where a task's training starts: a base model, or a fine-tuned one it continues (a
+    LoRA model's adapter on its own base; a full model's weights as a base)."""
+    if model.kind != "finetuned":
+        return {"base_model_uri": model.uri}
+    spec = model.spec or {}
+    lineage = [{"name": model.name, "id": model.id}, *spec.get("lineage", [])]
+    if spec.get("adapter"):
+        return {
+            "base_model_uri": spec["base_model_uri"],
+            "adapter_uri": model.uri,
+            "lineage": lineage,
+        }
+    return {"base_model_uri": model.uri, "lineage": lineage}
+
+
 def _check_task(
     session: Session,
     workspace: str,
@@ -181,15 +197,15 @@ def _check_task(
         "namespace": spec.namespace,
     }
     model = visible_model(session, workspace, task.base_model)
-    if model is None or model.kind != "base":
+    if model is None:
         problems.append(
             {
                 "field": f"{at}.base_model",
-                "message": f"no base model {task.base_model!r} (GET /api/v1/models)",
+                "message": f"no model {task.base_model!r} (GET /api/v1/models)",
             }
         )
     else:
-        row["base_model_uri"] = model.uri
+        row.update(starting_point(model))
     dataset = session.scalar(
         select(Dataset).where(Dataset.workspace_id == workspace, Dataset.name == task.dataset)
     )

@@ -197,3 +197,103 @@ def test_two_processes_stopped_together_resume_from_their_checkpoint(
     resumed = _torchrun(2, engine, str(tmp_path))
     assert resumed["losses"] == pytest.approx(one_process["losses"], rel=1e-3)
     assert resumed["ppl"] == pytest.approx(one_process["ppl"], rel=1e-3)
+
+
+def watched_setup(tokenizer: Any, **overrides: Any) -> Trainer:
+    """Full fine-tuning made to overfit: 16 facts, with 8 others held out."""
+    params = Parameters.model_validate(
+        {
+            "peft": False,
+            "batch_size": 8,
+            "epochs": 40,
+            "learning_rate": 3e-3,
+            "scheduler": "constant",
+            "warmup_ratio": 0.0,
+            "seed": 3,
+            **overrides,
+        }
+    )
+    train = TrainingData.from_pairs(tokenizer, qa_pairs(16, seed=9), 128)
+    held_out = TrainingData.from_pairs(tokenizer, qa_pairs(8, seed=10), 128)
+    return Trainer(
+        small_model(tokenizer),
+        params,
+        train,
+        torch.device("cpu"),
+        validation=held_out.samples,
+        best_checkpoints=MemoryCheckpoints(),
+    )
+
+
+def test_early_stopping_ends_an_overfitting_run_and_keeps_the_best_weights(
+    tokenizer: Any,
+) -> None:
+    trainer = watched_setup(tokenizer, early_stopping_patience=2, select="best")
+    result = trainer.run()
+    measured = [(p.step, p.val_loss) for p in result.history if p.val_loss is not None]
+    assert [step for step, _ in measured] == list(range(2, result.early_stopped_at + 1, 2))
+    best_step, best_loss = min(measured, key=lambda m: m[1])
+    assert result.early_stopped_at is not None and result.early_stopped_at < trainer.total_steps
+    assert result.selected_step == result.selection.best_step == best_step
+    # Patience 2: two measurements after the best, neither better, then the end.
+    assert [step for step, _ in measured if step > best_step] == [best_step + 2, best_step + 4]
+    # The weights the run ends with are the best step's: measured again, its loss.
+    assert trainer.validation_loss() == pytest.approx(best_loss, rel=1e-4)
+
+
+def test_select_last_keeps_the_last_weights_and_reports_the_best(tokenizer: Any) -> None:
+    trainer = watched_setup(tokenizer, epochs=12, eval_every=3)
+    result = trainer.run()
+    measured = [(p.step, p.val_loss) for p in result.history if p.val_loss is not None]
+    assert [step for step, _ in measured] == [3, 6, 9, 12, 15, 18, 21, 24]
+    assert result.early_stopped_at is None and result.selected_step == trainer.total_steps
+    assert result.selection.best_val_loss == min(loss for _, loss in measured)
+    assert trainer.validation_loss() == pytest.approx(measured[-1][1], rel=1e-4)
+
+
+def test_a_lora_model_fine_tuned_again_on_a_second_dataset_answers_both(
+    tmp_path: Path,
+) -> None:
+    """Continuing starts from the model's own adapter (it answers what it learned before
+    a step is taken) and ends answering both sets. The second dataset rehearses the
+    first, as one does against forgetting: on its own, a model this small forgets."""
+    from tunelab.conversations import from_pair
+    from tunelab.training.basemodel import ensure_tiny_base
+    from tunelab.training.evaluate import evaluate
+    from tunelab.training.model_io import load_model, load_tokenizer, save_model
+
+    cache = Path(os.environ["TUNELAB_MODEL_CACHE"])
+    base = ensure_tiny_base(cache, cache.parent)
+    tokenizer = load_tokenizer(base)
+    first = qa_pairs(8, seed=21, languages=("en",))
+    second = qa_pairs(8, seed=22, languages=("en",))
+    cpu = torch.device("cpu")
+
+    def train(model: Any, pairs: list[tuple[str, str]], batch_size: int) -> Any:
+        params = Parameters.model_validate(
+            {
+                "lora_rank": 16,
+                "epochs": 30,
+                "batch_size": batch_size,
+                "learning_rate": 3e-3,
+                "seed": 1,
+            }
+        )
+        Trainer(model, params, TrainingData.from_pairs(tokenizer, pairs, 128), cpu).run()
+        return model
+
+    def exact(model: Any, pairs: list[tuple[str, str]]) -> float:
+        chats = [from_pair(q, a) for q, a in pairs]
+        return float(evaluate(model, tokenizer, chats, "exact-match", 128)["exact_match"])
+
+    params = Parameters(lora_rank=16)
+    trained = train(load_model(base, params, cpu), first, 8)
+    learned = exact(trained, first)
+    assert learned >= 0.5
+    save_model(trained, tokenizer, tmp_path / "first")
+    assert exact(load_model(base, params, cpu), first + second) == 0.0
+    resumed = load_model(base, params, cpu, tmp_path / "first")
+    assert exact(resumed, first) == learned  # the adapter it continues, before any step
+    continued = train(resumed, second + first, 16)
+    assert exact(continued, second) >= 0.75
+    assert exact(continued, first) >= 0.75

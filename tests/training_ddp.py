@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from tests.test_training import small_model, small_setup
+from tunelab.conversations import from_pair
 from tunelab.store.local import LocalStore
 from tunelab.synthetic import qa_pairs
 from tunelab.training.basemodel import tiny_tokenizer
@@ -74,7 +75,8 @@ def train(data_dir: str, engine: str) -> None:
     final = trainer.trained_model(lambda: small_model(tokenizer))
     if rank == 0:
         assert final is not None
-        ppl = answer_perplexity(final, tokenizer, qa_pairs(24, seed=9), 128)
+        conversations = [from_pair(q, a) for q, a in qa_pairs(24, seed=9)]
+        ppl = answer_perplexity(final, tokenizer, conversations, 128)
         print(json.dumps({"losses": [p.loss for p in result.history], "ppl": ppl}), flush=True)
 
 

@@ -50,6 +50,20 @@ class Parameters(BaseModel):
     max_grad_norm: float = Field(default=1.0, gt=0.0)
     zero_stage: Literal[2, 3] = 2
     """DeepSpeed ZeRO stage when a task runs on several GPUs."""
+    truncation: Literal["turns", "refuse"] = "turns"
+    """A conversation longer than block_size keeps its first whole turns that fit
+    (turns), or fails the task (refuse)."""
+    validation_fraction: float = Field(default=0.0, ge=0.0, le=0.5)
+    """Share of the training conversations held out (seeded) for the validation loss
+    when the dataset has no validate split; 0 holds none out."""
+    eval_every: int | None = Field(default=None, ge=1)
+    """Optimizer steps between validation-loss measurements; None: once per epoch."""
+    early_stopping_patience: int | None = Field(default=None, ge=1)
+    """Stop after this many measurements without a better validation loss; None: never."""
+    early_stopping_min_delta: float = Field(default=0.0, ge=0.0)
+    """How much lower a validation loss must be to count as better."""
+    select: Literal["best", "last"] = "last"
+    """Which weights become the model: the last step's, or the best validation loss's."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Parameters:

@@ -76,6 +76,10 @@ class TaskSpec(TaskNeeds):
     model_config = ConfigDict(extra="ignore")  # rows may carry what older versions kept
     base_model: str
     base_model_uri: str
+    adapter_uri: str | None = None
+    """When the task continues a LoRA model: that model's adapter, on base_model_uri."""
+    lineage: list[dict[str, str]] = Field(default_factory=list)
+    """The fine-tuned models the task continues from, nearest first (name and id)."""
     dataset: str
     dataset_id: str
     parameter_group: str

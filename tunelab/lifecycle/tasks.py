@@ -155,6 +155,8 @@ def register_model(ctx: Context, event: TaskScheduled, result: dict[str, Any]) -
             "chat_template": result.get("chat_template"),
             "stop_tokens": result.get("stop_tokens"),
             "metrics": {"final_loss": result["final_loss"], "steps": result["steps"]},
+            "selection": result.get("selection"),
+            "lineage": task_spec.lineage,
             "files": result["files"],
         }
         prefix = keys.model_prefix(task.id)

@@ -1,6 +1,7 @@
-"""Scoring a model on held-out pairs: greedy answers for text methods, perplexity on the
-answers' tokens. Exact match is always reported beside the chosen method, because
-"does it answer the training questions" is what users check first."""
+"""Scoring a model on held-out conversations: the scored answer is each conversation's
+last assistant turn, given everything before it. Greedy answers for text methods,
+perplexity on the trained tokens. Exact match is always reported beside the chosen
+method, because "does it answer the training questions" is what users check first."""
 
 from __future__ import annotations
 
@@ -10,26 +11,29 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tunelab.conversations import Message, split_last_answer
 from tunelab.scoring import METHODS, perplexity_from_nll, score_texts
 from tunelab.training.packing import pack
-from tunelab.training.template import IGNORE, encode_pair, render_prompt
+from tunelab.training.template import IGNORE, encode_conversation, render_history
+
+Conversation = Sequence[Message]
 
 GENERATION_BATCH = 32
 
 
 @torch.no_grad()
 def generate_answers(
-    model: Any, tokenizer: Any, questions: Sequence[str], max_new_tokens: int
+    model: Any, tokenizer: Any, histories: Sequence[Conversation], max_new_tokens: int
 ) -> list[str]:
-    """Greedy answers, stopping at the template's end-of-turn token."""
+    """Greedy answers to each conversation so far, stopping at end of turn."""
     model.eval()
     device = next(model.parameters()).device
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     answers: list[str] = []
     try:
-        for start in range(0, len(questions), GENERATION_BATCH):
+        for start in range(0, len(histories), GENERATION_BATCH):
             prompts = [
-                render_prompt(tokenizer, q) for q in questions[start : start + GENERATION_BATCH]
+                render_history(tokenizer, h) for h in histories[start : start + GENERATION_BATCH]
             ]
             enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
             out = model.generate(
@@ -50,13 +54,13 @@ def generate_answers(
 
 @torch.no_grad()
 def answer_perplexity(
-    model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], block_size: int
+    model: Any, tokenizer: Any, conversations: Sequence[Conversation], block_size: int
 ) -> float:
     model.eval()
     device = next(model.parameters()).device
     total, count = 0.0, 0
     try:
-        samples = [encode_pair(tokenizer, q, a, block_size) for q, a in pairs]
+        samples = [encode_conversation(tokenizer, c, block_size) for c in conversations]
         for start in range(0, len(samples), GENERATION_BATCH):
             batch = pack(samples[start : start + GENERATION_BATCH])
             logits = model(
@@ -80,21 +84,24 @@ def answer_perplexity(
 
 
 def evaluate(
-    model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], method: str, block_size: int
+    model: Any,
+    tokenizer: Any,
+    conversations: Sequence[Conversation],
+    method: str,
+    block_size: int,
 ) -> dict[str, Any]:
-    """`{"method", "score", "exact_match", ...components}` on `pairs`."""
-    questions = [q for q, _ in pairs]
-    references = [a for _, a in pairs]
+    """`{"method", "score", "exact_match", ...components}` on `conversations`."""
+    histories, references = zip(*(split_last_answer(list(c)) for c in conversations), strict=True)
     longest = max(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in references)
-    answers = generate_answers(model, tokenizer, questions, max_new_tokens=longest + 8)
+    answers = generate_answers(model, tokenizer, histories, max_new_tokens=longest + 8)
     result: dict[str, Any] = {"method": method}
     if METHODS[method].needs_generation:
-        result.update(score_texts(method, answers, references))
+        result.update(score_texts(method, answers, list(references)))
     else:
-        result["score"] = answer_perplexity(model, tokenizer, pairs, block_size)
-    result["exact_match"] = score_texts("exact-match", answers, references)["score"]
+        result["score"] = answer_perplexity(model, tokenizer, conversations, block_size)
+    result["exact_match"] = score_texts("exact-match", answers, list(references))["score"]
     result["examples"] = [
-        {"question": q, "reference": r, "answer": a}
-        for q, r, a in list(zip(questions, references, answers, strict=True))[:5]
+        {"question": h[-1]["content"], "turns": len(h), "reference": r, "answer": a}
+        for h, r, a in list(zip(histories, references, answers, strict=True))[:5]
     ]
     return result

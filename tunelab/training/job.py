@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 from pydantic import BaseModel
 
+from tunelab.conversations import Message, conversations_of
 from tunelab.params import Parameters
 from tunelab.processes import die_with_parent
 from tunelab.settings import Settings, load_settings
@@ -41,16 +42,19 @@ from tunelab.training.exits import EXIT_USER_ERROR
 from tunelab.training.model_dirs import resolve_model_dir
 from tunelab.training.model_io import UnsupportedSetup, load_model, load_tokenizer, save_model
 from tunelab.training.native_ops import build_deepspeed_ops
-from tunelab.training.template import PromptTooLong, TemplateError, encode_pair
+from tunelab.training.template import ConversationTooLong, PromptTooLong, TemplateError
 from tunelab.training.trainer import Stopped, Trainer, TrainingData
 
 EXIT_STOPPED = 4
+Conversation = list[Message]
 log = logging.getLogger("tunelab.training")
 
 
 class JobSpec(BaseModel):
     task_id: str
     base_model_uri: str
+    adapter_uri: str | None = None
+    """A LoRA model this task continues: its adapter, trained further on the base."""
     train_uri: str
     eval_uri: str | None = None
     """The dataset's validate split; None: a seeded sample of the training rows."""
@@ -75,24 +79,54 @@ def emit(kind: str, **fields: Any) -> None:
         print(json.dumps({"kind": kind, **fields}), flush=True)
 
 
-def read_pairs(store: ObjectStore, uri: str) -> tuple[list[tuple[str, str]], str]:
-    """The split's question/answer pairs and the sha256 of its file."""
+def read_conversations(store: ObjectStore, uri: str) -> tuple[list[Conversation], str]:
+    """The split's conversations (pairs as one-turn ones) and the sha256 of its file."""
     raw = store.read_bytes(key_from_uri(uri))  # Parquet needs to seek; S3 bodies cannot
-    table = pq.read_table(io.BytesIO(raw), columns=["question", "answer"])
-    pairs = zip(
-        table.column("question").to_pylist(), table.column("answer").to_pylist(), strict=True
-    )
-    return list(pairs), hashlib.sha256(raw).hexdigest()
+    return conversations_of(pq.read_table(io.BytesIO(raw))), hashlib.sha256(raw).hexdigest()
 
 
-def eval_pairs(
-    spec: JobSpec, store: ObjectStore, train: list[tuple[str, str]]
-) -> tuple[str, list[tuple[str, str]]]:
+def held_out(
+    spec: JobSpec, store: ObjectStore, train: list[Conversation]
+) -> tuple[list[Conversation], str, list[Conversation]]:
+    """What is trained on, the split scored and measured for the validation loss (its
+    name and conversations), and whether training watches it.
+
+    The dataset's validate split when it has one; else `validation_fraction` of the
+    training conversations, held out (seeded); else a seeded sample of the training
+    conversations, scored at the end but never watched (it is trained on).
+    """
+    params = spec.params
     if spec.eval_uri:
-        return "validate", read_pairs(store, spec.eval_uri)[0][: spec.eval_limit]
-    generator = torch.Generator().manual_seed(spec.params.seed)
-    picks = torch.randperm(len(train), generator=generator)[: spec.eval_limit].tolist()
-    return "train-sample", [train[i] for i in sorted(picks)]
+        return train, "validate", read_conversations(store, spec.eval_uri)[0][: spec.eval_limit]
+    generator = torch.Generator().manual_seed(params.seed)
+    order = torch.randperm(len(train), generator=generator).tolist()
+    if params.validation_fraction > 0:
+        count = max(1, round(len(train) * params.validation_fraction))
+        kept = sorted(order[count:])
+        scored = [train[i] for i in sorted(order[:count])][: spec.eval_limit]
+        return [train[i] for i in kept], "held-out", scored
+    return train, "train-sample", [train[i] for i in sorted(order[: spec.eval_limit])]
+
+
+def _encode(
+    tokenizer: Any, conversations: list[Conversation], params: Parameters, where: str
+) -> TrainingData:
+    try:
+        return TrainingData.from_conversations(
+            tokenizer, conversations, params.block_size, params.truncation
+        )
+    except PromptTooLong as exc:
+        raise UserError(
+            "prompt_too_long", f"In the {where}, {exc} (block_size): raise block_size."
+        ) from None
+    except ConversationTooLong as exc:
+        raise UserError(
+            "conversation_too_long",
+            f"In the {where}, {exc} (block_size), and truncation is refuse: raise "
+            "block_size or set truncation to turns.",
+        ) from None
+    except TemplateError as exc:
+        raise UserError("template_error", f"The base model's chat template: {exc}.") from None
 
 
 def run(spec: JobSpec, settings: Settings) -> dict[str, Any]:
@@ -103,40 +137,40 @@ def run(spec: JobSpec, settings: Settings) -> dict[str, Any]:
     signal.signal(signal.SIGTERM, lambda *_: stop.update(asked=True))
     try:
         base_dir = resolve_model_dir(spec.base_model_uri, settings, store)
+        adapter_dir = (
+            resolve_model_dir(spec.adapter_uri, settings, store) if spec.adapter_uri else None
+        )
     except FileNotFoundError as exc:
         raise UserError(
             "base_model_unavailable", f"The base model cannot be loaded: {exc}."
         ) from None
+    if adapter_dir is not None:
+        emit("log", message="continuing the fine-tuned model's adapter (its LoRA shape is kept)")
     if world > 1:
         emit("log", message=f"distributed training, world size {world}")
     tokenizer = load_tokenizer(base_dir)
-    train, dataset_sha256 = read_pairs(store, spec.train_uri)
-    try:
-        data = TrainingData.from_pairs(tokenizer, train, spec.params.block_size)
-    except PromptTooLong as exc:
+    params = spec.params
+    everything, dataset_sha256 = read_conversations(store, spec.train_uri)
+    train, split, scored = held_out(spec, store, everything)
+    watched = split != "train-sample"
+    if not watched and (params.select == "best" or params.early_stopping_patience):
         raise UserError(
-            "prompt_too_long", f"In the dataset, {exc} (block_size): raise block_size."
-        ) from None
-    except TemplateError as exc:
-        raise UserError("template_error", f"The base model's chat template: {exc}.") from None
+            "no_validation_set",
+            "select=best and early stopping watch a validation loss: give the dataset a "
+            "validate split or set validation_fraction.",
+        )
+    data = _encode(tokenizer, train, params, "dataset")
+    validation = _encode(tokenizer, scored, params, "validation split")
     if data.truncated:
         emit(
             "log",
-            message=f"{data.truncated} samples were cut to {spec.params.block_size} "
-            "tokens (block_size)",
+            message=f"{data.truncated} conversations were cut to {params.block_size} "
+            "tokens at a turn boundary (block_size)",
         )
     try:
-        model = load_model(base_dir, spec.params, device)
+        model = load_model(base_dir, spec.params, device, adapter_dir)
     except ValueError as exc:  # peft: no module matches lora_target_modules, and the like
         raise UserError("bad_parameters", f"The parameters do not fit this model: {exc}.") from None
-    split, pairs = eval_pairs(spec, store, train)
-    try:
-        for question, answer in pairs:
-            encode_pair(tokenizer, question, answer, spec.params.block_size)
-    except PromptTooLong as exc:
-        raise UserError(
-            "prompt_too_long", f"In the evaluation split, {exc} (block_size): raise block_size."
-        ) from None
     base_key = keys.task_file(spec.task_id, "base-score.json")
     if rank == 0 and not store.exists(base_key):
         # Before any step a fresh LoRA adapter adds exactly zero, so this is the base.
@@ -144,7 +178,7 @@ def run(spec: JobSpec, settings: Settings) -> dict[str, Any]:
         store.put_bytes(
             base_key,
             json.dumps(
-                evaluate(model, tokenizer, pairs, spec.evaluation, spec.params.block_size)
+                evaluate(model, tokenizer, scored, spec.evaluation, params.block_size)
             ).encode(),
         )
     engine: Literal["torch", "deepspeed"] = "torch"
@@ -170,15 +204,17 @@ def run(spec: JobSpec, settings: Settings) -> dict[str, Any]:
         rank=rank,
         world=world,
         engine=engine,
+        validation=validation.samples if watched else (),
+        best_checkpoints=StoreCheckpoints(store, keys.task_checkpoints(spec.task_id) + "best/"),
     )
     emit("phase", phase="training", total_steps=trainer.total_steps)
     trained = trainer.run()
     result: dict[str, Any] = {}
-    final = trainer.trained_model(lambda: load_model(base_dir, spec.params, device))
+    final = trainer.trained_model(lambda: load_model(base_dir, spec.params, device, adapter_dir))
     if final is not None:
         model = final
         emit("phase", phase="evaluating")
-        score = evaluate(model, tokenizer, pairs, spec.evaluation, spec.params.block_size)
+        score = evaluate(model, tokenizer, scored, spec.evaluation, params.block_size)
         base_score = json.loads(store.read_bytes(base_key))
         serving = {
             "base_model_uri": spec.base_model_uri,
@@ -192,12 +228,18 @@ def run(spec: JobSpec, settings: Settings) -> dict[str, Any]:
             (Path(tmp) / "tunelab.json").write_text(json.dumps(serving, indent=2))
             files = upload_dir(store, Path(tmp), keys.model_prefix(spec.task_id))
         result = {
-            "score": {**score, "split": split, "rows": len(pairs)},
+            "score": {**score, "split": split, "rows": len(scored)},
             "base_score": base_score,
             "final_loss": trained.final_loss,
             "steps": trained.steps,
             "resumed_from": trained.resumed_from,
             "truncated_samples": data.truncated,
+            "selection": {
+                "select": params.select,
+                "step": trained.selected_step,
+                "early_stopped_at": trained.early_stopped_at,
+                **vars(trained.selection),
+            },
             "files": files,
             "adapter": spec.params.peft,
             "dataset_sha256": dataset_sha256,

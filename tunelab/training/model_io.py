@@ -40,8 +40,14 @@ def load_tokenizer(path: Path) -> Any:
     return tokenizer
 
 
-def load_model(path: Path, params: Parameters, device: torch.device) -> Any:
-    """The base model, quantised when asked, with a LoRA adapter when `params.peft`."""
+def load_model(
+    path: Path, params: Parameters, device: torch.device, adapter: Path | None = None
+) -> Any:
+    """The base model, quantised when asked, with a LoRA adapter when `params.peft`.
+
+    `adapter` is a fine-tuned LoRA model being continued: with peft its adapter trains
+    on (its rank and targets kept), without it the adapter is merged into the weights.
+    """
     kwargs: dict[str, Any] = {}
     if params.quantization != "none":
         if device.type != "cuda":
@@ -59,12 +65,16 @@ def load_model(path: Path, params: Parameters, device: torch.device) -> Any:
     if device.type == "cpu":
         # Per-sample attention for packed rows (flash-attention does this on GPUs).
         model.set_attn_implementation(attention.NAME)
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+    if adapter is not None and not params.peft:
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     if not params.peft:
         return model.to(device)  # type: ignore[arg-type]  # transformers types .to oddly
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
     if params.quantization != "none":
         model = prepare_model_for_kbit_training(model)
+    if adapter is not None:
+        return PeftModel.from_pretrained(model, adapter, is_trainable=True).to(device)
     lora = LoraConfig(
         r=params.lora_rank,
         lora_alpha=params.lora_alpha,

@@ -51,6 +51,8 @@ class Run:
         self.result: dict[str, Any] | None = None
         self.error: dict[str, Any] | None = None
         self.log_lines = self._load_logs()
+        watched = [p["val_loss"] for p in self.points if p.get("val_loss") is not None]
+        self.val_loss: float | None = watched[-1] if watched else None
 
     def _load_points(self) -> list[dict[str, Any]]:
         try:
@@ -70,6 +72,8 @@ class Run:
         if message.kind == "progress":
             self.points = [p for p in self.points if p["step"] < fields["step"]]
             self.points.append({**fields, "time": time.time()})
+            if fields.get("val_loss") is not None:
+                self.val_loss = fields["val_loss"]
             self.pending = fields
             if time.monotonic() - self.last_progress >= PROGRESS_EVERY_S:
                 self.publish_progress()
@@ -113,6 +117,7 @@ class Run:
                 "loss": p["loss"],
                 "learning_rate": p["learning_rate"],
                 "tokens_per_second": p["tokens_per_second"],
+                "val_loss": self.val_loss,
             },
         )
         self.ctx.bus.publish(
@@ -132,6 +137,7 @@ class Run:
                             "tokens_per_second",
                         )
                     },
+                    val_loss=self.val_loss,
                 ),
             )
         )

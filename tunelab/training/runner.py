@@ -34,6 +34,7 @@ def job_spec(task: Task, spec: TaskSpec) -> dict[str, Any]:
     return {
         "task_id": task.id,
         "base_model_uri": spec.base_model_uri,
+        "adapter_uri": spec.adapter_uri,
         "train_uri": spec.files["train"],
         "eval_uri": spec.files.get("validate"),
         "evaluation": spec.evaluation,

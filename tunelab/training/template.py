@@ -131,9 +131,7 @@ def encode_conversation(
     if len(input_ids) <= block_size:
         return Sample(input_ids, labels)
     if truncation == "refuse":
-        raise ConversationTooLong(
-            f"a conversation is {len(input_ids)} tokens, over {block_size}"
-        )
+        raise ConversationTooLong(f"a conversation is {len(input_ids)} tokens, over {block_size}")
     if boundary == 0:
         start = first_trained_at or 0
         if start >= block_size:

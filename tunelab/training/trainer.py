@@ -23,7 +23,7 @@ from tunelab.conversations import Message, from_pair
 from tunelab.params import Parameters
 from tunelab.training.engines import Checkpoints, DeepSpeedEngine, Engine, TorchEngine
 from tunelab.training.model_io import compute_dtype
-from tunelab.training.packing import Batch, batches, epoch_order, steps_per_epoch
+from tunelab.training.packing import Batch, batches, epoch_order, pack, steps_per_epoch
 from tunelab.training.template import IGNORE, Sample, Truncation, encode_conversation
 
 
@@ -44,9 +44,7 @@ class TrainingData:
         block_size: int,
         truncation: Truncation = "turns",
     ) -> TrainingData:
-        samples = [
-            encode_conversation(tokenizer, c, block_size, truncation) for c in conversations
-        ]
+        samples = [encode_conversation(tokenizer, c, block_size, truncation) for c in conversations]
         return cls(samples, sum(s.truncated for s in samples))
 
     @classmethod
@@ -70,9 +68,20 @@ class Progress:
     loss: float
     learning_rate: float
     tokens_per_second: float
+    val_loss: float | None = None
+    """Loss on the validation samples, on the steps where it is measured."""
 
-    def as_dict(self) -> dict[str, float | int]:
+    def as_dict(self) -> dict[str, float | int | None]:
         return {k: round(v, 6) if isinstance(v, float) else v for k, v in vars(self).items()}
+
+
+@dataclass
+class Selection:
+    """The best validation loss so far, where it was, and evaluations since."""
+
+    best_step: int | None = None
+    best_val_loss: float | None = None
+    evaluations_since_best: int = 0
 
 
 @dataclass
@@ -80,6 +89,11 @@ class TrainResult:
     steps: int
     resumed_from: int
     history: list[Progress] = field(default_factory=list)
+    selection: Selection = field(default_factory=Selection)
+    early_stopped_at: int | None = None
+    """The step at which early stopping ended training, if it did."""
+    selected_step: int | None = None
+    """The step whose weights the trained model holds."""
 
     @property
     def final_loss(self) -> float:
@@ -125,9 +139,14 @@ class Trainer:
         rank: int = 0,
         world: int = 1,
         engine: Literal["torch", "deepspeed"] = "torch",
+        validation: Sequence[Sample] = (),
+        best_checkpoints: Checkpoints | None = None,
     ) -> None:
         if not data.samples:
             raise ValueError("no training samples")
+        if params.select == "best" and (not validation or best_checkpoints is None):
+            raise ValueError("select=best needs validation samples and a place for the best")
+        self.validation, self.best_checkpoints = list(validation), best_checkpoints
         self.model, self.params, self.data, self.device = model, params, data, device
         self.checkpoints, self.on_step, self.should_stop = checkpoints, on_step, should_stop
         self.on_resume = on_resume
@@ -135,6 +154,9 @@ class Trainer:
         self.micro_per_epoch = steps_per_epoch(len(data.samples), params.batch_size)
         self.total_micro = self.micro_per_epoch * params.epochs
         self.total_steps = -(-self.total_micro // params.gradient_accumulation_steps)
+        self.eval_every = params.eval_every or max(
+            1, -(-self.micro_per_epoch // params.gradient_accumulation_steps)
+        )
         self.group_tokens = self._target_tokens_per_step()
 
     def _target_tokens_per_step(self) -> list[int]:
@@ -182,6 +204,7 @@ class Trainer:
             torch.set_rng_state(state["rng"])
             result.history.extend(Progress(**p) for p in state["history"])
             result.resumed_from = int(state["step"])
+            result.selection = Selection(**state.get("selection", {}))
             if self.on_resume is not None and self.rank == 0:
                 self.on_resume(result.resumed_from, result.history)
         self.model.train()
@@ -212,24 +235,71 @@ class Trainer:
             step += 1
             progress = self._progress(step, micro, loss_sum, denominator, tokens, started)
             progress.learning_rate = engine.learning_rate()
+            stop_early = False
+            if self.validation and (step % self.eval_every == 0 or step == self.total_steps):
+                with autocast:
+                    progress.val_loss = self.validation_loss()
+                stop_early = self._select(step, progress.val_loss, result)
             result.history.append(progress)
             if self.on_step is not None and self.rank == 0:
                 self.on_step(progress)
             loss_sum, tokens, started = 0.0, 0, time.perf_counter()
+            if stop_early:
+                result.early_stopped_at = step
+                break
             if self.checkpoints is not None and (
                 step % params.checkpoint_every == 0 and step != self.total_steps
             ):
-                engine.save(
-                    self.checkpoints,
-                    step,
-                    {
-                        "rng": torch.get_rng_state(),
-                        # The loss curve so far: a resumed task's metrics then have no
-                        # hole where the killed attempt's unflushed progress was.
-                        "history": [p.as_dict() for p in result.history],
-                    },
-                )
+                engine.save(self.checkpoints, step, self._extra(result))
+        result.selected_step = step
+        best = result.selection.best_step
+        if params.select == "best" and best is not None and best != step:
+            assert self.best_checkpoints is not None
+            engine.resume(self.best_checkpoints)  # the best step's weights
+            result.selected_step = best
         return result
+
+    def _extra(self, result: TrainResult) -> dict[str, Any]:
+        """What a checkpoint keeps beside the engine's state."""
+        return {
+            "rng": torch.get_rng_state(),
+            # The loss curve so far: a resumed task's metrics then have no hole where
+            # the killed attempt's unflushed progress was.
+            "history": [p.as_dict() for p in result.history],
+            "selection": vars(result.selection),
+        }
+
+    def _select(self, step: int, val_loss: float, result: TrainResult) -> bool:
+        """Track the best validation loss (keeping its weights when they are the ones
+        to register); True when early stopping says training should end. Every rank
+        measures the same loss, so all decide alike without talking."""
+        params, selection = self.params, result.selection
+        best = selection.best_val_loss
+        if best is None or val_loss < best - params.early_stopping_min_delta:
+            selection.best_step, selection.best_val_loss = step, val_loss
+            selection.evaluations_since_best = 0
+            if params.select == "best" and self.best_checkpoints is not None:
+                self.engine.save(self.best_checkpoints, step, self._extra(result))
+            return False
+        selection.evaluations_since_best += 1
+        patience = params.early_stopping_patience
+        return patience is not None and selection.evaluations_since_best >= patience
+
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        """Mean loss per trained token of the validation samples, on every rank (each
+        measures them all: no communication, and ZeRO-3's gathers stay in step)."""
+        module = self.engine.module
+        self.model.eval()
+        total, count = 0.0, 0
+        try:
+            for start in range(0, len(self.validation), self.params.batch_size):
+                batch = pack(self.validation[start : start + self.params.batch_size])
+                total += float(self._nll(module, batch))
+                count += batch.target_tokens
+        finally:
+            self.model.train()
+        return total / max(count, 1)
 
     def trained_model(self, fresh: Callable[[], torch.nn.Module]) -> torch.nn.Module | None:
         """After `run`: a model holding every trained weight on rank 0 (None elsewhere).

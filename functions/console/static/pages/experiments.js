@@ -31,19 +31,28 @@ export function ExperimentList() {
   </${Page}>`;
 }
 
-/** Loss per step, a line per task; fed first from the metrics API, then live. */
+/** Loss per step, a line per task, and a dashed one for its validation loss where
+ * training watches one; fed first from the metrics API, then live. */
 function LossChart({ experiment, tasks }) {
   const box = useRef(null);
   const chart = useRef(null);
   const series = useRef({});
   const [count, setCount] = useState(0); // points drawn, so the chart redraws as they come
+  const valKey = (task) => `${task} · ${t("experiments.val_loss")}`;
+  const record = (task, step, loss, valLoss) => {
+    if (loss !== null && loss !== undefined) (series.current[task] ||= new Map()).set(step, loss);
+    if (valLoss !== null && valLoss !== undefined) {
+      const val = (series.current[valKey(task)] ||= new Map());
+      // Live events carry the latest validation loss: draw it where it changed.
+      if ([...val.values()].at(-1) !== valLoss) val.set(step, valLoss);
+    }
+  };
 
   useEffect(() => {
     tasks.forEach((task) =>
       api(`/api/v1/experiments/${encodeURIComponent(experiment)}/tasks/${encodeURIComponent(task)}/metrics`)
         .then((m) => {
-          const points = (series.current[task] ||= new Map());
-          for (const p of m.points) if (p.loss !== null && p.loss !== undefined) points.set(p.step, p.loss);
+          for (const p of m.points) record(task, p.step, p.loss, p.val_loss);
           setCount((c) => c + m.points.length);
         })
         .catch(() => {}),
@@ -51,22 +60,26 @@ function LossChart({ experiment, tasks }) {
   }, [experiment, tasks.join()]);
   useLive((event) => {
     const d = event.data;
-    if (event.type !== "task.progress" || d.experiment !== experiment || d.loss === null) return;
-    (series.current[d.task] ||= new Map()).set(d.step, d.loss);
+    if (event.type !== "task.progress" || d.experiment !== experiment) return;
+    record(d.task, d.step, d.loss, d.val_loss);
     setCount((c) => c + 1);
   });
+  const lines = tasks.flatMap((task, i) => [
+    { key: task, colour: COLOURS[i % COLOURS.length] },
+    ...(series.current[valKey(task)] ? [{ key: valKey(task), colour: COLOURS[i % COLOURS.length], dash: [6, 4] }] : []),
+  ]);
   useEffect(() => {
-    const steps = [...new Set(tasks.flatMap((task) => [...(series.current[task]?.keys() || [])]))].sort((a, b) => a - b);
-    const data = [steps, ...tasks.map((task) => steps.map((s) => series.current[task]?.get(s) ?? null))];
+    const steps = [...new Set(lines.flatMap((line) => [...(series.current[line.key]?.keys() || [])]))].sort((a, b) => a - b);
+    const data = [steps, ...lines.map((line) => steps.map((s) => series.current[line.key]?.get(s) ?? null))];
     const width = box.current.clientWidth || 600;
-    if (!chart.current || chart.current.series.length !== tasks.length + 1) {
+    if (!chart.current || chart.current.series.length !== lines.length + 1) {
       chart.current?.destroy();
       chart.current = new uPlot({
         width, height: 260,
         scales: { x: { time: false } },
         axes: [{ label: t("experiments.step") }, { label: t("experiments.loss") }],
-        series: [{ label: t("experiments.step") }, ...tasks.map((task, i) => ({
-          label: task, stroke: COLOURS[i % COLOURS.length], width: 2, spanGaps: true,
+        series: [{ label: t("experiments.step") }, ...lines.map((line) => ({
+          label: line.key, stroke: line.colour, width: 2, spanGaps: true, dash: line.dash,
         }))],
       }, data, box.current);
     } else chart.current.setData(data);
@@ -77,7 +90,7 @@ function LossChart({ experiment, tasks }) {
     return () => { observer.disconnect(); chart.current?.destroy(); chart.current = null; };
   }, []);
   return html`<div class="panel"><h2>${t("experiments.loss_chart")}</h2>
-    <div class="chart" ref=${box} data-testid="loss-chart" data-points=${count}></div></div>`;
+    <div class="chart" ref=${box} data-testid="loss-chart" data-points=${count} data-lines=${lines.length}></div></div>`;
 }
 
 function Logs({ experiment, task, live }) {
@@ -126,6 +139,7 @@ function TaskCard({ experiment, task, best }) {
         : FINAL.includes(task.status) ? "—"
           : html`<progress class="indeterminate" aria-label=${t(`status.${task.status}`)}></progress>`}</dd>
       <dt>${t("experiments.loss")}</dt><dd>${formatNumber(task.metrics?.loss, 4)}</dd>
+      ${task.metrics?.val_loss != null ? html`<dt>${t("experiments.val_loss")}</dt><dd>${formatNumber(task.metrics.val_loss, 4)}</dd>` : null}
       <dt>${t("experiments.score")}</dt><dd><${Score} task=${task} /></dd>
       ${task.model ? html`<dt>${t("experiments.model")}</dt><dd><a href="#/models">${task.model}</a></dd>` : null}
     </dl>
