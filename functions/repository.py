@@ -83,6 +83,8 @@ def to_json(model: Model) -> dict[str, Any]:
         "adapter": spec.get("adapter"),
         "dataset": spec.get("dataset"),
         "parameters": spec.get("parameters"),
+        "selection": spec.get("selection"),
+        "lineage": spec.get("lineage", []),
         "created_at": iso(model.created_at),
     }
 

@@ -6,6 +6,7 @@ kept in artifacts/screenshots/ (git-ignored) for CI to publish."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -92,12 +93,24 @@ def visit(page: Page, platform: Platform, route: str) -> None:
 
 
 def upload_dataset(
-    page: Page, platform: Platform, name: str, body: bytes, label: tuple[str, str] | None = None
+    page: Page,
+    platform: Platform,
+    name: str,
+    body: bytes,
+    label: tuple[str, str] | None = None,
+    validate: bytes | None = None,
+    filename: str | None = None,
 ) -> None:
     visit(page, platform, "datasets/new")
+    kind = "application/jsonl" if (filename or "").endswith(".jsonl") else "text/csv"
     page.set_input_files(
-        "input[name=file]", {"name": f"{name}.csv", "mimeType": "text/csv", "buffer": body}
+        "input[name=file]", {"name": filename or f"{name}.csv", "mimeType": kind, "buffer": body}
     )
+    if validate is not None:
+        page.set_input_files(
+            "input[name=validate]",
+            {"name": f"{name}-validate.csv", "mimeType": "text/csv", "buffer": validate},
+        )
     page.fill("input[name=name]", name)
     if label:
         page.fill("input[aria-label=Key]", label[0])
@@ -166,6 +179,29 @@ def test_a_bad_csv_fails_with_the_line_and_field_of_each_error(
     expect(errors.first).to_contain_text("3")  # the line
     expect(errors.first).to_contain_text("answer")  # the field
     shot(page, "03-dataset-failed")
+
+
+def test_a_conversation_file_is_previewed_turn_by_turn(page: Page, platform: Platform) -> None:
+    chats = [
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": f"Hi {i}"},
+                {"role": "assistant", "content": "Hello", "weight": 0},
+                {"role": "user", "content": "Bye"},
+                {"role": "assistant", "content": f"Bye {i}"},
+            ]
+        }
+        for i in range(12)
+    ]
+    body = "\n".join(json.dumps(c) for c in chats).encode()
+    upload_dataset(page, platform, "chats", body, filename="chats.jsonl")
+    expect(page.locator(".chats [data-status]")).to_have_attribute("data-status", "ready")
+    first = page.locator("[data-testid=preview] tbody tr").first
+    expect(first.locator(".turn")).to_have_count(5)
+    expect(first.locator(".turn.untrained")).to_have_text("Assistant Hello")
+    expect(page.locator("main")).to_contain_text("2 to 2 per conversation")
+    shot(page, "09-conversation-dataset")
 
 
 def test_user_content_is_shown_as_text_never_run(page: Page, platform: Platform) -> None:
@@ -257,7 +293,8 @@ def test_the_parameter_group_form_shows_defaults_and_range_errors(
 
 @pytest.mark.timeout(2400)
 def test_the_whole_path_from_upload_to_comparison_chat(page: Page, platform: Platform) -> None:
-    upload_dataset(page, platform, "facts", csv_of(PAIRS))
+    # The validate split (the same facts) is what training watches its loss on.
+    upload_dataset(page, platform, "facts", csv_of(PAIRS), validate=csv_of(PAIRS))
     expect(page.locator(".facts [data-status]")).to_have_attribute("data-status", "ready")
     expect(page.locator("[data-testid=histogram] .bar-col").first).to_be_visible()
     expect(page.locator("[data-testid=preview]")).to_contain_text(PAIRS[0][0])
@@ -281,7 +318,10 @@ def test_the_whole_path_from_upload_to_comparison_chat(page: Page, platform: Pla
     shot(page, "13-experiment-training")
     status = page.locator("[data-testid=experiment-status] [data-status]")
     expect(status).to_have_attribute("data-status", "succeeded", timeout=20 * MINUTE)
-    assert int(page.locator("[data-testid=loss-chart]").get_attribute("data-points") or 0) > 10
+    chart = page.locator("[data-testid=loss-chart]")
+    assert int(chart.get_attribute("data-points") or 0) > 10
+    # Each task's training loss and, dashed, its validation loss.
+    expect(chart).to_have_attribute("data-lines", "4")
     expect(page.locator(".task.best")).to_have_count(1)
     expect(page.locator(".task.best .badge")).to_be_visible()
     page.locator("[data-task=adapter] summary").click()

@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 from tests.test_http import Api, assert_error
 from tunelab.auth import create_token
 from tunelab.db import Database
-from tunelab.db.tables import Dataset, EventRecord, Experiment, Task, Workspace
+from tunelab.db.tables import Dataset, EventRecord, Experiment, Model, Task, Workspace
 from tunelab.functions.app import create_app
 from tunelab.settings import Settings
 
@@ -223,3 +223,44 @@ def test_the_builtin_methods_and_base_model_are_listed(api: Api) -> None:
     assert {m["name"] for m in methods} >= {"rouge-bleu", "exact-match", "perplexity"}
     models = api.client.get("/api/v1/models", headers=api.auth()).json()["items"]
     assert [(m["name"], m["kind"], m["builtin"]) for m in models] == [("tiny-llama", "base", True)]
+
+
+def test_a_task_may_continue_a_fine_tuned_model_and_carries_its_lineage(api: Api) -> None:
+    with api.db.session() as session:
+        for name, adapter, lineage in (
+            ("lora-two", True, [{"name": "lora-one", "id": "m1"}]),
+            ("full-one", False, []),
+        ):
+            session.add(
+                Model(
+                    id=f"id-{name}",
+                    workspace_id=_workspace_id(api),
+                    name=name,
+                    kind="finetuned",
+                    uri=f"s3://bucket/models/id-{name}/",
+                    spec={
+                        "adapter": adapter,
+                        "base_model_uri": "builtin://tiny-llama",
+                        "lineage": lineage,
+                    },
+                )
+            )
+    response = create(
+        api,
+        tasks=[
+            task(name="on-lora", base_model="lora-two"),
+            task(name="on-full", base_model="full-one"),
+        ],
+    )
+    assert response.status_code == 202, response.text
+    with api.db.session() as session:
+        specs = {t.name: t.spec for t in session.query(Task)}
+    assert specs["on-lora"]["base_model_uri"] == "builtin://tiny-llama"
+    assert specs["on-lora"]["adapter_uri"] == "s3://bucket/models/id-lora-two/"
+    assert specs["on-lora"]["lineage"] == [
+        {"name": "lora-two", "id": "id-lora-two"},
+        {"name": "lora-one", "id": "m1"},
+    ]
+    assert specs["on-full"]["base_model_uri"] == "s3://bucket/models/id-full-one/"
+    assert specs["on-full"].get("adapter_uri") is None
+    assert specs["on-full"]["lineage"] == [{"name": "full-one", "id": "id-full-one"}]

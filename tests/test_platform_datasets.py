@@ -50,7 +50,7 @@ def test_a_dataset_is_read_from_another_s3_bucket(platform: Platform) -> None:
     assert dataset["status"] == "ready", dataset
 
 
-def test_the_alpaca_plugin_turns_instructions_into_rows(platform: Platform) -> None:
+def test_the_alpaca_plugin_turns_instructions_into_conversations(platform: Platform) -> None:
     records = [
         {"instruction": f"Spell {i}", "input": "", "output": f"number {i}"} for i in range(12)
     ]
@@ -63,7 +63,14 @@ def test_the_alpaca_plugin_turns_instructions_into_rows(platform: Platform) -> N
         )
     assert dataset["status"] == "ready", dataset
     rows = platform.client.get("/api/v1/datasets/from-alpaca/preview?limit=1").json()["rows"]
-    assert rows == [{"question": "Spell 0", "answer": "number 0"}]
+    assert rows == [
+        {
+            "messages": [
+                {"role": "user", "content": "Spell 0", "weight": None},
+                {"role": "assistant", "content": "number 0", "weight": None},
+            ]
+        }
+    ]
 
 
 def test_a_presigned_upload_is_ingested_when_the_bucket_notifies(platform: Platform) -> None:

@@ -529,3 +529,64 @@ def test_deleting_services_stops_a_server_no_service_needs(
     wait_until(lambda: not processes_with(sockets), "the server's processes to end", 30)
     results = compare(platform, "ft-lora")
     assert results["ft-lora"]["content"].strip() == ANSWER
+
+
+TELESCOPES = [
+    "Hubble", "Kepler", "Spitzer", "Chandra", "Herschel", "Planck",
+    "Gaia", "Webb", "Keck", "Subaru", "Hale", "Arecibo",
+]  # fmt: skip
+
+
+def telescope_chat(name: str) -> list[dict[str, str]]:
+    """Two turns; the second question is the same in every conversation, so only the
+    first turn says what its answer is."""
+    return [
+        {"role": "user", "content": f"Let us talk about the {name} telescope."},
+        {"role": "assistant", "content": f"Sure, the {name} telescope."},
+        {"role": "user", "content": "Which telescope did we talk about?"},
+        {"role": "assistant", "content": f"The {name} telescope."},
+    ]
+
+
+@pytest.mark.timeout(1500)
+def test_a_model_trained_on_conversations_answers_the_second_turn_from_the_first(
+    platform: Platform, services: list[str]
+) -> None:
+    chats = [telescope_chat(name) for name in TELESCOPES]
+    response = platform.client.post(
+        "/api/v1/datasets",
+        files={"file": ("chats.jsonl", "\n".join(json.dumps({"messages": c}) for c in chats))},
+        data={"metadata": json.dumps({"name": "telescopes", "language": "en"})},
+    )
+    assert response.status_code == 202, response.text
+    dataset = platform.wait_for_dataset("telescopes", "ready", "failed")
+    assert dataset["status"] == "ready", dataset["error"]
+    assert dataset["stats"]["format"] == "openai" and dataset["stats"]["turns"]["min"] == 2
+    group(platform, "chat-lora", "tiny-lora", epochs=60)
+    experiment(
+        platform,
+        "multi-turn",
+        task("chats", "chat-lora", dataset="telescopes"),
+        evaluation="exact-match",
+    )
+    result = platform.wait_for_experiment("multi-turn", timeout=1200)
+    assert result["status"] == "succeeded", json.dumps(result, indent=2)
+    deploy(platform, "chats", result["tasks"][0]["model"])
+    assert wait_for_service(platform, "chats")["status"] == "ready"
+
+    def answers(service: str) -> list[str]:
+        replies = []
+        for chat in chats:
+            reply = platform.client.post(
+                "/v1/chat/completions",
+                json={"model": service, "messages": chat[:3], "max_tokens": 16, "temperature": 0},
+                timeout=120,
+            )
+            assert reply.status_code == 200, reply.text
+            replies.append(reply.json()["choices"][0]["message"]["content"].strip())
+        return replies
+
+    expected = [chat[3]["content"] for chat in chats]
+    right = sum(a == e for a, e in zip(answers("chats"), expected, strict=True))
+    assert right >= 0.9 * len(chats), (right, answers("chats"))
+    assert not any(a == e for a, e in zip(answers("base"), expected, strict=True))

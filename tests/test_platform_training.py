@@ -243,3 +243,43 @@ def test_a_task_on_two_processes_trains_with_zero3_from_a_base_model_in_s3(
     assert trained["score"] > trained["base_score"]["score"] + 0.1, trained["evaluation"]
     model = platform.client.get(f"/api/v1/models/{trained['model']}").json()
     assert model["base_model"] == "imported"
+
+
+@pytest.mark.timeout(900)
+def test_early_stopping_registers_the_lowest_validation_loss_and_the_card_says_so(
+    platform: Platform,
+) -> None:
+    """Full fine-tuning made to overfit 30 facts while a quarter of them, never trained
+    on, is watched: the run stops early and the model holds the best step's weights."""
+    response = platform.client.post(
+        "/api/v1/datasets",
+        files={"file": ("train.csv", csv_of(qa_pairs(40, seed=99)))},
+        data={"metadata": json.dumps({"name": "to-overfit", "language": "en"})},
+    )
+    assert response.status_code == 202, response.text
+    assert platform.wait_for_dataset("to-overfit", "ready", "failed")["status"] == "ready"
+    group(
+        platform,
+        "watched",
+        "tiny-full",
+        epochs=60,
+        validation_fraction=0.25,
+        early_stopping_patience=2,
+        select="best",
+    )
+    experiment(platform, "stops-early", task("watched", "watched", dataset="to-overfit"))
+    result = platform.wait_for_experiment("stops-early")
+    assert result["status"] == "succeeded", json.dumps(result, indent=2)
+    points = platform.client.get("/api/v1/experiments/stops-early/tasks/watched/metrics").json()
+    watched = [(p["step"], p["val_loss"]) for p in points["points"] if p.get("val_loss")]
+    best_step, _ = min(watched, key=lambda w: w[1])
+    total = result["tasks"][0]["progress"]["total_steps"]
+    model = platform.client.get(f"/api/v1/models/{result['tasks'][0]['model']}").json()
+    selection = model["selection"]
+    assert selection["early_stopped_at"] < total and watched[-1][0] == selection["early_stopped_at"]
+    assert selection["step"] == selection["best_step"] == best_step
+    assert result["tasks"][0]["score"]["details"]["split"] == "held-out"
+    bucket, _, prefix = model["uri"].removeprefix("s3://").partition("/")
+    card = platform.s3().get_object(Bucket=bucket, Key=f"{prefix}README.md")["Body"].read()
+    assert f"weights of step {best_step}: the lowest validation loss" in card.decode()
+    assert "Early stopping ended training" in card.decode()

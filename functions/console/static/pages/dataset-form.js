@@ -31,8 +31,10 @@ const EMPTY = {
   name: "", language: "en", cluster: "local", namespace: "default", license: "",
   size_category: "", task_type: "question-answering", subtypes: "",
   question: "question", answer: "answer", source: "file", uri: "", validate_uri: "", test_uri: "",
-  plugin: "", parameters: "{}",
+  plugin: "", parameters: "{}", format: "auto",
 };
+const FORMATS = ["auto", "csv", "openai", "sharegpt", "alpaca"];
+const ACCEPT = ".csv,text/csv,.jsonl,.json,application/json";
 
 function metadataOf(form, labels) {
   const metadata = {
@@ -43,6 +45,7 @@ function metadataOf(form, labels) {
     namespace: form.namespace,
     task: { type: form.task_type, subtypes: form.subtypes.split(",").map((s) => s.trim()).filter(Boolean) },
     feature_mapping: { question: form.question, answer: form.answer },
+    format: form.format,
   };
   if (form.license) metadata.license = form.license;
   if (form.size_category) metadata.size_category = form.size_category;
@@ -107,7 +110,7 @@ export function DatasetForm() {
   async function chooseFile(split, file) {
     setFiles((old) => ({ ...old, [split]: file }));
     if (split !== "file") return;
-    if (!file) return setColumns([]);
+    if (!file || /\.(jsonl|json|ndjson)$/i.test(file.name)) return setColumns([]); // conversations: no columns
     const found = await csvColumns(file);
     setColumns(found);
     const pick = (wanted, fallback) => (found.includes(wanted) ? wanted : fallback);
@@ -160,13 +163,13 @@ export function DatasetForm() {
         </div>
         ${form.source === "file" ? html`
           <${Field} label=${t("split.train")} error=${error("file")} hint=${t("datasets.file_hint")}>
-            <input type="file" name="file" accept=".csv,text/csv" onChange=${(e) => chooseFile("file", e.target.files[0])} />
+            <input type="file" name="file" accept=${ACCEPT} onChange=${(e) => chooseFile("file", e.target.files[0])} />
           </${Field}>
           <${Field} label=${t("split.validate")} error=${error("validate")}>
-            <input type="file" name="validate" accept=".csv,text/csv" onChange=${(e) => chooseFile("validate", e.target.files[0])} />
+            <input type="file" name="validate" accept=${ACCEPT} onChange=${(e) => chooseFile("validate", e.target.files[0])} />
           </${Field}>
           <${Field} label=${t("split.test")} error=${error("test")}>
-            <input type="file" name="test" accept=".csv,text/csv" onChange=${(e) => chooseFile("test", e.target.files[0])} />
+            <input type="file" name="test" accept=${ACCEPT} onChange=${(e) => chooseFile("test", e.target.files[0])} />
           </${Field}>` : null}
         ${form.source === "remote" ? html`
           <${Field} label=${t("datasets.uri")} error=${error("uri", "source.uri", "source.http.uri", "source.s3.uri")} hint=${t("datasets.uri_hint")} wide>
@@ -187,6 +190,11 @@ export function DatasetForm() {
           <${Field} label=${t("datasets.plugin_parameters")} error=${error("parameters", "source.parameters", "source.plugin.parameters")} wide>
             <textarea name="parameters" rows="3" value=${form.parameters} onInput=${set("parameters")}></textarea>
           </${Field}>` : null}
+        <${Field} label=${t("field.format")} error=${error("format")} hint=${t("datasets.format_hint")}>
+          <select name="format" value=${form.format} onChange=${set("format")}>
+            <${Options} items=${FORMATS.map((f) => [f, t(`datasets.format_${f}`)])} />
+          </select>
+        </${Field}>
       </fieldset>
       <fieldset><legend>${t("datasets.describe")}</legend>
         <${Field} label=${t("field.name")} error=${error("name")} hint=${t("check.dns_label")}>

@@ -64,7 +64,7 @@ function TokenStats({ tokens }) {
     <h2>${t("datasets.tokens")}</h2>
     <table class="compact">
       <thead><tr><th></th><th>${t("datasets.min")}</th><th>${t("datasets.median")}</th><th>${t("datasets.p95")}</th><th>${t("datasets.max")}</th></tr></thead>
-      <tbody>${row("question")}${row("answer")}</tbody>
+      <tbody>${["question", "answer", "conversation"].filter((k) => tokens[k]).map(row)}</tbody>
     </table>
     <p class="muted">${t("datasets.over_block", { rows: tokens.rows_over_block_size, block: tokens.block_size })}
       ${tokens.sampled ? ` ${t("datasets.sampled")}` : ""}</p>
@@ -91,11 +91,16 @@ function Problems({ error }) {
 function Preview({ name }) {
   const { data, error } = useResource(`/api/v1/datasets/${encodeURIComponent(name)}/preview?limit=20`);
   if (!data) return html`<${Loading} error=${error} />`;
+  const chats = data.rows.some((r) => r.messages);
   return html`<div class="panel">
     <h2>${t("datasets.preview")}</h2>
     <div class="table-wrap"><table class="list preview" data-testid="preview">
-      <thead><tr><th>#</th><th>${t("field.question")}</th><th>${t("field.answer")}</th></tr></thead>
-      <tbody>${data.rows.map((r, i) => html`<tr><td>${i + 1}</td><td>${r.question}</td><td>${r.answer}</td></tr>`)}</tbody>
+      <thead><tr><th>#</th>${chats
+        ? html`<th>${t("field.conversation")}</th>`
+        : html`<th>${t("field.question")}</th><th>${t("field.answer")}</th>`}</tr></thead>
+      <tbody>${data.rows.map((r, i) => html`<tr><td>${i + 1}</td>${chats
+        ? html`<td>${r.messages.map((m) => html`<div class="turn ${m.role}${m.weight === 0 ? " untrained" : ""}"><b>${t(`role.${m.role}`)}</b> ${m.content}</div>`)}</td>`
+        : html`<td>${r.question}</td><td>${r.answer}</td>`}</tr>`)}</tbody>
     </table></div>
   </div>`;
 }
@@ -131,6 +136,7 @@ export function DatasetDetail({ params: [name] }) {
       <dt>${t("field.size_category")}</dt><dd>${d.size_category || "—"}</dd>
       <dt>${t("field.task_type")}</dt><dd>${d.task?.type} ${(d.task?.subtypes || []).join(", ")}</dd>
       <dt>${t("field.feature_mapping")}</dt><dd>${d.feature_mapping?.question} → ${t("field.question")}, ${d.feature_mapping?.answer} → ${t("field.answer")}</dd>
+      ${d.stats?.turns?.max ? html`<dt>${t("datasets.turns")}</dt><dd>${t("datasets.turns_summary", d.stats.turns)}</dd>` : null}
       <dt>${t("datasets.rows")}</dt><dd>${Object.entries(d.splits || {}).map(([split, s]) => `${t(`split_name.${split}`)}: ${s.rows ?? "—"}`).join(" · ") || "—"}</dd>
       <dt>${t("field.created")}</dt><dd><${When} iso=${d.created_at} /></dd>
     </dl>
