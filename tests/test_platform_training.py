@@ -278,7 +278,7 @@ def test_early_stopping_registers_the_lowest_validation_loss_and_the_card_says_s
     selection = model["selection"]
     assert selection["early_stopped_at"] < total and watched[-1][0] == selection["early_stopped_at"]
     assert selection["step"] == selection["best_step"] == best_step
-    assert result["tasks"][0]["score"]["details"]["split"] == "held-out"
+    assert result["tasks"][0]["evaluation"]["split"] == "held-out"
     bucket, _, prefix = model["uri"].removeprefix("s3://").partition("/")
     card = platform.s3().get_object(Bucket=bucket, Key=f"{prefix}README.md")["Body"].read()
     assert f"weights of step {best_step}: the lowest validation loss" in card.decode()

@@ -56,7 +56,7 @@ def check_conversations(
     report = ConversationReport()
     with open_() as stream:
         head = stream.read(HEAD_BYTES)
-    problem = check_head(head)
+    problem = check_head(head, "JSON Lines")
     if problem is not None:
         report.error(problem)
         return report

@@ -108,19 +108,19 @@ def guess_encoding(sample: bytes) -> str:
     return best.encoding.upper().replace("_", "-") if best else "an unknown encoding"
 
 
-def check_head(head: bytes) -> Problem | None:
-    """File-level problems visible in the first bytes, or None."""
+def check_head(head: bytes, kind: str = "CSV") -> Problem | None:
+    """File-level problems visible in the first bytes of a `kind` text file, or None."""
     if not head.strip():
         return Problem("empty_file", "The file is empty.", 1)
     for magic, code, what in _MAGIC:
         if head.startswith(magic):
             return Problem(
-                code, f"The file is {what}, not a CSV text file; upload the CSV itself.", 1
+                code, f"The file is {what}, not a {kind} text file; upload the {kind} itself.", 1
             )
     if head.startswith(b"PK\x03\x04"):
         what = "an Excel workbook (.xlsx)" if b"xl/" in head else "a zip archive"
-        hint = "save it as CSV (UTF-8)" if "xlsx" in what else "upload the CSV inside it"
-        return Problem("compressed_file", f"The file is {what}, not CSV; {hint}.", 1)
+        hint = "save it as CSV (UTF-8)" if "xlsx" in what else f"upload the {kind} inside it"
+        return Problem("compressed_file", f"The file is {what}, not {kind}; {hint}.", 1)
     for bom, name in _BOMS:
         if head.startswith(bom):
             return Problem("encoding", f"The file is encoded as {name}; save it as UTF-8.", 1)
@@ -128,7 +128,7 @@ def check_head(head: bytes) -> Problem | None:
     if nul >= 0:
         return Problem(
             "binary_content",
-            "The file holds NUL bytes: it is binary, not CSV text.",
+            f"The file holds NUL bytes: it is binary, not {kind} text.",
             _line_of(head, nul),
         )
     body = head.removeprefix(codecs.BOM_UTF8)

@@ -40,9 +40,16 @@ export function GroupList() {
   </${Page}>`;
 }
 
+/** The non-null schema of an optional field (`int | None` is anyOf integer, null). */
+function inner(schema) {
+  return schema.anyOf?.some((s) => s.type === "null") ? schema.anyOf.find((s) => s.type !== "null") : null;
+}
+const isNumber = (schema) => schema?.type === "integer" || schema?.type === "number";
+
 /** Why `text` is not a value of `schema`, or "". */
 function rangeProblem(text, schema) {
-  if (schema.type !== "integer" && schema.type !== "number") return "";
+  if (isNumber(inner(schema))) return text === "" ? "" : rangeProblem(text, inner(schema));
+  if (!isNumber(schema)) return "";
   const value = Number(text);
   if (text === "" || Number.isNaN(value)) return t("check.number");
   if (schema.type === "integer" && !Number.isInteger(value)) return t("check.integer");
@@ -60,8 +67,9 @@ function rangeProblem(text, schema) {
 
 /** A form value (always a string or boolean) as the JSON value the API takes. */
 function toValue(text, schema) {
-  if (schema.type === "integer" || schema.type === "number") return Number(text);
+  if (isNumber(schema)) return Number(text);
   if (schema.type === "boolean") return Boolean(text);
+  if (isNumber(inner(schema))) return text === "" ? null : Number(text);
   if (schema.anyOf?.some((s) => s.type === "null")) {
     return text === "" || text === null ? null : text === true || text === "true";
   }
@@ -92,7 +100,7 @@ function Control({ name, schema, value, onChange }) {
   if (schema.type === "boolean") {
     return html`<input type="checkbox" name=${name} checked=${value} onChange=${(e) => onChange(e.target.checked)} />`;
   }
-  if (schema.anyOf?.some((s) => s.type === "null")) {
+  if (inner(schema)?.type === "boolean") {
     return html`<select name=${name} value=${String(value)} onChange=${(e) => onChange(e.target.value)}>
       <${Options} items=${[["", t("groups.auto")], ["true", t("common.on")], ["false", t("common.off")]]} /></select>`;
   }
