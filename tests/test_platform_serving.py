@@ -538,13 +538,15 @@ TELESCOPES = [
 
 
 def telescope_chat(name: str) -> list[dict[str, str]]:
-    """Two turns; the second question is the same in every conversation, so only the
-    first turn says what its answer is."""
+    """Two turns; the second question and the first answer are the same in every
+    conversation, so only the first question says what the last answer is. (Short
+    answers: the built-in model's tokenizer spells words it does not know letter by
+    letter, and a model this small learns those slowly.)"""
     return [
         {"role": "user", "content": f"Let us talk about the {name} telescope."},
-        {"role": "assistant", "content": f"Sure, the {name} telescope."},
+        {"role": "assistant", "content": "Sure."},
         {"role": "user", "content": "Which telescope did we talk about?"},
-        {"role": "assistant", "content": f"The {name} telescope."},
+        {"role": "assistant", "content": f"The {name}."},
     ]
 
 
@@ -562,7 +564,7 @@ def test_a_model_trained_on_conversations_answers_the_second_turn_from_the_first
     dataset = platform.wait_for_dataset("telescopes", "ready", "failed")
     assert dataset["status"] == "ready", dataset["error"]
     assert dataset["stats"]["format"] == "openai" and dataset["stats"]["turns"]["min"] == 2
-    group(platform, "chat-lora", "tiny-lora", epochs=100)
+    group(platform, "chat-lora", "tiny-lora", epochs=60)
     experiment(
         platform,
         "multi-turn",
