@@ -258,6 +258,17 @@ def _check_task(
         params = resolve_params(group.parameters, task, at, problems)
         if params is not None:
             row["parameters"] = params.model_dump(mode="json")
+            watches = params.select == "best" or params.early_stopping_patience is not None
+            held_out = params.validation_fraction > 0 or "validate" in (row.get("files") or {})
+            if watches and "files" in row and not held_out:
+                problems.append(
+                    {
+                        "field": f"{at}.overrides.validation_fraction",
+                        "message": "select=best and early stopping watch a validation loss: "
+                        f"dataset {task.dataset!r} has no validate split, so hold some of "
+                        "its training rows out (validation_fraction > 0)",
+                    }
+                )
     if cluster is not None:
         found, parsed = resource_problems(task, cluster, at)
         problems += found

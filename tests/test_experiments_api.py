@@ -264,3 +264,11 @@ def test_a_task_may_continue_a_fine_tuned_model_and_carries_its_lineage(api: Api
     assert specs["on-full"]["base_model_uri"] == "s3://bucket/models/id-full-one/"
     assert specs["on-full"].get("adapter_uri") is None
     assert specs["on-full"]["lineage"] == [{"name": "full-one", "id": "id-full-one"}]
+
+
+def test_early_stopping_without_a_validation_set_is_refused_naming_the_fraction(api: Api) -> None:
+    response = create(api, tasks=[task(overrides={"early_stopping_patience": 2})])
+    error = assert_error(response, 422, "invalid")
+    assert [d["field"] for d in error["details"]] == ["tasks[0].overrides.validation_fraction"]
+    held = create(api, tasks=[task(overrides={"select": "best", "validation_fraction": 0.2})])
+    assert held.status_code == 202, held.text
