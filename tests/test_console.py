@@ -196,7 +196,7 @@ def test_a_conversation_file_is_previewed_turn_by_turn(page: Page, platform: Pla
     ]
     body = "\n".join(json.dumps(c) for c in chats).encode()
     upload_dataset(page, platform, "chats", body, filename="chats.jsonl")
-    expect(page.locator(".chats [data-status]")).to_have_attribute("data-status", "ready")
+    expect(page.locator(".facts [data-status]")).to_have_attribute("data-status", "ready")
     first = page.locator("[data-testid=preview] tbody tr").first
     expect(first.locator(".turn")).to_have_count(5)
     expect(first.locator(".turn.untrained")).to_have_text("Assistant Hello")

@@ -12,6 +12,7 @@ A problem names the field it is in, in the file's own terms (`messages[3].role`)
 from __future__ import annotations
 
 import difflib
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -110,8 +111,6 @@ def conversations_of(table: pa.Table) -> list[list[Message]]:
 def records(lines: Iterable[bytes]) -> Iterator[tuple[int, Any]]:
     """(line number, parsed record) of JSON Lines; a line that is not a record yields a
     BadConversation in its place. Blank lines are skipped but counted."""
-    import json
-
     for number, raw in enumerate(lines, 1):
         if not raw.strip():
             continue

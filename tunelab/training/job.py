@@ -88,12 +88,12 @@ def read_conversations(store: ObjectStore, uri: str) -> tuple[list[Conversation]
 def held_out(
     spec: JobSpec, store: ObjectStore, train: list[Conversation]
 ) -> tuple[list[Conversation], str, list[Conversation]]:
-    """What is trained on, the split scored and measured for the validation loss (its
-    name and conversations), and whether training watches it.
+    """What is trained on, and the split scored at the end and watched for the
+    validation loss while training (its name and conversations).
 
     The dataset's validate split when it has one; else `validation_fraction` of the
     training conversations, held out (seeded); else a seeded sample of the training
-    conversations, scored at the end but never watched (it is trained on).
+    conversations ("train-sample"), scored but never watched: it is trained on.
     """
     params = spec.params
     if spec.eval_uri:
