@@ -106,7 +106,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Rows of a ready dataset", query=(LIMIT, _q("split"))
     ),
     ("GET", f"{API}/datasets/{{name}}/export"): Operation(
-        "A ready dataset as CSV", query=(_q("split"),), raw="text/csv"
+        "A ready dataset as CSV (pairs) or JSON Lines (conversations)",
+        query=(_q("split"),),
+        raw="text/csv",
     ),
     ("POST", f"{API}/parameter-groups"): Operation("Create a parameter group", GroupRequest, 201),
     ("GET", f"{API}/parameter-groups"): Operation("List parameter groups", answer=LISTING),
@@ -127,6 +129,10 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("POST", f"{API}/models"): Operation("Register a base model (admins)", RegisterRequest, 201),
     ("GET", f"{API}/models/{{name}}"): Operation("One model"),
+    ("GET", f"{API}/models/{{name}}/files"): Operation("A fine-tuned model's files"),
+    ("GET", f"{API}/models/{{name}}/download"): Operation(
+        "A fine-tuned model's files as one tar", raw="application/x-tar"
+    ),
     ("DELETE", f"{API}/models/{{name}}"): Operation("Delete a model"),
     ("POST", f"{API}/services"): Operation("Deploy a model as a service", DeployRequest, 202),
     ("GET", f"{API}/services"): Operation("List services", answer=LISTING),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tarfile
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -10,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, StreamingResponse
 
 from tunelab.db import Database
 from tunelab.db.tables import Experiment, Model, Service, Task
@@ -21,7 +23,7 @@ from tunelab.lifecycle.specs import ServiceSpec, TaskSpec
 from tunelab.lifecycle.states import SERVICE_LIVE, TASK_ACTIVE
 from tunelab.model_sources import source_problem
 from tunelab.names import Name
-from tunelab.store import keys
+from tunelab.store import ObjectStore, keys
 from tunelab.times import iso
 
 BUILTIN = Model(
@@ -122,6 +124,76 @@ def get_model(request: Request) -> JSONResponse:
         if model is None:
             raise NotFound(f"No model named {request.path_params['name']!r}.")
         return respond(to_json(model))
+
+
+def _own_files(request: Request) -> tuple[Model, list[tuple[str, str, int]]]:
+    """The model and its files in the platform's store, as (name, key, bytes).
+
+    Only a fine-tuned model lives there; a base model's files are wherever the operator
+    keeps them, and are not the platform's to hand out.
+    """
+    state, name = request.app.state, request.path_params["name"]
+    with state.db.session() as session:
+        model = visible_model(session, workspace_id(request), name)
+    if model is None:
+        raise NotFound(f"No model named {name!r}.")
+    if model.kind != "finetuned":
+        raise Conflict(
+            f"Model {name!r} is a base model: only fine-tuned models can be listed and "
+            "downloaded (a base model's files are where it was registered from)."
+        )
+    prefix = keys.model_prefix(model.id)
+    store: ObjectStore = state.store
+    return model, [(k[len(prefix) :], k, store.size(k)) for k in store.list(prefix)]
+
+
+def model_files(request: Request) -> JSONResponse:
+    model, files = _own_files(request)
+    return respond(
+        {
+            "name": model.name,
+            "files": [{"name": n, "bytes": size} for n, _, size in files],
+            "bytes": sum(size for *_, size in files),
+        }
+    )
+
+
+def download_model(request: Request) -> StreamingResponse:
+    """The model's files as one tar, streamed as it is read: nothing is staged, so a
+    model of many GB costs no disk on the API's machine."""
+    model, files = _own_files(request)
+    store: ObjectStore = request.app.state.store
+    return StreamingResponse(
+        tar_stream(store, model.name, files),
+        media_type="application/x-tar",
+        headers={
+            "content-disposition": f'attachment; filename="{model.name}.tar"',
+            "content-length": str(tar_size(files)),
+        },
+    )
+
+
+def tar_stream(
+    store: ObjectStore, folder: str, files: list[tuple[str, str, int]]
+) -> Iterator[bytes]:
+    for name, key, size in files:
+        yield _tar_header(f"{folder}/{name}", size)
+        with store.open(key) as body:
+            while chunk := body.read(1 << 20):
+                yield chunk
+        yield b"\0" * (-size % tarfile.BLOCKSIZE)
+    yield b"\0" * (2 * tarfile.BLOCKSIZE)  # the end-of-archive marker
+
+
+def tar_size(files: list[tuple[str, str, int]]) -> int:
+    ends = 2 * tarfile.BLOCKSIZE
+    return ends + sum(len(_tar_header(n, s)) + s + (-s % tarfile.BLOCKSIZE) for n, _, s in files)
+
+
+def _tar_header(name: str, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = size, 0o644
+    return info.tobuf(tarfile.PAX_FORMAT)
 
 
 async def register_model(request: Request) -> JSONResponse:

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -336,6 +337,13 @@ def test_the_whole_path_from_upload_to_comparison_chat(page: Page, platform: Pla
     for model in models.values():
         expect(page.locator(f"tr[data-name='{model}']")).to_contain_text("console-run")
     shot(page, "15-models")
+    with page.expect_download() as downloaded:
+        page.click(f"tr[data-name='{models['adapter']}'] [data-testid=download]")
+    assert downloaded.value.suggested_filename == f"{models['adapter']}.tar"
+    with tarfile.open(downloaded.value.path()) as tar:
+        names = tar.getnames()
+    assert f"{models['adapter']}/README.md" in names
+    assert f"{models['adapter']}/adapter_model.safetensors" in names
     for service, model in [
         ("ft-lora", models["adapter"]),
         ("ft-full", models["weights"]),

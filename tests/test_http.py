@@ -3,7 +3,9 @@ conventions, and that a refused request stores nothing."""
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,9 +16,11 @@ from starlette.testclient import TestClient
 
 from tunelab.auth import create_token
 from tunelab.db import Database
-from tunelab.db.tables import Dataset, EventRecord, IdempotencyKey, Webhook
+from tunelab.db.tables import Dataset, EventRecord, IdempotencyKey, Model, Webhook, Workspace
 from tunelab.functions.app import create_app
 from tunelab.settings import Settings
+from tunelab.store import keys
+from tunelab.store.local import LocalStore
 
 CSV = b"question,answer\nWhat is 2+2?,4\n"
 METRICS_TOKEN = "scraper-secret"
@@ -427,3 +431,43 @@ def test_a_verified_token_is_trusted_for_seconds_and_a_revoked_one_refused_after
         assert refused.status_code == 401
         assert refused.json()["error"]["type"] == "authentication_error"  # OpenAI's shape
     db.dispose()
+
+
+def test_a_fine_tuned_models_files_are_listed_and_downloaded_as_one_tar(api: Api) -> None:
+    store = LocalStore(api.objects)
+    files = {
+        "adapter_config.json": b'{"r": 16}',
+        "adapter_model.safetensors": bytes(range(256)) * 41,  # not a multiple of 512
+        "README.md": "# café\n".encode(),
+    }
+    with api.db.session() as session:
+        workspace = session.query(Workspace).filter_by(name="acme").one()
+        session.add(
+            Model(
+                id="m-take-away",
+                workspace_id=workspace.id,
+                name="take-away",
+                kind="finetuned",
+                uri=store.uri(keys.model_prefix("m-take-away")),
+                spec={"adapter": True},
+            )
+        )
+    for name, body in files.items():
+        store.put_bytes(keys.model_prefix("m-take-away") + name, body)
+
+    listed = api.client.get("/api/v1/models/take-away/files", headers=api.auth()).json()
+    assert {f["name"]: f["bytes"] for f in listed["files"]} == {n: len(b) for n, b in files.items()}
+    response = api.client.get("/api/v1/models/take-away/download", headers=api.auth())
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/x-tar"
+    assert int(response.headers["content-length"]) == len(response.content)
+    with tarfile.open(fileobj=io.BytesIO(response.content)) as tar:
+        got = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
+    assert got == {f"take-away/{n}": b for n, b in files.items()}
+
+    # Another workspace's model is not there; a base model's files are not the platform's.
+    missing = api.client.get("/api/v1/models/take-away/download", headers=api.auth("globex"))
+    assert_error(missing, 404, "not_found")
+    assert_error(
+        api.client.get("/api/v1/models/tiny-llama/files", headers=api.auth()), 409, "conflict"
+    )

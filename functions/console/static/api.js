@@ -89,6 +89,16 @@ export async function api(path, options = {}) {
   return type.includes("json") ? response.json() : response.text();
 }
 
+/** A file from the API, saved by the browser: a plain link cannot carry the token.
+ * (The whole file passes through the page's memory: fine for adapters, heavy for a
+ * full model of many GB.) */
+export async function download(path, filename) {
+  const response = await send(path, {});
+  const url = URL.createObjectURL(await response.blob());
+  Object.assign(document.createElement("a"), { href: url, download: filename }).click();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}
+
 /** A multipart upload, with progress: fetch cannot report how much of a body is sent. */
 export function upload(path, form, onProgress) {
   return new Promise((resolve, reject) => {

@@ -2,7 +2,7 @@
 // deploy form that turns one into a model service.
 
 import { html, useState, useEffect } from "../vendor/preact-htm.js";
-import { api } from "../api.js";
+import { api, download } from "../api.js";
 import { t, formatNumber } from "../i18n.js";
 import { useResource } from "../live.js";
 import { Page, Loading, Empty, When, Field, FormError, Options, labelProblem, spanProblems, firstNamespace, go } from "../ui.js";
@@ -29,7 +29,9 @@ export function ModelList() {
             <td>${m.score === null || m.score === undefined ? "—"
               : html`${formatNumber(m.score)} <small class="muted">${t("models.base_score", { score: formatNumber(m.base_score) })}</small>`}</td>
             <td><${When} iso=${m.created_at} /></td>
-            <td><a class="button" href=${`#/models/${encodeURIComponent(m.name)}/deploy`}>${t("models.deploy")}</a></td>
+            <td><a class="button" href=${`#/models/${encodeURIComponent(m.name)}/deploy`}>${t("models.deploy")}</a>
+              ${m.kind === "finetuned" ? html` <button type="button" data-testid="download"
+                onClick=${() => download(`/api/v1/models/${encodeURIComponent(m.name)}/download`, `${m.name}.tar`)}>${t("models.download")}</button>` : null}</td>
           </tr>`)}</tbody>
         </table></div>`}
   </${Page}>`;
