@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -18,6 +19,7 @@ from tunelab.events.envelope import derived_id
 from tunelab.events.experiment import ExperimentCreated, ExperimentRef
 from tunelab.experiment_rules import (
     ExperimentRequest,
+    TaskRequest,
     resolve_params,
     resource_problems,
 )
@@ -25,7 +27,9 @@ from tunelab.functions.http import parse, read_json, respond, workspace_id
 from tunelab.functions.repository import visible_model
 from tunelab.lifecycle import experiments as lifecycle
 from tunelab.lifecycle.specs import ExperimentSpec, TaskSpec
+from tunelab.params import Parameters, errors_of
 from tunelab.scoring import METHODS
+from tunelab.search import trial_name
 from tunelab.times import iso
 
 
@@ -40,6 +44,7 @@ def task_json(task: Task) -> dict[str, Any]:
         "parameters": spec.parameters,
         "compute": spec.compute.model_dump(),
         "resources": spec.resources_requested,
+        "trial": spec.trial.model_dump() if spec.trial else None,
         "progress": task.progress,
         "metrics": task.metrics,
         "score": (task.score or {}).get("score"),
@@ -108,7 +113,7 @@ def _create(request: Request, spec: ExperimentRequest) -> dict[str, Any]:
         if name in names[:i]:
             problems.append({"field": f"tasks[{i}].name", "message": f"{name!r} is used twice"})
     cluster = clusters(state.settings).get(spec.cluster)
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple[str, dict[str, Any]]] = []
     with state.db.session() as session:
         if session.scalar(
             select(Experiment.id).where(
@@ -117,7 +122,13 @@ def _create(request: Request, spec: ExperimentRequest) -> dict[str, Any]:
         ):
             raise Conflict(f"An experiment named {spec.name!r} already exists.")
         for i, task in enumerate(spec.tasks):
-            rows.append(_check_task(session, workspace, spec, task, i, cluster, problems))
+            row = _check_task(session, workspace, spec, task, i, cluster, problems)
+            rows += _trials(task, row, f"tasks[{i}]", problems)
+    taken = set(names)
+    for name, _ in rows:
+        if name not in names and name in taken:
+            problems.append({"field": "tasks", "message": f"two tasks would be named {name!r}"})
+        taken.add(name)
     if problems:
         fields = ", ".join(dict.fromkeys(p["field"] for p in problems))
         raise Invalid(f"The experiment cannot run: check {fields}.", problems)
@@ -132,13 +143,13 @@ def _create(request: Request, spec: ExperimentRequest) -> dict[str, Any]:
         Task(
             workspace_id=workspace,
             experiment_id=experiment.id,
-            name=t.name,
+            name=name,
             position=i,
             cluster=spec.cluster,
             spec=row,
             status="queued",
         )
-        for i, (t, row) in enumerate(zip(spec.tasks, rows, strict=True))
+        for i, (name, row) in enumerate(rows)
     ]
     try:
         with state.db.session() as session:
@@ -157,6 +168,34 @@ def _create(request: Request, spec: ExperimentRequest) -> dict[str, Any]:
         raise Conflict(f"An experiment named {spec.name!r} already exists.") from None
     send()
     return body
+
+
+def _trials(
+    task: TaskRequest, row: dict[str, Any], at: str, problems: list[dict[str, Any]]
+) -> list[tuple[str, dict[str, Any]]]:
+    """The task's (name, row), or one per trial of its search: its parameters with the
+    trial's values on top, and which search and point it is."""
+    base = row.get("parameters")
+    if task.search is None or base is None:  # no search, or parameters already refused
+        return [(task.name, row)]
+    found = task.search.problems(base, at)
+    trials = []
+    for number, values in enumerate(task.search.points() if not found else [], 1):
+        try:
+            params = Parameters.model_validate({**base, **values})
+        except ValidationError as exc:
+            found += errors_of(exc, f"{at}.search")
+            break
+        trial = {
+            "search": task.name,
+            "number": number,
+            "values": values,
+            "parallel": task.search.parallel,
+        }
+        row_of_trial = {**row, "parameters": params.model_dump(mode="json"), "trial": trial}
+        trials.append((trial_name(task.name, number), row_of_trial))
+    problems += found
+    return trials
 
 
 def starting_point(model: Model) -> dict[str, Any]:

@@ -272,3 +272,85 @@ def test_early_stopping_without_a_validation_set_is_refused_naming_the_fraction(
     assert [d["field"] for d in error["details"]] == ["tasks[0].overrides.validation_fraction"]
     held = create(api, tasks=[task(overrides={"select": "best", "validation_fraction": 0.2})])
     assert held.status_code == 202, held.text
+
+
+def test_a_grid_search_becomes_one_task_per_point(api: Api) -> None:
+    search = {
+        "method": "grid",
+        "space": {"lora_rank": {"choice": [4, 8]}, "learning_rate": {"choice": [1e-3, 2e-3]}},
+        "parallel": 2,
+    }
+    response = create(api, tasks=[task(overrides={"epochs": 3}, search=search)])
+    assert response.status_code == 202, response.text
+    tasks = response.json()["tasks"]
+    assert [t["name"] for t in tasks] == ["t1-1", "t1-2", "t1-3", "t1-4"]
+    assert [(t["parameters"]["lora_rank"], t["parameters"]["learning_rate"]) for t in tasks] == [
+        (4, 1e-3),
+        (4, 2e-3),
+        (8, 1e-3),
+        (8, 2e-3),
+    ]
+    assert all(t["parameters"]["epochs"] == 3 for t in tasks)  # the overrides stay
+    assert tasks[2]["trial"] == {
+        "search": "t1",
+        "number": 3,
+        "values": {"lora_rank": 8, "learning_rate": 1e-3},
+        "parallel": 2,
+    }
+
+
+def test_a_random_search_draws_its_trials_seeded_within_the_space(api: Api) -> None:
+    search = {
+        "method": "random",
+        "space": {"learning_rate": {"log_uniform": [1e-4, 1e-2]}, "lora_rank": {"choice": [8, 16]}},
+        "trials": 5,
+        "seed": 7,
+    }
+    first = create(api, name="one", tasks=[task(search=search)]).json()["tasks"]
+    again = create(api, name="two", tasks=[task(search=search)]).json()["tasks"]
+    assert len(first) == 5 and [t["parameters"] for t in first] == [t["parameters"] for t in again]
+    for t in first:
+        assert 1e-4 <= t["parameters"]["learning_rate"] <= 1e-2
+        assert t["parameters"]["lora_rank"] in (8, 16)
+    assert len({t["parameters"]["learning_rate"] for t in first}) == 5
+
+
+@pytest.mark.parametrize(
+    ("search", "field"),
+    [
+        (
+            {"method": "grid", "space": {"lora_rank": {"choice": [8, 0]}}},
+            "tasks[0].search.space.lora_rank",
+        ),
+        ({"method": "grid", "space": {"nope": {"choice": [1]}}}, "tasks[0].search.space.nope"),
+        (
+            {"method": "grid", "space": {"learning_rate": {"uniform": [0.001, 0.01]}}},
+            "tasks[0].search.space.learning_rate",
+        ),
+        (
+            {
+                "method": "random",
+                "space": {"learning_rate": {"uniform": [0.001, 5.0]}},
+                "trials": 2,
+            },
+            "tasks[0].search.space.learning_rate",
+        ),
+        ({"method": "random", "space": {"lora_rank": {"choice": [8]}}}, "tasks[0].search.trials"),
+        (
+            {"method": "grid", "space": {"lora_rank": {"choice": [4, 8, 16]}}, "trials": 2},
+            "tasks[0].search.space",
+        ),
+    ],
+)
+def test_a_bad_search_is_refused_naming_its_field_and_nothing_is_stored(
+    api: Api, search: dict[str, Any], field: str
+) -> None:
+    error = assert_error(create(api, tasks=[task(search=search)]), 422, "invalid")
+    assert [d["field"] for d in error["details"]] == [field], error
+    assert api.count(Task) == 0
+
+
+def test_a_search_method_that_is_not_offered_is_refused_at_parse(api: Api) -> None:
+    search = {"method": "bayes", "space": {"lora_rank": {"choice": [8]}}}
+    error = assert_error(create(api, tasks=[task(search=search)]), 422, "invalid")
+    assert error["details"][0]["field"] == "tasks.0.search.method"

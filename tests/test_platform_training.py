@@ -283,3 +283,30 @@ def test_early_stopping_registers_the_lowest_validation_loss_and_the_card_says_s
     card = platform.s3().get_object(Bucket=bucket, Key=f"{prefix}README.md")["Body"].read()
     assert f"weights of step {best_step}: the lowest validation loss" in card.decode()
     assert "Early stopping ended training" in card.decode()
+
+
+@pytest.mark.timeout(900)
+def test_a_grid_search_trains_each_trial_and_its_best_is_the_experiments_best(
+    platform: Platform,
+) -> None:
+    upload(platform, "twenty", qa_pairs(20, seed=5150))
+    search = {
+        "method": "grid",
+        "space": {"learning_rate": {"choice": [1e-7, 3e-3]}},
+        "parallel": 1,
+    }
+    experiment(
+        platform,
+        "searched",
+        task("lr", "lora", dataset="twenty", overrides={"epochs": 12}, search=search),
+    )
+    result = platform.wait_for_experiment("searched")
+    assert result["status"] == "succeeded", json.dumps(result, indent=2)
+    trials = {t["name"]: t for t in result["tasks"]}
+    assert sorted(trials) == ["lr-1", "lr-2"]
+    assert trials["lr-2"]["trial"]["values"] == {"learning_rate": 3e-3}
+    assert all(t["model"] and t["progress"]["step"] > 0 for t in trials.values())
+    assert result["best_task"] == "lr-2"
+    assert trials["lr-2"]["score"] > trials["lr-1"]["score"]
+    # One at a time: the second trial started after the first had finished.
+    assert trials["lr-2"]["started_at"] >= trials["lr-1"]["finished_at"]

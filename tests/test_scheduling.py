@@ -81,6 +81,7 @@ def add_experiment(ctx: Context, name: str, *tasks: dict[str, Any]) -> str:
                             "gpu_type": t.get("gpu_type", "cpu"),
                             "gpu_count": t.get("gpus", 1),
                         },
+                        **({"trial": t["trial"]} if "trial" in t else {}),
                     },
                 )
             )
@@ -164,3 +165,21 @@ def test_a_diverged_loss_is_stored_as_null_not_as_nan(stub_broker: Any) -> None:
 
     progress = {"loss": float("nan"), "learning_rate": 0.1, "history": [{"loss": float("inf")}]}
     assert finite(progress) == {"loss": None, "learning_rate": 0.1, "history": [{"loss": None}]}
+
+
+def test_a_search_runs_at_most_its_parallel_trials_and_others_are_not_held_back(
+    ctx: Context,
+) -> None:
+    def trial(number: int) -> dict[str, Any]:
+        values = {"learning_rate": 10.0**-number}
+        search = {"search": "lr", "number": number, "values": values, "parallel": 2}
+        return {"name": f"lr-{number}", "cpu": 0.5, "trial": search}
+
+    add_experiment(ctx, "search", *(trial(n) for n in range(1, 5)), {"name": "plain"})
+    assert schedule(ctx, "local") == ["lr-1", "lr-2", "plain"]
+    assert schedule(ctx, "local") == []
+    end(ctx, "lr-1")
+    assert schedule(ctx, "local") == ["lr-3"]
+    end(ctx, "lr-2", "failed")
+    end(ctx, "lr-3")
+    assert schedule(ctx, "local") == ["lr-4"]

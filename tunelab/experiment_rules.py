@@ -16,6 +16,7 @@ from tunelab.clusters import CPU_TYPE, Cluster
 from tunelab.names import Name
 from tunelab.params import Parameters, errors_of
 from tunelab.quantity import parse_quantity
+from tunelab.search import Search
 
 
 class Compute(BaseModel):
@@ -48,6 +49,8 @@ class TaskRequest(BaseModel):
     dataset: str
     parameter_group: str
     overrides: dict[str, Any] = Field(default_factory=dict)
+    search: Search | None = None
+    """Trials instead of one run: the overrides with each point of the search on top."""
     compute: Compute = Field(default_factory=Compute)
     resources: Resources = Field(default_factory=Resources)
 

@@ -9,6 +9,7 @@ so that a task waits `queued` instead of starving beside others.
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from tunelab.events.experiment import (
     TaskFailed,
     TaskFailedData,
 )
-from tunelab.lifecycle.specs import ExperimentSpec, TaskNeeds
+from tunelab.lifecycle.specs import ExperimentSpec, TaskNeeds, Trial
 from tunelab.lifecycle.states import (
     EXPERIMENT_ACTIVE,
     EXPERIMENT_TERMINAL,
@@ -88,10 +89,12 @@ def schedule(ctx: Context, cluster_name: str) -> list[str]:
     started = []
     with scheduling_lock(ctx, cluster_name), ctx.db.session() as session:
         usage = Usage()
+        searching: Counter[tuple[str, str]] = Counter()  # running trials per search
         for task in session.scalars(
             select(Task).where(Task.cluster == cluster_name, Task.status.in_(TASK_HOLDING))
         ):
             usage.add(task)
+            searching.update(_search_of(task))
         queued = session.execute(
             select(Task, Experiment)
             .join(Experiment, Task.experiment_id == Experiment.id)
@@ -104,6 +107,9 @@ def schedule(ctx: Context, cluster_name: str) -> list[str]:
         ).all()
         sends = []
         for task, experiment in queued:
+            trial = TaskNeeds.of(task).trial
+            if trial is not None and searching[_search_key(task, trial)] >= trial.parallel:
+                continue  # its search runs all the trials it may; the others need not wait
             alone = Usage()
             alone.add(task)
             if cluster is None or not alone.fits(cluster):
@@ -115,6 +121,7 @@ def schedule(ctx: Context, cluster_name: str) -> list[str]:
             # that do not fit yet); this one only keeps count on machines it runs itself.
             if ctx.settings.backend == "local" and not usage.fits(cluster):
                 break
+            searching.update(_search_of(task))
             task.status, task.started_at = TaskState.TRAINING, datetime.now(UTC)
             experiment.status = ExperimentState.RUNNING
             sends.append(ctx.bus.stage(session, scheduled_event(task, experiment)))
@@ -122,6 +129,16 @@ def schedule(ctx: Context, cluster_name: str) -> list[str]:
     for send in sends:
         send()
     return started
+
+
+def _search_key(task: Task, trial: Trial) -> tuple[str, str]:
+    return (task.experiment_id, trial.search)
+
+
+def _search_of(task: Task) -> list[tuple[str, str]]:
+    """The search the task is a trial of, as a list to count (empty for a plain task)."""
+    trial = TaskNeeds.of(task).trial
+    return [_search_key(task, trial)] if trial is not None else []
 
 
 def _fail_unplaceable(

@@ -53,12 +53,23 @@ class TaskResources(BaseModel):
     memory: Span
 
 
+class Trial(BaseModel):
+    """A task that is one trial of a search (the request's task it came from)."""
+
+    search: str
+    number: int
+    values: dict[str, Any]
+    parallel: int
+
+
 class TaskNeeds(BaseModel):
     """What a task holds while it trains: what schedulers and Jobs read."""
 
     model_config = ConfigDict(extra="ignore")
     compute: Compute
     resources: TaskResources
+    trial: Trial | None = None
+    """Set when the task is a trial of a search, whose `parallel` caps its running trials."""
 
     @classmethod
     def of(cls, task: Task) -> Self:
