@@ -39,6 +39,7 @@ class Platform:
     env: dict[str, str] = field(default_factory=dict)
     models_bucket: str = ""
     """The operator's bucket of base models (a model root; not the platform's own)."""
+    _s3: Any = None
 
     def metrics(self) -> str:
         return httpx.get(
@@ -46,13 +47,21 @@ class Platform:
         ).text
 
     def s3(self) -> Any:
-        return boto3.client(
-            "s3",
-            endpoint_url=self.s3_endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="test",
-            aws_secret_access_key="test",
-        )
+        """One S3 client for the module, closed with the platform: a client per call
+        would leave its pooled sockets for the garbage collector."""
+        if self._s3 is None:
+            self._s3 = boto3.client(
+                "s3",
+                endpoint_url=self.s3_endpoint,
+                region_name="us-east-1",
+                aws_access_key_id="test",
+                aws_secret_access_key="test",
+            )
+        return self._s3
+
+    def close(self) -> None:
+        if self._s3 is not None:
+            self._s3.close()
 
     def upload(self, name: str, csv: str = CSV) -> httpx.Response:
         return self.client.post(
@@ -103,6 +112,7 @@ def platform(
     )
     s3.create_bucket(Bucket=bucket)
     s3.create_bucket(Bucket=models_bucket)
+    s3.close()
     port = free_port()
     tag = secrets.token_hex(3)
     (tmp / "metrics").mkdir()
@@ -150,7 +160,13 @@ def platform(
         with httpx.Client(
             base_url=url, headers={"authorization": f"Bearer {token}"}, timeout=10
         ) as client:
-            yield Platform(url, token, client, bucket, s3_endpoint, processes, env, models_bucket)
+            platform = Platform(
+                url, token, client, bucket, s3_endpoint, processes, env, models_bucket
+            )
+            try:
+                yield platform
+            finally:
+                platform.close()
     finally:
         processes.stop()
         print(processes.log_tails())

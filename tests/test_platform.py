@@ -8,7 +8,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook as Verifier
@@ -37,14 +36,8 @@ def test_an_uploaded_dataset_flows_to_ready_through_the_cpu_worker(platform: Pla
         {"question": "What is 2+2?", "answer": "4"},
         {"question": "Capital of France?", "answer": "Paris"},
     ]
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=platform.s3_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=platform.bucket)["Contents"]]
+    listing = platform.s3().list_objects_v2(Bucket=platform.bucket)
+    keys = [o["Key"] for o in listing["Contents"]]
     assert any(k.startswith("datasets/") and k.endswith("/train.parquet") for k in keys)
 
 

@@ -87,6 +87,7 @@ def test_a_presigned_upload_is_ingested_when_the_bucket_notifies(platform: Platf
         Protocol="http",
         Endpoint=f"{platform.url}/triggers/s3?secret={TRIGGER_SECRET}",
     )
+    sns.close()
     platform.s3().put_bucket_notification_configuration(
         Bucket=platform.bucket,
         NotificationConfiguration={
