@@ -90,8 +90,9 @@ def test_a_two_task_experiment_trains_evaluates_and_registers_both_models(
         assert t["base_score"]["exact_match"] == 0, t["base_score"]
         assert t["score"] > t["base_score"]["score"] + 0.3
         assert t["progress"]["step"] == t["progress"]["total_steps"]
-    best = max(tasks.values(), key=lambda t: t["score"])
-    assert result["best_task"] == best["name"]
+    # The best task has the top score (both may reach 1.0: then either is the best).
+    top = max(t["score"] for t in tasks.values())
+    assert tasks[result["best_task"]]["score"] == top
 
     models = {m["name"]: m for m in platform.client.get("/api/v1/models").json()["items"]}
     assert models["tiny-llama"]["kind"] == "base"
