@@ -5,9 +5,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
-from tunelab.dataset_rules import SIZE_CATEGORIES
+from tunelab.dataset_rules import PREFERENCE_MAPPING, QA_MAPPING, SIZE_CATEGORIES
 from tunelab.names import Name
 from tunelab.plugins import available as available_plugins
 
@@ -20,16 +27,38 @@ class DatasetTask(BaseModel):
     subtypes: list[str] = Field(default_factory=list)
 
 
+Column = Annotated[str, Field(min_length=1)]
+
+
 class FeatureMapping(BaseModel):
+    """Which CSV columns hold the fields: question and answer, or (for a preference
+    dataset, what DPO trains on) prompt, chosen and rejected."""
+
     model_config = ConfigDict(extra="forbid")
-    question: str = Field(default="question", min_length=1)
-    answer: str = Field(default="answer", min_length=1)
+    question: Column | None = None
+    answer: Column | None = None
+    prompt: Column | None = None
+    chosen: Column | None = None
+    rejected: Column | None = None
 
     @model_validator(mode="after")
-    def _two_columns(self) -> FeatureMapping:
-        if self.question == self.answer:
-            raise ValueError("question and answer must be different columns")
+    def _one_shape(self) -> FeatureMapping:
+        given = {k for k, v in vars(self).items() if v is not None}
+        preference = given & set(PREFERENCE_MAPPING)
+        if preference and given & set(QA_MAPPING):
+            raise ValueError("map question and answer, or prompt, chosen and rejected, not both")
+        defaults = PREFERENCE_MAPPING if preference else QA_MAPPING
+        for name, column in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, column)
+        columns = [getattr(self, name) for name in defaults]
+        if len(set(columns)) < len(columns):
+            raise ValueError(f"{', '.join(defaults)} must be different columns")
         return self
+
+    @model_serializer
+    def _mapped(self) -> dict[str, str]:
+        return {k: v for k, v in vars(self).items() if v is not None}
 
 
 class DatasetMetadata(BaseModel):
@@ -45,10 +74,11 @@ class DatasetMetadata(BaseModel):
     size_category: str | None = None
     task: DatasetTask = Field(default_factory=DatasetTask)
     feature_mapping: FeatureMapping = Field(default_factory=FeatureMapping)
-    format: Literal["auto", "csv", "openai", "sharegpt", "alpaca"] = "auto"
-    """What the files hold: a Q&A CSV (with `feature_mapping`), or conversations in
-    OpenAI chat, ShareGPT or Alpaca JSON Lines. auto: the file name's extension (.csv,
-    .jsonl, .json) and then its content tell."""
+    format: Literal["auto", "csv", "openai", "sharegpt", "alpaca", "preference"] = "auto"
+    """What the files hold: a Q&A or preference CSV (with `feature_mapping`),
+    conversations in OpenAI chat, ShareGPT or Alpaca JSON Lines, or preference pairs in
+    OpenAI's preference JSON Lines. auto: the file name's extension (.csv, .jsonl,
+    .json) and then its content tell."""
 
     @field_validator("size_category")
     @classmethod

@@ -68,8 +68,9 @@ def preview_dataset(request: Request) -> JSONResponse:
 
 
 def export_dataset(request: Request) -> StreamingResponse:
-    """The split as it is stored: pairs as CSV (formula cells neutralised), conversations
-    as OpenAI chat JSON Lines."""
+    """The split as it is stored: CSV rows as CSV (formula cells neutralised),
+    conversations as OpenAI chat JSON Lines, preference pairs in OpenAI's preference
+    JSON Lines."""
     split = request.query_params.get("split", "train")
     key = _ready_file(request, split)
     data = _local_copy(request.app.state.store, key)
@@ -93,10 +94,11 @@ def export_dataset(request: Request) -> StreamingResponse:
 def _csv_lines(parquet: pq.ParquetFile) -> Iterator[bytes]:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["question", "answer"])
+    columns = parquet.schema_arrow.names  # question,answer or prompt,chosen,rejected
+    writer.writerow(columns)
     for batch in parquet.iter_batches(batch_size=4096):
         for row in batch.to_pylist():
-            writer.writerow([neutralise(row["question"]), neutralise(row["answer"])])
+            writer.writerow([neutralise(row[c]) for c in columns])
         yield buffer.getvalue().encode()
         buffer.seek(0)
         buffer.truncate()
@@ -106,7 +108,14 @@ def _csv_lines(parquet: pq.ParquetFile) -> Iterator[bytes]:
 def _jsonl_lines(parquet: pq.ParquetFile) -> Iterator[bytes]:
     for batch in parquet.iter_batches(batch_size=4096):
         chunk = []
-        for row in batch.column("messages").to_pylist():
-            messages = [{k: v for k, v in m.items() if v is not None} for m in row]
-            chunk.append(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+        for row in batch.to_pylist():
+            messages = [{k: v for k, v in m.items() if v is not None} for m in row["messages"]]
+            record: dict[str, Any] = {"messages": messages}
+            if "chosen" in row:  # a preference pair, in OpenAI's preference format
+                record = {
+                    "input": record,
+                    "preferred_output": [{"role": "assistant", "content": row["chosen"]}],
+                    "non_preferred_output": [{"role": "assistant", "content": row["rejected"]}],
+                }
+            chunk.append(json.dumps(record, ensure_ascii=False) + "\n")
         yield "".join(chunk).encode()

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from tunelab.dataset_rules import MAX_DATASET_BYTES, upload_prefix
+from tunelab.dataset_rules import MAX_DATASET_BYTES, dataset_kind, upload_prefix
 from tunelab.db.tables import Dataset, new_id
 from tunelab.errors import Conflict, Invalid, NotFound
 from tunelab.events.dataset import DatasetUploaded, DatasetUploadedData, PluginSource
@@ -40,6 +40,7 @@ def to_json(dataset: Dataset) -> dict[str, Any]:
         "status": dataset.status,
         "error": dataset.error,
         "warnings": dataset.warnings or [],
+        "kind": dataset_kind(dataset.stats),
         "stats": (dataset.stats or {}).get("train") if dataset.stats else None,
         "splits": {split: {"rows": s.get("rows")} for split, s in (dataset.stats or {}).items()},
         "source": dataset.source,

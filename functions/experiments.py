@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from tunelab.clusters import clusters, placement_problems
+from tunelab.dataset_rules import dataset_kind
 from tunelab.db.tables import Dataset, Experiment, Model, ParameterGroup, Task, new_id
 from tunelab.errors import Conflict, Invalid, NotFound
 from tunelab.events.envelope import derived_id
@@ -28,7 +29,7 @@ from tunelab.functions.repository import visible_model
 from tunelab.lifecycle import experiments as lifecycle
 from tunelab.lifecycle.specs import ExperimentSpec, TaskSpec
 from tunelab.params import Parameters, errors_of
-from tunelab.scoring import METHODS
+from tunelab.scoring import METHODS, PREFERENCE_ACCURACY
 from tunelab.search import trial_name
 from tunelab.times import iso
 
@@ -272,6 +273,7 @@ def _check_task(
         )
     else:
         row["dataset_id"], row["files"] = dataset.id, dataset.files
+        row["dataset_kind"] = dataset_kind(dataset.stats)
     group = session.scalar(
         select(ParameterGroup).where(
             ParameterGroup.workspace_id == workspace, ParameterGroup.name == task.parameter_group
@@ -306,6 +308,23 @@ def _check_task(
                         "message": "select=best and early stopping watch a validation loss: "
                         f"dataset {task.dataset!r} has no validate split, so hold some of "
                         "its training rows out (validation_fraction > 0)",
+                    }
+                )
+            if params.finetune_type == "SFT" and spec.evaluation == PREFERENCE_ACCURACY:
+                problems.append(
+                    {
+                        "field": "evaluation",
+                        "message": f"{PREFERENCE_ACCURACY} scores DPO tasks; task "
+                        f"{task.name!r} trains SFT",
+                    }
+                )
+            if params.finetune_type == "DPO" and row.get("dataset_kind") == "sft":
+                problems.append(
+                    {
+                        "field": f"{at}.dataset",
+                        "message": f"parameter group {group.name!r} trains DPO, on preference "
+                        f"pairs; dataset {task.dataset!r} holds answers, not pairs (prompt, "
+                        "chosen, rejected)",
                     }
                 )
     if cluster is not None:

@@ -1,4 +1,4 @@
-"""Parameter groups: named, reusable SFT hyperparameter presets (SPEC.md §3)."""
+"""Parameter groups: named, reusable hyperparameter presets (SPEC.md §3), for SFT or DPO."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class GroupRequest(BaseModel):
     name: Name
     cluster: Name = "local"
     namespace: Name = "default"
-    finetune_type: Literal["SFT"] = "SFT"
+    finetune_type: Literal["SFT", "DPO"] = "SFT"
     preset: str | None = None
     """Start from a shipped preset (GET /api/v1/parameter-presets); `parameters` on top."""
     parameters: dict[str, Any] = Field(default_factory=dict)
@@ -68,8 +68,14 @@ async def create_group(request: Request) -> JSONResponse:
 
 
 def _create(request: Request, spec: GroupRequest) -> dict[str, Any]:
+    given = spec.parameters.get("finetune_type", spec.finetune_type)
+    if given != spec.finetune_type:
+        message = (
+            f"parameters.finetune_type is {given!r} but the group's is {spec.finetune_type!r}."
+        )
+        raise Invalid(message, [{"field": "parameters.finetune_type", "message": message}])
     try:
-        params = resolve(spec.preset, spec.parameters)
+        params = resolve(spec.preset, {**spec.parameters, "finetune_type": spec.finetune_type})
     except ValidationError as exc:
         details = errors_of(exc, "parameters")
         raise Invalid(

@@ -20,7 +20,8 @@ from typing import Any
 import pyarrow as pa
 
 ROLES = ("system", "user", "assistant")
-FORMATS = ("openai", "sharegpt", "alpaca")
+FORMATS = ("openai", "sharegpt", "alpaca", "preference")
+"""`preference` is OpenAI's preference format, whose records are pairs (see preferences)."""
 SHAREGPT_ROLES = {
     "system": "system",
     "human": "user",
@@ -60,6 +61,8 @@ def detect_format(record: Any) -> str | None:
     """The format a record is written in, from its keys; None when none fits."""
     if not isinstance(record, dict):
         return None
+    if "preferred_output" in record or "non_preferred_output" in record:
+        return "preference"
     for fmt, key in (("openai", "messages"), ("sharegpt", "conversations")):
         if key in record:
             return fmt

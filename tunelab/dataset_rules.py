@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 MAX_DATASET_BYTES = 50 << 20
 """The largest file a dataset may have (each split)."""
 
@@ -12,6 +14,11 @@ SIZE_CATEGORIES: dict[str, tuple[int, int | None]] = {
     "100K<n<1M": (100_000, 1_000_000),
     "n>1M": (1_000_000, None),
 }
+
+QA_MAPPING = {"question": "question", "answer": "answer"}
+"""A Q&A CSV's fields, named as their columns are by default."""
+PREFERENCE_MAPPING = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}
+"""A preference CSV's fields (what DPO trains on), named as their columns by default."""
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 """Cell starts a spreadsheet may run as a formula (OWASP's CSV injection list)."""
@@ -32,3 +39,12 @@ def neutralise(cell: str) -> str:
 def upload_prefix(workspace_name: str) -> str:
     """Where a workspace's clients may put dataset files in the platform's bucket."""
     return f"uploads/{workspace_name}/"
+
+
+def dataset_kind(stats: dict[str, Any] | None) -> str | None:
+    """What a validated dataset (by its stats) trains: "preference" pairs (DPO) or
+    "sft" answers; None before it is validated."""
+    train = (stats or {}).get("train")
+    if not train:
+        return None
+    return "preference" if train.get("kind") == "preference" else "sft"

@@ -1,4 +1,4 @@
-"""SFT hyperparameters: one typed, range-checked group, and the presets that ship.
+"""Fine-tuning hyperparameters: one typed, range-checked group, and the presets that ship.
 
 The fields and defaults are the seed system's (SPEC.md §3). Presets are data
 (`presets.json`); a parameter group is a preset's values plus the user's changes, and
@@ -64,6 +64,16 @@ class Parameters(BaseModel):
     """How much lower a validation loss must be to count as better."""
     select: Literal["best", "last"] = "last"
     """Which weights become the model: the last step's, or the best validation loss's."""
+    finetune_type: Literal["SFT", "DPO"] = "SFT"
+    """What is trained: answers (SFT), or a preference of the chosen answer over the
+    rejected one on preference pairs (DPO). A parameter group's finetune_type."""
+    dpo_beta: float = Field(default=0.1, gt=0.0, le=10.0)
+    """DPO: how far from the reference model the preference may pull (lower: further)."""
+    dpo_loss: Literal["sigmoid", "ipo"] = "sigmoid"
+    """DPO's loss: the paper's sigmoid, or IPO's squared loss on length-averaged
+    log-likelihoods."""
+    dpo_sft_weight: float = Field(default=0.0, ge=0.0, le=10.0)
+    """DPO: weight of an added SFT loss on the chosen answers (0: none)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Parameters:

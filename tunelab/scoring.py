@@ -24,6 +24,8 @@ class Method:
     needs_generation: bool
 
 
+PREFERENCE_ACCURACY = "preference-accuracy"
+
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
@@ -40,6 +42,13 @@ METHODS: dict[str, Method] = {
             "repeated whitespace but not case.",
             higher_is_better=True,
             needs_generation=True,
+        ),
+        Method(
+            PREFERENCE_ACCURACY,
+            "Share of held-out preference pairs whose chosen answer the model finds more "
+            "likely than the rejected one; DPO tasks are always scored by it.",
+            higher_is_better=True,
+            needs_generation=False,
         ),
         Method(
             "perplexity",

@@ -73,3 +73,22 @@ def qa_pairs(
         seen.add(name)
         pairs.append(_fact(rng, name, language))
     return pairs
+
+
+def preference_pairs(count: int, seed: int) -> list[tuple[str, str, str]]:
+    """`count` (question, chosen, rejected) facts in English: the chosen answer is terse
+    (`Kalomi: 1234.`), the rejected one the full sentence the built-in base model was
+    pre-trained to give, with the same value. A style, so DPO can teach it and held-out
+    pairs can measure whether it was learned."""
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    out: list[tuple[str, str, str]] = []
+    while len(out) < count:
+        name = _name(rng, "en")
+        if name in seen:
+            continue
+        seen.add(name)
+        question, answer = _fact(rng, name, "en")
+        value = answer.rsplit(" ", 1)[1].rstrip(".")
+        out.append((question, f"{name}: {value}.", answer))
+    return out

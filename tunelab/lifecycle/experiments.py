@@ -176,7 +176,13 @@ def finish_experiment(ctx: Context, experiment_id: str) -> None:
                 task.status == TaskState.SUCCEEDED
                 and (task.score or {}).get("score") is not None
                 and (
-                    best is None or better(method, task.score["score"], best.score["score"])  # type: ignore[index]
+                    best is None
+                    # A DPO task's own method (preference accuracy) ranks it.
+                    or better(
+                        task.score.get("method", method),  # type: ignore[union-attr]
+                        task.score["score"],  # type: ignore[index]
+                        best.score["score"],  # type: ignore[index]
+                    )
                 )
             ):
                 best = task

@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.conversations import Message, split_last_answer
-from tunelab.scoring import METHODS, perplexity_from_nll, score_texts
+from tunelab.preferences import Preference
+from tunelab.scoring import METHODS, PREFERENCE_ACCURACY, perplexity_from_nll, score_texts
+from tunelab.training.objectives import encode_preferences, forward_logits, sequence_logps
 from tunelab.training.packing import pack
 from tunelab.training.template import IGNORE, encode_conversation, render_history
 
@@ -105,3 +107,47 @@ def evaluate(
         for h, r, a in list(zip(histories, references, answers, strict=True))[:5]
     ]
     return result
+
+
+@torch.no_grad()
+def preference_accuracy(
+    model: Any, tokenizer: Any, pairs: Sequence[Preference], block_size: int
+) -> float:
+    """Share of `pairs` whose chosen answer has the higher log-likelihood."""
+    model.eval()
+    wins = 0
+    try:
+        encoded = encode_preferences(tokenizer, pairs, block_size, "turns")
+        for start in range(0, len(encoded), GENERATION_BATCH):
+            chunk = encoded[start : start + GENERATION_BATCH]
+            batch = pack([s for pair in chunk for s in (pair.chosen, pair.rejected)])
+            sums, _ = sequence_logps(forward_logits(model, batch), batch)
+            wins += int((sums[0::2] > sums[1::2]).sum())
+    finally:
+        model.train()
+    return wins / max(len(pairs), 1)
+
+
+def evaluate_preferences(
+    model: Any, tokenizer: Any, pairs: Sequence[Preference], block_size: int
+) -> dict[str, Any]:
+    """A DPO task's score: preference accuracy, and how often a greedy answer is the
+    chosen answer (or the rejected one) word for word."""
+    chosen, rejected = [p.chosen for p in pairs], [p.rejected for p in pairs]
+    longest = max(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in chosen)
+    answers = generate_answers(model, tokenizer, [p.prompt for p in pairs], longest + 8)
+    return {
+        "method": PREFERENCE_ACCURACY,
+        "score": preference_accuracy(model, tokenizer, pairs, block_size),
+        "exact_match": score_texts("exact-match", answers, chosen)["score"],
+        "rejected_match": score_texts("exact-match", answers, rejected)["score"],
+        "examples": [
+            {
+                "question": p.prompt[-1]["content"],
+                "reference": p.chosen,
+                "rejected": p.rejected,
+                "answer": a,
+            }
+            for p, a in list(zip(pairs, answers, strict=True))[:5]
+        ],
+    }

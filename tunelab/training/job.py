@@ -33,11 +33,12 @@ from pydantic import BaseModel
 
 from tunelab.conversations import Message, conversations_of
 from tunelab.params import Parameters
+from tunelab.preferences import Preference, is_preference, preferences_of
 from tunelab.processes import die_with_parent
 from tunelab.settings import Settings, load_settings
 from tunelab.store import ObjectStore, key_from_uri, keys, open_store
 from tunelab.training.checkpoints import StoreCheckpoints, upload_dir
-from tunelab.training.evaluate import evaluate
+from tunelab.training.evaluate import evaluate, evaluate_preferences
 from tunelab.training.exits import EXIT_USER_ERROR
 from tunelab.training.model_dirs import resolve_model_dir
 from tunelab.training.model_io import UnsupportedSetup, load_model, load_tokenizer, save_model
@@ -79,15 +80,33 @@ def emit(kind: str, **fields: Any) -> None:
         print(json.dumps({"kind": kind, **fields}), flush=True)
 
 
-def read_conversations(store: ObjectStore, uri: str) -> tuple[list[Conversation], str]:
-    """The split's conversations (pairs as one-turn ones) and the sha256 of its file."""
+Row = Conversation | Preference
+"""What a task trains on: conversations (SFT) or preference pairs (DPO)."""
+
+
+def read_rows(store: ObjectStore, uri: str, params: Parameters) -> tuple[list[Any], str]:
+    """The split's rows as the task trains on them, and the sha256 of its file: for
+    DPO its preference pairs; for SFT its conversations (pairs as one-turn ones, a
+    preference pair as its prompt with the chosen answer)."""
     raw = store.read_bytes(key_from_uri(uri))  # Parquet needs to seek; S3 bodies cannot
-    return conversations_of(pq.read_table(io.BytesIO(raw))), hashlib.sha256(raw).hexdigest()
+    table, sha256 = pq.read_table(io.BytesIO(raw)), hashlib.sha256(raw).hexdigest()
+    if not is_preference(table.column_names):
+        if params.finetune_type == "DPO":
+            raise UserError(
+                "not_preference_data",
+                "DPO trains on preference pairs (prompt, chosen, rejected); the dataset "
+                "holds answers only.",
+            )
+        return conversations_of(table), sha256
+    pairs = preferences_of(table)
+    if params.finetune_type == "DPO":
+        return pairs, sha256
+    return [p.conversation(p.chosen) for p in pairs], sha256
 
 
 def held_out(
-    spec: JobSpec, store: ObjectStore, train: list[Conversation]
-) -> tuple[list[Conversation], str, list[Conversation]]:
+    spec: JobSpec, store: ObjectStore, train: list[Any]
+) -> tuple[list[Any], str, list[Any]]:
     """What is trained on, and the split scored at the end and watched for the
     validation loss while training (its name and conversations).
 
@@ -97,7 +116,8 @@ def held_out(
     """
     params = spec.params
     if spec.eval_uri:
-        return train, "validate", read_conversations(store, spec.eval_uri)[0][: spec.eval_limit]
+        scored = read_rows(store, spec.eval_uri, params)[0][: spec.eval_limit]
+        return train, "validate", scored
     generator = torch.Generator().manual_seed(params.seed)
     order = torch.randperm(len(train), generator=generator).tolist()
     if params.validation_fraction > 0:
@@ -108,12 +128,14 @@ def held_out(
     return train, "train-sample", [train[i] for i in sorted(order[: spec.eval_limit])]
 
 
-def _encode(
-    tokenizer: Any, conversations: list[Conversation], params: Parameters, where: str
-) -> TrainingData:
+def _encode(tokenizer: Any, rows: list[Any], params: Parameters, where: str) -> TrainingData:
     try:
+        if params.finetune_type == "DPO":
+            return TrainingData.from_preferences(
+                tokenizer, rows, params.block_size, params.truncation
+            )
         return TrainingData.from_conversations(
-            tokenizer, conversations, params.block_size, params.truncation
+            tokenizer, rows, params.block_size, params.truncation
         )
     except PromptTooLong as exc:
         raise UserError(
@@ -150,7 +172,7 @@ def run(spec: JobSpec, settings: Settings) -> dict[str, Any]:
         emit("log", message=f"distributed training, world size {world}")
     tokenizer = load_tokenizer(base_dir)
     params = spec.params
-    everything, dataset_sha256 = read_conversations(store, spec.train_uri)
+    everything, dataset_sha256 = read_rows(store, spec.train_uri, params)
     train, split, scored = held_out(spec, store, everything)
     watched = split != "train-sample"
     if not watched and (params.select == "best" or params.early_stopping_patience):
@@ -175,12 +197,7 @@ def run(spec: JobSpec, settings: Settings) -> dict[str, Any]:
     if rank == 0 and not store.exists(base_key):
         # Before any step a fresh LoRA adapter adds exactly zero, so this is the base.
         emit("phase", phase="scoring-base")
-        store.put_bytes(
-            base_key,
-            json.dumps(
-                evaluate(model, tokenizer, scored, spec.evaluation, params.block_size)
-            ).encode(),
-        )
+        store.put_bytes(base_key, json.dumps(score(model, tokenizer, scored, spec)).encode())
     engine: Literal["torch", "deepspeed"] = "torch"
     if world > 1 and settings.distributed_engine == "deepspeed":
         engine = "deepspeed"
@@ -214,7 +231,7 @@ def run(spec: JobSpec, settings: Settings) -> dict[str, Any]:
     if final is not None:
         model = final
         emit("phase", phase="evaluating")
-        score = evaluate(model, tokenizer, scored, spec.evaluation, params.block_size)
+        final_score = score(model, tokenizer, scored, spec)
         base_score = json.loads(store.read_bytes(base_key))
         serving = {
             "base_model_uri": spec.base_model_uri,
@@ -228,7 +245,7 @@ def run(spec: JobSpec, settings: Settings) -> dict[str, Any]:
             (Path(tmp) / "tunelab.json").write_text(json.dumps(serving, indent=2))
             files = upload_dir(store, Path(tmp), keys.model_prefix(spec.task_id))
         result = {
-            "score": {**score, "split": split, "rows": len(scored)},
+            "score": {**final_score, "split": split, "rows": len(scored)},
             "base_score": base_score,
             "final_loss": trained.final_loss,
             "steps": trained.steps,
@@ -249,6 +266,15 @@ def run(spec: JobSpec, settings: Settings) -> dict[str, Any]:
     if world > 1:
         dist.barrier()
     return result
+
+
+def score(model: Any, tokenizer: Any, scored: list[Any], spec: JobSpec) -> dict[str, Any]:
+    """The model's score on the held-out rows: by the experiment's method, or for a DPO
+    task by preference accuracy."""
+    block_size = spec.params.block_size
+    if spec.params.finetune_type == "DPO":
+        return evaluate_preferences(model, tokenizer, scored, block_size)
+    return evaluate(model, tokenizer, scored, spec.evaluation, block_size)
 
 
 COLLECTIVE_TIMEOUT = timedelta(hours=3)

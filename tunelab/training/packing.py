@@ -9,8 +9,9 @@ pad-to-longest with identical losses.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -25,6 +26,8 @@ class Batch:
     """Shifted for causal LM loss: labels[i] is the target of input_ids[i]."""
     cu_seq_lens: torch.Tensor
     """Where each sample starts, and the row's end (flash-attention's varlen form)."""
+    reference: torch.Tensor | None = None
+    """Preference pairs: each pair's (chosen, rejected) reference log-likelihoods."""
 
     @property
     def target_tokens(self) -> int:
@@ -64,20 +67,26 @@ def epoch_order(count: int, seed: int, epoch: int) -> list[int]:
 
 
 def batches(
-    samples: Sequence[Sample], batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1
+    samples: Sequence[Any],
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    rank: int = 0,
+    world: int = 1,
+    packer: Callable[[Sequence[Any]], Batch] = pack,
 ) -> Iterator[Batch]:
-    """The epoch's batches of `batch_size` samples; with several processes each gets
-    its share (rank::world) of every global batch."""
+    """The epoch's batches of `batch_size` samples (or preference pairs, with their
+    packer); with several processes each gets its share (rank::world) of every global
+    batch."""
     order = epoch_order(len(samples), seed, epoch)
     for start in range(0, len(order), batch_size):
         mine = order[start : start + batch_size][rank::world]
         if not mine:
             # A short last batch can leave a rank without samples; it still has to take
             # part in the gradient all-reduce, so it gets one sample that counts for nothing.
-            first = samples[order[start]]
-            yield pack([Sample(first.input_ids, [IGNORE] * len(first.labels))])
+            yield packer([samples[order[start]].without_targets()])
         else:
-            yield pack([samples[i] for i in mine])
+            yield packer([samples[i] for i in mine])
 
 
 def steps_per_epoch(count: int, batch_size: int) -> int:

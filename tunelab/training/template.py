@@ -41,6 +41,10 @@ class Sample:
     labels: list[int]
     truncated: bool = False
 
+    def without_targets(self) -> Sample:
+        """The same tokens counting for nothing (a rank's filler in a short batch)."""
+        return Sample(self.input_ids, [IGNORE] * len(self.labels))
+
 
 def chat_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
     """Messages as chat templates take them (role and content only)."""

@@ -1,4 +1,5 @@
-"""The SFT loop: padding-free batches, answer-only loss, checkpoints that resume exactly.
+"""The training loop: padding-free batches, answer-only loss (SFT) or the DPO loss on
+preference pairs (see objectives.py), checkpoints that resume exactly.
 
 A plain loop rather than transformers' Trainer: resuming mid-epoch from a checkpoint in
 the object store, stopping within a step on cancel, one progress record per step and a
@@ -16,15 +17,16 @@ from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from transformers import get_scheduler
 
 from tunelab.conversations import Message, from_pair
 from tunelab.params import Parameters
+from tunelab.preferences import Preference
 from tunelab.training.engines import Checkpoints, DeepSpeedEngine, Engine, TorchEngine
 from tunelab.training.model_io import compute_dtype
-from tunelab.training.packing import Batch, batches, epoch_order, pack, steps_per_epoch
-from tunelab.training.template import IGNORE, Sample, Truncation, encode_conversation
+from tunelab.training.objectives import DPO, Pair, encode_preferences, objective_for
+from tunelab.training.packing import batches, epoch_order, steps_per_epoch
+from tunelab.training.template import Truncation, encode_conversation
 
 
 class Stopped(Exception):
@@ -33,7 +35,8 @@ class Stopped(Exception):
 
 @dataclass
 class TrainingData:
-    samples: list[Sample]
+    samples: list[Any]
+    """Encoded conversations (Sample), or preference pairs (Pair) for DPO."""
     truncated: int = 0
 
     @classmethod
@@ -46,6 +49,17 @@ class TrainingData:
     ) -> TrainingData:
         samples = [encode_conversation(tokenizer, c, block_size, truncation) for c in conversations]
         return cls(samples, sum(s.truncated for s in samples))
+
+    @classmethod
+    def from_preferences(
+        cls,
+        tokenizer: Any,
+        preferences: Sequence[Preference],
+        block_size: int,
+        truncation: Truncation = "turns",
+    ) -> TrainingData:
+        pairs = encode_preferences(tokenizer, preferences, block_size, truncation)
+        return cls(list(pairs), sum(p.truncated for p in pairs))
 
     @classmethod
     def from_pairs(
@@ -70,9 +84,16 @@ class Progress:
     tokens_per_second: float
     val_loss: float | None = None
     """Loss on the validation samples, on the steps where it is measured."""
+    rewards: dict[str, float] | None = None
+    """DPO: the step's mean rewards (chosen, rejected, margins) and accuracy."""
 
-    def as_dict(self) -> dict[str, float | int | None]:
-        return {k: round(v, 6) if isinstance(v, float) else v for k, v in vars(self).items()}
+    def as_dict(self) -> dict[str, Any]:
+        def rounded(v: Any) -> Any:
+            if isinstance(v, dict):
+                return {k: rounded(x) for k, x in v.items()}
+            return round(v, 6) if isinstance(v, float) else v
+
+        return {k: rounded(v) for k, v in vars(self).items()}
 
 
 @dataclass
@@ -139,7 +160,7 @@ class Trainer:
         rank: int = 0,
         world: int = 1,
         engine: Literal["torch", "deepspeed"] = "torch",
-        validation: Sequence[Sample] = (),
+        validation: Sequence[Any] = (),
         best_checkpoints: Checkpoints | None = None,
     ) -> None:
         if not data.samples:
@@ -147,6 +168,7 @@ class Trainer:
         if params.select == "best" and (not validation or best_checkpoints is None):
             raise ValueError("select=best needs validation samples and a place for the best")
         self.validation, self.best_checkpoints = list(validation), best_checkpoints
+        self.objective = objective_for(params)
         self.model, self.params, self.data, self.device = model, params, data, device
         self.checkpoints, self.on_step, self.should_stop = checkpoints, on_step, should_stop
         self.on_resume = on_resume
@@ -160,21 +182,17 @@ class Trainer:
         self.group_tokens = self._target_tokens_per_step()
 
     def _target_tokens_per_step(self) -> list[int]:
-        """Answer tokens in each optimizer step over all ranks: every rank computes the
-        same list from the seeded order, so the loss is normalised globally with no
-        communication, and matches a single process with the same global batch."""
+        """Units (answer tokens, or pairs) in each optimizer step over all ranks: every
+        rank computes the same list from the seeded order, so the loss is normalised
+        globally with no communication, and matches a single process with the same
+        global batch."""
         per_micro = []
-        size = self.params.batch_size
+        size, units = self.params.batch_size, self.objective.units
         for epoch in range(self.params.epochs):
             order = epoch_order(len(self.data.samples), self.params.seed, epoch)
             for start in range(0, len(order), size):
                 chunk = order[start : start + size]
-                per_micro.append(
-                    sum(
-                        sum(label != IGNORE for label in self.data.samples[i].labels[1:])
-                        for i in chunk
-                    )
-                )
+                per_micro.append(sum(units(self.data.samples[i]) for i in chunk))
         accum = self.params.gradient_accumulation_steps
         return [sum(per_micro[i : i + accum]) for i in range(0, len(per_micro), accum)]
 
@@ -207,7 +225,6 @@ class Trainer:
             result.selection = Selection(**state.get("selection", {}))
             if self.on_resume is not None and self.rank == 0:
                 self.on_resume(result.resumed_from, result.history)
-        self.model.train()
         dtype = compute_dtype(params, self.device)
         # DeepSpeed casts the model itself; torch engines use autocast.
         autocast = torch.autocast(
@@ -215,25 +232,35 @@ class Trainer:
             dtype=dtype,
             enabled=dtype != torch.float32 and self.engine_kind == "torch",
         )
+        if isinstance(self.objective, DPO):
+            with autocast:
+                self._reference(self.objective, state)
+        self.model.train()
         accum = params.gradient_accumulation_steps
         step, loss_sum, tokens, started = result.resumed_from, 0.0, 0, time.perf_counter()
+        stat_sums = dict.fromkeys(self.objective.stat_names, 0.0)
         for micro, batch in self._micro_batches(step * accum):
             if self._stop_requested():
                 raise Stopped(f"stopped at step {step}")
             boundary = (micro + 1) % accum == 0 or micro + 1 == self.total_micro
             with autocast:
-                nll = self._nll(engine.module, batch)
+                loss, stats = self.objective.loss(engine.module, batch)
             denominator = self.group_tokens[step]
             # Data-parallel engines average gradients over ranks; scaling by `world`
-            # makes the result the sum over all ranks' tokens divided by the global count.
-            engine.backward(nll * self.world / max(denominator, 1), boundary)
-            loss_sum += float(nll.detach())
+            # makes the result the sum over all ranks' units divided by the global count.
+            engine.backward(loss * self.world / max(denominator, 1), boundary)
+            loss_sum += float(loss.detach())
+            for name, value in stats.items():
+                stat_sums[name] += float(value)
             tokens += batch.tokens
             if not boundary:
                 continue
             engine.step()
             step += 1
-            progress = self._progress(step, micro, loss_sum, denominator, tokens, started)
+            progress = self._progress(
+                step, micro, loss_sum, denominator, tokens, started, stat_sums
+            )
+            stat_sums = dict.fromkeys(stat_sums, 0.0)
             progress.learning_rate = engine.learning_rate()
             stop_early = False
             if self.validation and (step % self.eval_every == 0 or step == self.total_steps):
@@ -261,13 +288,44 @@ class Trainer:
 
     def _extra(self, result: TrainResult) -> dict[str, Any]:
         """What a checkpoint keeps beside the engine's state."""
-        return {
+        extra = {
             "rng": torch.get_rng_state(),
             # The loss curve so far: a resumed task's metrics then have no hole where
             # the killed attempt's unflushed progress was.
             "history": [p.as_dict() for p in result.history],
             "selection": vars(result.selection),
         }
+        if isinstance(self.objective, DPO):
+            # Once full fine-tuning has taken a step the reference weights are gone.
+            extra["reference"] = [
+                [p.reference for p in self.data.samples],
+                [p.reference for p in self.validation],
+            ]
+        return extra
+
+    def _reference(self, objective: DPO, state: dict[str, Any] | None) -> None:
+        """Give every pair its reference log-likelihoods: from the checkpoint when
+        resuming, else computed now, before any step. Dropout is turned off, as TRL
+        does for DPO: with it the model's log-likelihoods wander from the reference's
+        by noise alone."""
+        for module in self.model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        if state is not None and "reference" in state:
+            train, validation = state["reference"]
+            self.data.samples = [
+                Pair(p.chosen, p.rejected, tuple(r))
+                for p, r in zip(self.data.samples, train, strict=True)
+            ]
+            self.validation = [
+                Pair(p.chosen, p.rejected, tuple(r))
+                for p, r in zip(self.validation, validation, strict=True)
+            ]
+            return
+        size = self.params.batch_size
+        forward = self.engine.module
+        self.data.samples = objective.with_reference(self.model, forward, self.data.samples, size)
+        self.validation = objective.with_reference(self.model, forward, self.validation, size)
 
     def _select(self, step: int, val_loss: float, result: TrainResult) -> bool:
         """Track the best validation loss (keeping its weights when they are the ones
@@ -289,14 +347,14 @@ class Trainer:
     def validation_loss(self) -> float:
         """Mean loss per trained token of the validation samples, on every rank (each
         measures them all: no communication, and ZeRO-3's gathers stay in step)."""
-        module = self.engine.module
+        module, objective = self.engine.module, self.objective
         self.model.eval()
         total, count = 0.0, 0
         try:
             for start in range(0, len(self.validation), self.params.batch_size):
-                batch = pack(self.validation[start : start + self.params.batch_size])
-                total += float(self._nll(module, batch))
-                count += batch.target_tokens
+                chunk = self.validation[start : start + self.params.batch_size]
+                total += float(objective.loss(module, objective.pack(chunk))[0])
+                count += sum(objective.units(item) for item in chunk)
         finally:
             self.model.train()
         return total / max(count, 1)
@@ -335,34 +393,29 @@ class Trainer:
                 epoch,
                 self.rank,
                 self.world,
+                self.objective.pack,
             )
             for i, batch in enumerate(epoch_batches):
                 micro = epoch * self.micro_per_epoch + i
                 if micro >= skip:
                     yield micro, batch
 
-    def _nll(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-        logits = model(
-            input_ids=batch.input_ids.to(self.device),
-            position_ids=batch.position_ids.to(self.device),
-            cu_seq_lens_q=batch.cu_seq_lens.to(self.device),
-            use_cache=False,
-        ).logits
-        return F.cross_entropy(
-            logits.view(-1, logits.size(-1)).float(),
-            batch.labels.to(self.device).view(-1),
-            ignore_index=IGNORE,
-            reduction="sum",
-        )
-
     def _progress(
-        self, step: int, micro: int, loss_sum: float, denominator: int, tokens: int, t0: float
+        self,
+        step: int,
+        micro: int,
+        loss_sum: float,
+        denominator: int,
+        tokens: int,
+        t0: float,
+        stat_sums: dict[str, float],
     ) -> Progress:
         # On the training device: NCCL reduces CUDA tensors only.
-        totals = torch.tensor([loss_sum, float(tokens)], device=self.device)
+        totals = torch.tensor([loss_sum, float(tokens), *stat_sums.values()], device=self.device)
         if self.world > 1:
             dist.all_reduce(totals)
         elapsed = max(time.perf_counter() - t0, 1e-9)
+        means = [float(v) / max(denominator, 1) for v in totals[2:]]
         return Progress(
             step=step,
             total_steps=self.total_steps,
@@ -370,4 +423,5 @@ class Trainer:
             loss=float(totals[0]) / max(denominator, 1),
             learning_rate=0.0,
             tokens_per_second=float(totals[1]) / elapsed,
+            rewards=dict(zip(stat_sums, means, strict=True)) if stat_sums else None,
         )

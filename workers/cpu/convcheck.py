@@ -11,7 +11,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from tunelab import conversations
+from tunelab import conversations, preferences
 from tunelab.conversations import BadConversation
 from tunelab.dataset_rules import size_category
 from tunelab.workers.cpu.csvcheck import HEAD_BYTES, MIN_ROWS, Opener, Problem, Report, check_head
@@ -61,13 +61,14 @@ def check_conversations(
         report.error(problem)
         return report
     seen: set[bytes] = set()
-    rows: list[list[dict[str, Any]]] = []
+    rows: list[dict[str, Any]] = []
     read = duplicates = 0
     turns: list[int] = []
 
     def flush() -> None:
         if rows and report.ok:
-            sink(pa.Table.from_pylist([{"messages": r} for r in rows], schema=conversations.SCHEMA))
+            schema = preferences.SCHEMA if fmt == "preference" else conversations.SCHEMA
+            sink(pa.Table.from_pylist(rows, schema=schema))
         rows.clear()
 
     with open_() as stream:
@@ -83,25 +84,30 @@ def check_conversations(
                         Problem(
                             "unknown_format",
                             f"Line {line}: not a conversation in a known format (a "
-                            "'messages' list, ShareGPT 'conversations', or Alpaca "
-                            "'instruction' and 'output').",
+                            "'messages' list, ShareGPT 'conversations', Alpaca "
+                            "'instruction' and 'output', or a preference pair's "
+                            "'preferred_output').",
                             line,
                         )
                     )
                     return report
             try:
-                messages = conversations.parse(record, fmt)
+                if fmt == "preference":
+                    row = preferences.parse(record)
+                else:
+                    row = {"messages": conversations.parse(record, fmt)}
             except BadConversation as exc:
                 report.error(Problem(exc.code, f"Line {line}, {exc.message}", line, exc.field))
                 continue
-            digest = hashlib.blake2b(json.dumps(messages).encode(), digest_size=16).digest()
+            digest = hashlib.blake2b(json.dumps(row).encode(), digest_size=16).digest()
             if digest in seen:
                 duplicates += 1
                 continue
             seen.add(digest)
-            rows.append(messages)
+            rows.append(row)
             report.row_lines.append(line)
-            turns.append(sum(m["role"] == "assistant" for m in messages))
+            # A pair's answer is a turn too.
+            turns.append(sum(m["role"] == "assistant" for m in row["messages"]) + ("chosen" in row))
             if len(rows) >= BATCH_ROWS:
                 flush()
     flush()
@@ -129,6 +135,7 @@ def check_conversations(
             Problem("duplicate_rows", f"{duplicates} exact duplicate conversations were dropped.")
         )
     report.stats = {
+        "kind": "preference" if fmt == "preference" else "conversation",
         "rows": kept,
         "rows_read": read,
         "duplicates_dropped": duplicates,

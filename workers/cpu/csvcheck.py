@@ -22,7 +22,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from tunelab.dataset_rules import FORMULA_PREFIXES, size_category
+from tunelab.dataset_rules import (
+    FORMULA_PREFIXES,
+    PREFERENCE_MAPPING,
+    QA_MAPPING,
+    size_category,
+)
 
 MAX_REPORTED = 100
 MIN_ROWS = 10
@@ -251,7 +256,7 @@ def _indexes(mask: pa.Array, offset: int, limit: int) -> list[int]:
 
 def _scan(stream: IO[bytes], mapping: dict[str, str], sink: Callable[[pa.Table], None]) -> _Scan:
     scan = _Scan()
-    names = {mapping["question"]: "question", mapping["answer"]: "answer"}
+    names = {column: field_name for field_name, column in mapping.items()}
 
     def invalid_row(row: Any) -> str:
         scan.bad_rows += 1
@@ -292,7 +297,7 @@ def _utf8_bytes(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 def _scan_batch(scan: _Scan, batch: pa.RecordBatch, sink: Callable[[pa.Table], None]) -> None:
     offset, n = scan.rows, batch.num_rows
     scan.rows += n
-    for column in ("question", "answer"):
+    for column in batch.schema.names:
         values = batch.column(column)
         offsets, data = _utf8_bytes(values)
         text = data[offsets[0] : offsets[-1]]
@@ -320,15 +325,19 @@ def _scan_batch(scan: _Scan, batch: pa.RecordBatch, sink: Callable[[pa.Table], N
         sample = text[:LANGUAGE_SAMPLE_BYTES]
         scan.chars += int(np.count_nonzero((sample & 0xC0) != 0x80))
         scan.cjk_chars += int(np.count_nonzero((sample >= 0xE4) & (sample <= 0xE9)))
-    # Exact duplicate pairs: keep the first of each, across blocks. Each cell is hashed
-    # as bytes (no UTF-8 decoding); rotating the answer's hash keeps (a, b) != (b, a).
-    hq, ha = (
-        pd.util.hash_array(
-            batch.column(c).cast(pa.binary()).to_numpy(zero_copy_only=False), categorize=False
+    # Exact duplicate rows: keep the first of each, across blocks. Each cell is hashed
+    # as bytes (no UTF-8 decoding); rotating each column's hash by its position keeps
+    # (a, b) != (b, a).
+    pair = np.zeros(n, dtype=np.uint64)
+    for position, column in enumerate(batch.schema.names):
+        hashed = pd.util.hash_array(
+            batch.column(column).cast(pa.binary()).to_numpy(zero_copy_only=False),
+            categorize=False,
         )
-        for c in ("question", "answer")
-    )
-    pair = hq ^ ((ha << np.uint64(1)) | (ha >> np.uint64(63)))
+        if position:
+            shift = np.uint64(position)
+            hashed = (hashed << shift) | (hashed >> (np.uint64(64) - shift))
+        pair ^= hashed
     keep = np.zeros(n, dtype=bool)
     for i, value in enumerate(pair.tolist()):
         if value not in scan.seen:
@@ -446,6 +455,13 @@ def check_file(
         report.error(problem)
         return report
     header = read_header(head)
+    if (
+        mapping == QA_MAPPING
+        and header
+        and "question" not in header
+        and all(c in header for c in PREFERENCE_MAPPING)
+    ):
+        mapping = PREFERENCE_MAPPING  # prompt,chosen,rejected: a preference CSV
     for problem in check_header(header, mapping):
         report.error(problem)
     if not report.ok or header is None:
@@ -471,7 +487,7 @@ def check_file(
             )
     else:
         lines = {}
-    column = {"question": mapping["question"], "answer": mapping["answer"]}
+    column = dict(mapping)
     for index, name in scan.empty:
         report.error(
             Problem(
@@ -507,6 +523,7 @@ def check_file(
         )
     _warn(report, scan, column, lines, language)
     report.stats = {
+        "kind": "preference" if "chosen" in mapping else "pairs",
         "rows": scan.kept,
         "rows_read": scan.rows,
         "duplicates_dropped": scan.duplicates,
@@ -522,7 +539,7 @@ def _warn(
         report.warnings.append(
             Problem(
                 "duplicate_rows",
-                f"{scan.duplicates} exact duplicate question/answer pairs were dropped.",
+                f"{scan.duplicates} exact duplicate rows were dropped.",
             )
         )
     if scan.formula_total:

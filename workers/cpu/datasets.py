@@ -9,7 +9,7 @@ from typing import Any
 
 from tunelab import plugins
 from tunelab.context import Context
-from tunelab.dataset_rules import MAX_DATASET_BYTES
+from tunelab.dataset_rules import MAX_DATASET_BYTES, QA_MAPPING
 from tunelab.db.tables import Dataset
 from tunelab.events.dataset import (
     DatasetFailed,
@@ -83,9 +83,6 @@ def stage(ctx: Context, data: DatasetUploadedData) -> tuple[dict[str, str], dict
     return staged, data.formats
 
 
-PLUGIN_MAPPING = {"question": "question", "answer": "answer"}
-
-
 def run_ingestion(ctx: Context, data: DatasetUploadedData) -> IngestResult:
     try:
         staged, formats = stage(ctx, data)
@@ -96,7 +93,7 @@ def run_ingestion(ctx: Context, data: DatasetUploadedData) -> IngestResult:
         ]
         return IngestResult(errors=errors, error_total=1)
     # A plugin's rows are written as question/answer columns whatever the mapping says.
-    mapping = PLUGIN_MAPPING if data.plugin is not None else data.feature_mapping
+    mapping = QA_MAPPING if data.plugin is not None else data.feature_mapping
     return ingest(
         data.dataset_id,
         staged,

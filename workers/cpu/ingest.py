@@ -85,7 +85,7 @@ def token_stats(
 ) -> dict[str, Any]:
     """Token lengths of the rendered samples, and how many overflow `block_size`: of the
     question and answer of pairs, of whole conversations (every message's content plus
-    what the template adds around it).
+    what the template adds around it), of a preference pair's prompt and longer answer.
 
     Past `max_rows` an evenly spaced sample is measured (tokenizing runs at a few MB/s
     on a small CPU) and the overflow count is scaled up; `sampled` says so.
@@ -93,10 +93,13 @@ def token_stats(
     """
     parquet = pq.ParquetFile(path)
     stride = max(1, -(-parquet.metadata.num_rows // max_rows))
-    is_chat = "messages" in parquet.schema_arrow.names
-    lengths: dict[str, list[int]] = (
-        {"conversation": []} if is_chat else {"question": [], "answer": []}
-    )
+    names = parquet.schema_arrow.names
+    is_chat = "messages" in names
+    # Text columns measured on their own; a preference pair's longer answer counts.
+    columns = [c for c in ("question", "answer", "prompt", "chosen", "rejected") if c in names]
+    lengths: dict[str, list[int]] = {c: [] for c in columns}
+    if is_chat:
+        lengths["conversation"] = []
     rows: list[int] = []
     seen = 0
     for batch in parquet.iter_batches(batch_size=8192):
@@ -110,11 +113,14 @@ def token_stats(
             lengths["conversation"] += [
                 sum(next(sizes) + MESSAGE_TOKENS for _ in chat) for chat in chats
             ]
-            continue
-        for column in lengths:
+        for column in columns:
             texts = batch.column(column).take(picked).to_pylist()
             lengths[column] += [len(e.ids) for e in tokenizer.encode_batch_fast(texts)]
-    if is_chat:
+    if "chosen" in lengths:  # a pair: its prompt, and the longer of its answers
+        prompt = lengths["conversation"] if is_chat else np.add(lengths["prompt"], MESSAGE_TOKENS)
+        answer = np.maximum(lengths["chosen"], lengths["rejected"]) + MESSAGE_TOKENS
+        totals = np.asarray(prompt, dtype=int) + answer
+    elif is_chat:
         totals = np.asarray(lengths["conversation"], dtype=int)
     else:
         totals = np.add(lengths["question"], lengths["answer"]) + TEMPLATE_TOKENS
@@ -202,6 +208,7 @@ def ingest(
             result.error_total += report.error_total
             result.warnings += [p.to_json(split) for p in report.warnings]
             result.stats[split] = {**report.stats, "bytes": store.size(key)}
+        _check_kinds(result)
         if not result.ok:
             return result
         for split, sink in sinks.items():
@@ -226,6 +233,22 @@ def ingest(
             result.files[split] = store.uri(stored.key)
             result.stats[split]["parquet_bytes"] = stored.size
     return result
+
+
+def _check_kinds(result: IngestResult) -> None:
+    """Every split holds preference pairs, or none does: a DPO task validates on pairs,
+    an SFT task on answers."""
+    preference = {s for s, stats in result.stats.items() if stats.get("kind") == "preference"}
+    if result.ok and preference and preference != set(result.stats):
+        other = sorted(set(result.stats) - preference)[0]
+        result.error_total += 1
+        result.errors.append(
+            Problem(
+                "split_kind_mismatch",
+                f"The {sorted(preference)[0]} split holds preference pairs but the {other} "
+                "split does not; every split of a dataset holds the same kind of rows.",
+            ).to_json(other)
+        )
 
 
 def sniff_format(open_: Opener) -> str:

@@ -33,7 +33,7 @@ const EMPTY = {
   question: "question", answer: "answer", source: "file", uri: "", validate_uri: "", test_uri: "",
   plugin: "", parameters: "{}", format: "auto",
 };
-const FORMATS = ["auto", "csv", "openai", "sharegpt", "alpaca"];
+const FORMATS = ["auto", "csv", "openai", "sharegpt", "alpaca", "preference"];
 const ACCEPT = ".csv,text/csv,.jsonl,.json,application/json";
 
 function metadataOf(form, labels) {
