@@ -1,8 +1,19 @@
-"""Training speed, memory and loss of tunelab's SFT loop, beside a plain Hugging Face Trainer.
+"""Training speed, memory and loss of tunelab's loop, beside a plain Hugging Face Trainer
+(SFT) or TRL's DPOTrainer (DPO, `--dpo`).
 
 Run by hand (not in CI), from the repository root:
 
     .venv/bin/python bench/train.py [--epochs 3] [--pairs 200] [--rounds 2] [--same-order]
+    .venv/bin/python bench/train.py --dpo [--pairs 200] [--epochs 2]
+
+With `--dpo` both sides train the same LoRA adapter by DPO (preset tiny-dpo, sigmoid
+loss, no SFT term, beta, learning rate and schedule alike) on the same synthetic
+preference pairs (`tunelab.synthetic.preference_pairs`): tunelab's Trainer, which packs
+each batch's chosen and rejected answers into one row and computes the reference
+log-likelihoods once before the first step (counted in its time), against TRL's
+`DPOTrainer` as its documentation sets it up for a PEFT model: the reference is the
+adapter disabled, computed every step, and batches padded to their longest row. TRL
+tokenizes the pairs itself from the same conversations.
 
 Both sides fine-tune the built-in tiny LLaMA (built on first use, about 90 s) with the
 same LoRA adapter (`load_model`, preset tiny-lora: r16 on every linear layer), the same
@@ -62,6 +73,7 @@ from typing import Any
 
 SIDES = ("tunelab", "baseline")
 TARGETS = {"speed": 1.5, "memory": 0.8, "loss": 0.02}
+DPO_TARGETS = {"speed": 1.3, "memory": 1.0, "loss": 0.02}
 
 
 class Turns:
@@ -119,6 +131,16 @@ def _pairs(args: argparse.Namespace) -> list[tuple[str, str]]:
     return pairs
 
 
+def _preferences(args: argparse.Namespace) -> list[Any]:
+    from tunelab.preferences import Preference
+    from tunelab.synthetic import preference_pairs
+
+    return [
+        Preference([{"role": "user", "content": q, "weight": None}], c, r)
+        for q, c, r in preference_pairs(args.pairs, args.seed)
+    ]
+
+
 def _setup(args: argparse.Namespace) -> dict[str, Any]:
     """Everything both sides share: libraries, tokenizer, samples, parameters, model."""
     # Both sides import the same libraries, so that the after-load RSS compares like
@@ -142,16 +164,21 @@ def _setup(args: argparse.Namespace) -> dict[str, Any]:
     cache = Path.home() / ".cache" / "tunelab"
     base = Path(args.base) if args.base else ensure_tiny_base(cache / "models", cache)
     params = resolve(
-        args.preset,
+        "tiny-dpo" if args.dpo else args.preset,
         {
             "epochs": args.epochs,
             "seed": args.seed,
             "block_size": args.block_size,
             **({"batch_size": args.batch_size} if args.batch_size else {}),
+            # TRL's SFT term averages over a batch's tokens, tunelab's over each pair's.
+            **({"dpo_sft_weight": 0.0} if args.dpo else {}),
         },
     )
     tokenizer = load_tokenizer(base)
-    data = TrainingData.from_pairs(tokenizer, _pairs(args), params.block_size)
+    if args.dpo:
+        data = TrainingData.from_preferences(tokenizer, _preferences(args), params.block_size)
+    else:
+        data = TrainingData.from_pairs(tokenizer, _pairs(args), params.block_size)
     # The LoRA A matrices are drawn from torch's generator: the same seed, the same init.
     torch.manual_seed(params.seed)
     model = load_model(base, params, device)
@@ -161,6 +188,7 @@ def _setup(args: argparse.Namespace) -> dict[str, Any]:
         "tokenizer": tokenizer,
         "data": data,
         "model": model,
+        "preferences": _preferences(args) if args.dpo else [],
     }
 
 
@@ -177,11 +205,17 @@ def run_tunelab(s: dict[str, Any], turns: Turns) -> dict[str, Any]:
     # Packed batches hold no padding: a step's tokens are its samples' (in the trainer's
     # seeded order), and every sample is seen once per epoch.
     params, samples = s["params"], s["data"].samples
+
+    def tokens(item: Any) -> int:  # a sample, or a pair's two
+        if hasattr(item, "chosen"):
+            return len(item.chosen.input_ids) + len(item.rejected.input_ids)
+        return len(item.input_ids)
+
     micro = []
     for epoch in range(params.epochs):
         order = epoch_order(len(samples), params.seed, epoch)
         for i in range(0, len(order), params.batch_size):
-            micro.append(sum(len(samples[j].input_ids) for j in order[i : i + params.batch_size]))
+            micro.append(sum(tokens(samples[j]) for j in order[i : i + params.batch_size]))
     real = sum(micro)
     return {
         "seconds": seconds,
@@ -203,7 +237,7 @@ def run_baseline(
     from transformers import Trainer as HFTrainer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from tunelab.training.packing import epoch_order, steps_per_epoch
+    from tunelab.training.packing import steps_per_epoch
     from tunelab.training.template import IGNORE
 
     params, device = s["params"], s["device"]
@@ -274,26 +308,7 @@ def run_baseline(
     )
     trainer_class = HFTrainer
     if same_order:
-
-        class TunelabOrder(torch.utils.data.Sampler[int]):
-            """tunelab's seeded permutation of each epoch; one epoch per iteration."""
-
-            def __init__(self) -> None:
-                self.epoch = 0
-
-            def __len__(self) -> int:
-                return len(dataset)
-
-            def __iter__(self) -> Any:
-                order = epoch_order(len(dataset), params.seed, self.epoch)
-                self.epoch += 1
-                return iter(order)
-
-        class SameOrderTrainer(HFTrainer):  # type: ignore[misc]
-            def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-                return TunelabOrder()
-
-        trainer_class = SameOrderTrainer
+        trainer_class = _in_tunelab_order(HFTrainer, len(dataset), params.seed)
     trainer = trainer_class(
         model=s["model"],
         args=args,
@@ -319,6 +334,132 @@ def run_baseline(
         "steps": trainer.state.global_step,
         "step_seconds": turns.step_seconds,
         "step_tokens": _per_step(micro, params.gradient_accumulation_steps),
+    }
+
+
+def _in_tunelab_order(trainer_class: Any, count: int, seed: int) -> Any:
+    """`trainer_class` fed tunelab's seeded sample order, one epoch per iteration."""
+    import torch
+
+    from tunelab.training.packing import epoch_order
+
+    class TunelabOrder(torch.utils.data.Sampler[int]):
+        def __init__(self) -> None:
+            self.epoch = 0
+
+        def __len__(self) -> int:
+            return count
+
+        def __iter__(self) -> Any:
+            order = epoch_order(count, seed, self.epoch)
+            self.epoch += 1
+            return iter(order)
+
+    class SameOrder(trainer_class):  # type: ignore[misc,valid-type]
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            return TunelabOrder()
+
+    return SameOrder
+
+
+def run_trl_dpo(
+    s: dict[str, Any], turns: Turns, workdir: Path, same_order: bool = False
+) -> dict[str, Any]:
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from trl import DPOConfig, DPOTrainer
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    from tunelab.training.packing import steps_per_epoch
+
+    params, device, tokenizer = s["params"], s["device"], s["tokenizer"]
+    rows = [
+        {
+            "prompt": [{"role": m["role"], "content": m["content"]} for m in p.prompt],
+            "chosen": [{"role": "assistant", "content": p.chosen}],
+            "rejected": [{"role": "assistant", "content": p.rejected}],
+        }
+        for p in s["preferences"]
+    ]
+    counts = {"real": 0, "computed": 0}
+    micro: list[int] = []
+    pad = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id)
+
+    def collate(features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = pad(features)
+        micro.append(int(batch["attention_mask"].sum()))
+        counts["real"] += micro[-1]
+        counts["computed"] += int(batch["attention_mask"].numel())
+        return batch
+
+    losses: list[float] = []
+    take_turn = _turn(s, turns)
+
+    class Losses(TrainerCallback):  # type: ignore[misc]
+        def on_log(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            logs = kwargs.get("logs") or {}
+            if "loss" in logs:
+                losses.append(float(logs["loss"]))
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            take_turn(None)
+
+    steps = steps_per_epoch(len(rows), params.batch_size) * params.epochs
+    dtype = _compute_dtype(params, device)
+    config = DPOConfig(
+        output_dir=str(workdir),
+        per_device_train_batch_size=params.batch_size,
+        num_train_epochs=params.epochs,
+        learning_rate=params.learning_rate,
+        lr_scheduler_type=params.scheduler,
+        warmup_steps=round(params.warmup_ratio * steps),
+        weight_decay=params.weight_decay,
+        max_grad_norm=params.max_grad_norm,
+        optim="adamw_torch",
+        seed=params.seed,
+        beta=params.dpo_beta,
+        loss_type=[params.dpo_loss],
+        max_length=params.block_size,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        use_cpu=device.type == "cpu",
+        logging_strategy="steps",
+        logging_steps=1,
+        eval_strategy="no",
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    trainer_class = DPOTrainer
+    if same_order:
+        trainer_class = _in_tunelab_order(DPOTrainer, len(rows), params.seed)
+    trainer = trainer_class(
+        model=s["model"],
+        args=config,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        data_collator=collate,
+        callbacks=[Losses()],
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    turns.start()
+    start, cpu = time.perf_counter(), time.process_time()
+    trainer.train()
+    _sync(device)
+    seconds, cpu = time.perf_counter() - start - turns.waited, time.process_time() - cpu
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "real_tokens": counts["real"],
+        "computed_tokens": counts["computed"],
+        "losses": losses,
+        "steps": trainer.state.global_step,
+        "step_seconds": turns.step_seconds,
+        "step_tokens": micro,
     }
 
 
@@ -357,7 +498,9 @@ def child(side: str, args: argparse.Namespace, out: Path) -> None:
     if s["device"].type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory(prefix="tunelab-bench-hf-") as workdir:
-        if side == "baseline":
+        if side == "baseline" and args.dpo:
+            result = run_trl_dpo(s, turns, Path(workdir), args.same_order)
+        elif side == "baseline":
             result = run_baseline(s, turns, Path(workdir), args.same_order)
         else:
             result = run_tunelab(s, turns)
@@ -392,6 +535,8 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
         argv.append("--cpu")
     if args.same_order:
         argv.append("--same-order")
+    if args.dpo:
+        argv.append("--dpo")
     return argv
 
 
@@ -456,6 +601,7 @@ def _window_mean(values: list[float], end: int, size: int) -> float:
 
 
 def report(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> None:
+    targets = DPO_TARGETS if args.dpo else TARGETS
     # Rounds pooled: tokens and seconds summed (turns put any outside load on both sides
     # alike). Losses are the same in every round (seeded): the first round's are shown.
     summed = ("seconds", "cpu_seconds", "real_tokens", "computed_tokens")
@@ -507,7 +653,7 @@ def report(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> N
     loaded = {side: max(r["after_load_mb"] for r in rs) for side, rs in runs.items()}
     # (label, tunelab, baseline, ratio shown, note)
     rows: list[tuple[str, float, float, bool, str]] = [
-        ("real tokens/s", tps(ours), tps(base), True, f"target >= {TARGETS['speed']}x"),
+        ("real tokens/s", tps(ours), tps(base), True, f"target >= {targets['speed']}x"),
         ("real tokens/s, median step", step_tps("tunelab"), step_tps("baseline"), True,
          "robust to load spikes"),
         ("real tokens per CPU-second", ours["real_tokens"] / ours["cpu_seconds"],
@@ -520,11 +666,11 @@ def report(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> N
          100 * (1 - base["real_tokens"] / base["computed_tokens"]), False, ""),
         ("RSS after model load MB", loaded["tunelab"], loaded["baseline"], True, ""),
         ("peak RSS MB", peak["tunelab"], peak["baseline"], True,
-         f"target <= {TARGETS['memory']}x"),
+         f"target <= {targets['memory']}x"),
         ("peak - after load MB", peak["tunelab"] - loaded["tunelab"],
          peak["baseline"] - loaded["baseline"], True, "what training added"),
         (f"final loss, mean last {tail} steps", final_ours, final_base, True,
-         f"target within {TARGETS['loss']:.0%}"),
+         f"target within {targets['loss']:.0%}"),
     ]  # fmt: skip
     if ours["gpu_peak_mb"] is not None:
         rows.append(("peak GPU memory MB", ours["gpu_peak_mb"], base["gpu_peak_mb"], True, ""))
@@ -548,14 +694,14 @@ def report(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> N
         print(f"same order: step losses differ by at most {worst:.1e} (relative)")
 
     checks = {
-        f"real tokens/s >= {TARGETS['speed']}x baseline ({tps(ours) / tps(base):.2f}x)": (
-            tps(ours) >= TARGETS["speed"] * tps(base)
+        f"real tokens/s >= {targets['speed']}x baseline ({tps(ours) / tps(base):.2f}x)": (
+            tps(ours) >= targets["speed"] * tps(base)
         ),
-        f"peak RSS <= {TARGETS['memory']}x baseline ({peak['tunelab'] / peak['baseline']:.2f}x)": (
-            peak["tunelab"] <= TARGETS["memory"] * peak["baseline"]
+        f"peak RSS <= {targets['memory']}x baseline ({peak['tunelab'] / peak['baseline']:.2f}x)": (
+            peak["tunelab"] <= targets["memory"] * peak["baseline"]
         ),
-        f"final losses within {TARGETS['loss']:.0%} ({loss_diff:.2%})": loss_diff
-        <= TARGETS["loss"],
+        f"final losses within {targets['loss']:.0%} ({loss_diff:.2%})": loss_diff
+        <= targets["loss"],
     }
     print()
     for name, met in checks.items():
@@ -595,6 +741,9 @@ def main() -> None:
         "--same-order",
         action="store_true",
         help="feed the baseline tunelab's sample order, so that step losses compare one to one",
+    )
+    parser.add_argument(
+        "--dpo", action="store_true", help="DPO on preference pairs, against TRL's DPOTrainer"
     )
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)

@@ -27,7 +27,8 @@ class GroupRequest(BaseModel):
     name: Name
     cluster: Name = "local"
     namespace: Name = "default"
-    finetune_type: Literal["SFT", "DPO"] = "SFT"
+    finetune_type: Literal["SFT", "DPO"] | None = None
+    """SFT or DPO; unset: the preset's (or the parameters') choice, else SFT."""
     preset: str | None = None
     """Start from a shipped preset (GET /api/v1/parameter-presets); `parameters` on top."""
     parameters: dict[str, Any] = Field(default_factory=dict)
@@ -68,14 +69,15 @@ async def create_group(request: Request) -> JSONResponse:
 
 
 def _create(request: Request, spec: GroupRequest) -> dict[str, Any]:
-    given = spec.parameters.get("finetune_type", spec.finetune_type)
-    if given != spec.finetune_type:
-        message = (
-            f"parameters.finetune_type is {given!r} but the group's is {spec.finetune_type!r}."
-        )
+    given = spec.parameters.get("finetune_type")
+    if spec.finetune_type and given and given != spec.finetune_type:
+        message = f"parameters.finetune_type is {given!r}, finetune_type {spec.finetune_type!r}."
         raise Invalid(message, [{"field": "parameters.finetune_type", "message": message}])
+    values = dict(spec.parameters)
+    if spec.finetune_type:
+        values["finetune_type"] = spec.finetune_type
     try:
-        params = resolve(spec.preset, {**spec.parameters, "finetune_type": spec.finetune_type})
+        params = resolve(spec.preset, values)
     except ValidationError as exc:
         details = errors_of(exc, "parameters")
         raise Invalid(
@@ -90,7 +92,7 @@ def _create(request: Request, spec: GroupRequest) -> dict[str, Any]:
         name=spec.name,
         cluster=spec.cluster,
         namespace=spec.namespace,
-        finetune_type=spec.finetune_type,
+        finetune_type=params.finetune_type,
         parameters=params.model_dump(mode="json"),
     )
     try:

@@ -1,5 +1,5 @@
-"""The catalogue of bad conversation files, each through the ingestion actor: the
-dataset's status, the problem's code, and the line and field it names."""
+"""The catalogue of bad conversation and preference files, each through the ingestion
+actor: the dataset's status, the problem's code, and the line and field it names."""
 
 from __future__ import annotations
 
@@ -32,23 +32,35 @@ def lines(*records: Any) -> bytes:
     return "\n".join(out).encode() + b"\n"
 
 
-def ingest_bytes(ctx: Context, name: str, data: bytes, **formats: str) -> Dataset:
+def ingest_bytes(
+    ctx: Context,
+    name: str,
+    data: bytes,
+    fmt: str = "json",
+    validate: tuple[bytes, str] | None = None,
+    mapping: dict[str, str] | None = None,
+) -> Dataset:
+    """Ingest `data` as the train split (and `validate`: its bytes and format)."""
     with ctx.db.session() as session:
         workspace = ensure_workspace(session, "acme")
         dataset = Dataset(
             workspace_id=workspace.id, name=name, metadata_={}, source={"type": "upload"}
         )
         session.add(dataset)
-    staged = ctx.store.put_bytes(keys.dataset_staging(dataset.id), data)
+    files = {"train": (data, fmt), **({"validate": validate} if validate else {})}
+    sources = {
+        split: ctx.store.uri(ctx.store.put_bytes(keys.dataset_staging(dataset.id, split), b).key)
+        for split, (b, _) in files.items()
+    }
     ctx.bus.publish(
         DatasetUploaded(
             workspace=workspace.id,
             data=DatasetUploadedData(
                 dataset_id=dataset.id,
                 name=name,
-                sources={"train": ctx.store.uri(staged.key)},
-                formats={"train": formats.get("fmt", "json")},
-                feature_mapping={"question": "question", "answer": "answer"},
+                sources=sources,
+                formats={split: f for split, (_, f) in files.items()},
+                feature_mapping=mapping or {"question": "question", "answer": "answer"},
             ),
         )
     )
@@ -331,3 +343,135 @@ def test_duplicates_are_dropped_and_overlong_conversations_are_warned_with_their
     assert warnings["conversation_too_long"]["line"] == 13
     assert warnings["conversation_too_long"]["field"] == "messages"
     assert dataset.stats["train"]["tokens"]["rows_over_block_size"] == 1
+
+
+# ---- preference pairs ------------------------------------------------------------------
+
+
+def pair(prompt: Any, chosen: Any, rejected: Any) -> dict[str, Any]:
+    return {
+        "input": {"messages": prompt},
+        "preferred_output": chosen,
+        "non_preferred_output": rejected,
+    }
+
+
+def good_pair(i: int) -> dict[str, Any]:
+    return pair(
+        [{"role": "user", "content": f"What is {i} plus one?"}],
+        [{"role": "assistant", "content": f"{i + 1}"}],
+        [{"role": "assistant", "content": f"I think {i + 2}"}],
+    )
+
+
+USER = [{"role": "user", "content": "a"}]
+YES, NO = [{"role": "assistant", "content": "yes"}], [{"role": "assistant", "content": "no"}]
+PREFERENCE_BAD = [
+    (
+        "no preferred output",
+        {"input": {"messages": USER}, "non_preferred_output": NO},
+        "missing_field",
+        "preferred_output",
+    ),
+    ("two preferred outputs", pair(USER, YES + YES, NO), "not_a_list", "preferred_output"),
+    (
+        "answer not a string",
+        pair(USER, [{"role": "assistant", "content": 3}], NO),
+        "not_a_string",
+        "preferred_output[0].content",
+    ),
+    (
+        "empty rejected answer",
+        pair(USER, YES, [{"role": "assistant", "content": " "}]),
+        "empty_content",
+        "non_preferred_output[0].content",
+    ),
+    (
+        "the answer is the user's",
+        pair(USER, YES, [{"role": "user", "content": "no"}]),
+        "unknown_role",
+        "non_preferred_output[0].role",
+    ),
+    (
+        "prompt ends on the assistant",
+        pair([*USER, *YES], YES, NO),
+        "prompt_not_on_user",
+        "input.messages[1]",
+    ),
+    ("no input", {"preferred_output": YES, "non_preferred_output": NO}, "missing_field", "input"),
+    (
+        "misspelt prompt role",
+        pair([{"role": "usr", "content": "a"}], YES, NO),
+        "unknown_role",
+        "input.messages[0].role",
+    ),
+    (
+        "the same answer twice",
+        pair(USER, YES, YES),
+        "same_answers",
+        "non_preferred_output[0].content",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("record", "code", "field"),
+    [case[1:] for case in PREFERENCE_BAD],
+    ids=[case[0] for case in PREFERENCE_BAD],
+)
+def test_a_bad_preference_pair_fails_naming_its_line_and_field(
+    ctx: Context, record: Any, code: str, field: str
+) -> None:
+    body = [json.dumps(good_pair(i)) for i in range(11)] + [json.dumps(record)]
+    dataset = ingest_bytes(ctx, "bad-pair", "\n".join(body).encode())
+    assert dataset.status == "failed"
+    first = dataset.error["details"][0]
+    assert (first["code"], first["line"], first.get("field")) == (code, 12, field), first
+
+
+def stored_table(ctx: Context, dataset: Dataset, split: str = "train") -> Any:
+    with ctx.store.open(key_from_uri(dataset.files[split])) as data:
+        return pq.read_table(data)
+
+
+def test_preference_pairs_are_stored_with_their_prompt_and_both_answers(ctx: Context) -> None:
+    records = [good_pair(i) for i in range(12)]
+    records[3]["input"]["messages"] = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "What is 3 plus one?"},
+    ]
+    data = "\n".join(json.dumps(r) for r in records).encode()
+    dataset = ingest_bytes(ctx, "pairs", data)
+    assert dataset.status == "ready", dataset.error
+    assert dataset.stats["train"]["kind"] == "preference"
+    assert dataset.stats["train"]["format"] == "preference"
+    row = stored_table(ctx, dataset).slice(3, 1).to_pylist()[0]
+    assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant", "user"]
+    assert (row["chosen"], row["rejected"]) == ("4", "I think 5")
+    assert dataset.stats["train"]["tokens"]["rows_over_block_size"] == 0
+
+
+def test_a_preference_csv_is_recognised_by_its_columns_or_mapped(ctx: Context) -> None:
+    rows = "".join(f'"Q{i}?","A{i}.","B{i}."\n' for i in range(12))
+    auto = ingest_bytes(ctx, "pref-csv", ("prompt,chosen,rejected\n" + rows).encode(), "csv")
+    assert auto.status == "ready", auto.error
+    assert auto.stats["train"]["kind"] == "preference"
+    assert stored_table(ctx, auto).column_names == ["prompt", "chosen", "rejected"]
+    mapped = ingest_bytes(
+        ctx,
+        "pref-mapped",
+        ("q,good,bad\n" + rows + '"Q12?","","B12."\n').encode(),
+        "csv",
+        mapping={"prompt": "q", "chosen": "good", "rejected": "bad"},
+    )
+    first = mapped.error["details"][0]
+    assert (first["code"], first["line"], first["field"]) == ("empty_cell", 14, "good"), first
+
+
+def test_every_split_holds_pairs_or_none_does(ctx: Context) -> None:
+    pairs = "\n".join(json.dumps(good_pair(i)) for i in range(12)).encode()
+    dataset = ingest_bytes(ctx, "mixed", pairs, validate=(lines(), "json"))
+    first = dataset.error["details"][0]
+    assert (first["code"], first["file"]) == ("split_kind_mismatch", "validate"), first

@@ -35,12 +35,23 @@ def _lineage(chain: list[dict[str, Any]]) -> str:
     return f"\n## Lineage\n\nContinued from {steps}.\n"
 
 
+def _merged(source: dict[str, str] | None) -> str:
+    if not source:
+        return ""
+    return (
+        f"\nThe LoRA adapter of `{source['name']}` merged into its base's weights; "
+        "the evaluation above is the adapter's.\n"
+    )
+
+
 def model_card(name: str, spec: dict[str, Any]) -> str:
     dataset = spec["dataset"]
     kind = "LoRA adapter" if spec["adapter"] else "full fine-tuned weights"
+    method = spec["parameters"].get("finetune_type", "SFT")
+    lineage = spec.get("lineage") or []
     return f"""# {name}
 
-{kind} fine-tuned by tunelab (SFT) from base model `{spec["base_model"]}`
+{kind} fine-tuned by tunelab ({method}) from base model `{spec["base_model"]}`
 (`{spec["base_model_uri"]}`), in experiment `{spec["experiment"]}`, task `{spec["task"]}`.
 
 ## Data
@@ -56,7 +67,7 @@ def model_card(name: str, spec: dict[str, Any]) -> str:
 | fine-tuned | {spec["score"]:.4f} | {spec["evaluation"].get("exact_match", 0):.4f} |
 
 Final training loss {spec["metrics"]["final_loss"]:.4f} after {spec["metrics"]["steps"]} steps.
-{_selection(spec.get("selection"))}{_lineage(spec.get("lineage") or [])}
+{_selection(spec.get("selection"))}{_merged(spec.get("merged_from"))}{_lineage(lineage)}
 ## Serving
 
 Prompts are rendered with the chat template saved beside the weights (`tunelab.json`,

@@ -88,19 +88,25 @@ function Problems({ error }) {
   </div>`;
 }
 
+function Turns({ messages }) {
+  return messages.map((m) => html`<div class="turn ${m.role}${m.weight === 0 ? " untrained" : ""}"><b>${t(`role.${m.role}`)}</b> ${m.content}</div>`);
+}
+
 function Preview({ name }) {
   const { data, error } = useResource(`/api/v1/datasets/${encodeURIComponent(name)}/preview?limit=20`);
   if (!data) return html`<${Loading} error=${error} />`;
+  // Preference pairs (a prompt, chosen and rejected), conversations, or Q&A pairs.
+  const pairs = data.rows.some((r) => "chosen" in r);
   const chats = data.rows.some((r) => r.messages);
+  const head = pairs ? ["prompt", "chosen", "rejected"] : chats ? ["conversation"] : ["question", "answer"];
+  const cells = (r) => pairs
+    ? [r.messages ? html`<${Turns} messages=${r.messages} />` : r.prompt, r.chosen, r.rejected]
+    : chats ? [html`<${Turns} messages=${r.messages} />`] : [r.question, r.answer];
   return html`<div class="panel">
     <h2>${t("datasets.preview")}</h2>
     <div class="table-wrap"><table class="list preview" data-testid="preview">
-      <thead><tr><th>#</th>${chats
-        ? html`<th>${t("field.conversation")}</th>`
-        : html`<th>${t("field.question")}</th><th>${t("field.answer")}</th>`}</tr></thead>
-      <tbody>${data.rows.map((r, i) => html`<tr><td>${i + 1}</td>${chats
-        ? html`<td>${r.messages.map((m) => html`<div class="turn ${m.role}${m.weight === 0 ? " untrained" : ""}"><b>${t(`role.${m.role}`)}</b> ${m.content}</div>`)}</td>`
-        : html`<td>${r.question}</td><td>${r.answer}</td>`}</tr>`)}</tbody>
+      <thead><tr><th>#</th>${head.map((h) => html`<th>${t(`field.${h}`)}</th>`)}</tr></thead>
+      <tbody>${data.rows.map((r, i) => html`<tr><td>${i + 1}</td>${cells(r).map((c) => html`<td>${c}</td>`)}</tr>`)}</tbody>
     </table></div>
   </div>`;
 }
@@ -135,7 +141,8 @@ export function DatasetDetail({ params: [name] }) {
       <dt>${t("field.license")}</dt><dd>${d.license || "—"}</dd>
       <dt>${t("field.size_category")}</dt><dd>${d.size_category || "—"}</dd>
       <dt>${t("field.task_type")}</dt><dd>${d.task?.type} ${(d.task?.subtypes || []).join(", ")}</dd>
-      <dt>${t("field.feature_mapping")}</dt><dd>${d.feature_mapping?.question} → ${t("field.question")}, ${d.feature_mapping?.answer} → ${t("field.answer")}</dd>
+      <dt>${t("field.feature_mapping")}</dt><dd>${Object.entries(d.feature_mapping || {}).map(([f, c]) => `${c} → ${t(`field.${f}`)}`).join(", ")}</dd>
+      ${d.kind ? html`<dt>${t("datasets.kind")}</dt><dd data-testid="kind">${t(`datasets.kind_${d.kind}`)}</dd>` : null}
       ${d.stats?.turns?.max ? html`<dt>${t("datasets.turns")}</dt><dd>${t("datasets.turns_summary", d.stats.turns)}</dd>` : null}
       <dt>${t("datasets.rows")}</dt><dd>${Object.entries(d.splits || {}).map(([split, s]) => `${t(`split_name.${split}`)}: ${s.rows ?? "—"}`).join(" · ") || "—"}</dd>
       <dt>${t("field.created")}</dt><dd><${When} iso=${d.created_at} /></dd>

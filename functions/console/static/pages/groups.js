@@ -154,7 +154,7 @@ export function GroupForm() {
     try {
       await api("/api/v1/parameter-groups", {
         method: "POST",
-        json: { ...form, preset: form.preset || undefined, finetune_type: "SFT", parameters },
+        json: { ...form, preset: form.preset || undefined, parameters },
       });
       go("#/parameter-groups");
     } catch (exc) {
@@ -171,7 +171,6 @@ export function GroupForm() {
         <${Field} label=${t("field.name")} error=${nameProblem || server.name} hint=${t("check.dns_label")}>
           <input name="name" value=${form.name} autocomplete="off" onInput=${(e) => setForm({ ...form, name: e.target.value })} />
         </${Field}>
-        <${Field} label=${t("groups.finetune_type")}><select name="finetune_type" disabled><option>SFT</option></select></${Field}>
         <${Field} label=${t("field.cluster")} error=${server.cluster}>
           <select name="cluster" value=${form.cluster} onChange=${(e) => setForm({ ...form, cluster: e.target.value, namespace: firstNamespace(clusters, e.target.value) })}>
             <${Options} items=${clusters.map((c) => c.name)} /></select>
