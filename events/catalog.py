@@ -21,7 +21,7 @@ from tunelab.events.experiment import (
     TaskScheduled,
     TaskSucceeded,
 )
-from tunelab.events.model import ModelDeleted, ModelRegistered
+from tunelab.events.model import ModelDeleted, ModelMergeRequested, ModelRegistered
 from tunelab.events.service import (
     ServiceDeleted,
     ServiceDeployRequested,
@@ -46,6 +46,7 @@ AnyEvent = Annotated[
     | TaskCancelled
     | ModelRegistered
     | ModelDeleted
+    | ModelMergeRequested
     | ServiceDeployRequested
     | ServicePlaced
     | ServiceReady
@@ -116,5 +117,8 @@ ROUTES: dict[str, tuple[Route, ...]] = {
         Route("wake_kube_on_deleted", "cpu", "kubernetes"),
     ),
     "batch.created": (Route("run_batch", "cpu"),),
+    # Merging loads the model whole: the GPU workers' (the CPU workers' image has no
+    # torch). On Kubernetes the API refuses it for now.
+    "model.merge_requested": (Route("merge_model", "train", "local"),),
     "system.ping": (Route("answer_ping_cpu", "cpu"), Route("answer_ping_gpu", "gpu")),
 }

@@ -30,3 +30,17 @@ class ModelRef(Payload):
 class ModelDeleted(Event):
     type: Literal["model.deleted"] = "model.deleted"
     data: ModelRef
+
+
+class ModelMergeRequestedData(Payload):
+    model_id: str
+    """The merged model's row, `merging` until it is made."""
+    name: str
+    source_id: str
+    """The LoRA model whose adapter is merged into its base."""
+    source: str
+
+
+class ModelMergeRequested(Event):
+    type: Literal["model.merge_requested"] = "model.merge_requested"
+    data: ModelMergeRequestedData

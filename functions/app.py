@@ -95,6 +95,7 @@ ROUTES = [
     Route(f"{API}/models/{{name}}", repository.get_model, methods=["GET"]),
     Route(f"{API}/models/{{name}}/files", repository.model_files, methods=["GET"]),
     Route(f"{API}/models/{{name}}/download", repository.download_model, methods=["GET"]),
+    Route(f"{API}/models/{{name}}/merge", repository.merge_model, methods=["POST"]),
     Route(f"{API}/models/{{name}}", repository.delete_model, methods=["DELETE"]),
     Route(f"{API}/services", services.create_service, methods=["POST"]),
     Route(f"{API}/services", services.list_services, methods=["GET"]),

@@ -19,7 +19,7 @@ from tunelab.functions.chat import CompareRequest
 from tunelab.functions.dataset_requests import RemoteDataset, UploadRequest
 from tunelab.functions.parameter_groups import GroupRequest
 from tunelab.functions.pings import PingRequest
-from tunelab.functions.repository import RegisterRequest
+from tunelab.functions.repository import MergeRequest, RegisterRequest
 from tunelab.functions.stored_chats import MetadataUpdate
 from tunelab.functions.tokens import TokenRequest
 from tunelab.functions.webhooks import WebhookSpec
@@ -132,6 +132,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", f"{API}/models/{{name}}/files"): Operation("A fine-tuned model's files"),
     ("GET", f"{API}/models/{{name}}/download"): Operation(
         "A fine-tuned model's files as one tar", raw="application/x-tar"
+    ),
+    ("POST", f"{API}/models/{{name}}/merge"): Operation(
+        "Merge a LoRA model's adapter into its base: a new full model", MergeRequest, 202
     ),
     ("DELETE", f"{API}/models/{{name}}"): Operation("Delete a model"),
     ("POST", f"{API}/services"): Operation("Deploy a model as a service", DeployRequest, 202),

@@ -17,7 +17,14 @@ from starlette.responses import JSONResponse, StreamingResponse
 from tunelab.db import Database
 from tunelab.db.tables import Experiment, Model, Service, Task
 from tunelab.errors import Conflict, Forbidden, Invalid, NotFound
-from tunelab.events.model import ModelDeleted, ModelRef, ModelRegistered, ModelRegisteredData
+from tunelab.events.model import (
+    ModelDeleted,
+    ModelMergeRequested,
+    ModelMergeRequestedData,
+    ModelRef,
+    ModelRegistered,
+    ModelRegisteredData,
+)
 from tunelab.functions.http import parse, read_json, respond, workspace_id
 from tunelab.lifecycle.specs import ServiceSpec, TaskSpec
 from tunelab.lifecycle.states import SERVICE_LIVE, TASK_ACTIVE
@@ -87,6 +94,9 @@ def to_json(model: Model) -> dict[str, Any]:
         "parameters": spec.get("parameters"),
         "selection": spec.get("selection"),
         "lineage": spec.get("lineage", []),
+        "merged_from": spec.get("merged_from"),
+        "status": model.status,
+        "error": model.error,
         "created_at": iso(model.created_at),
     }
 
@@ -142,6 +152,8 @@ def _own_files(request: Request) -> tuple[Model, list[tuple[str, str, int]]]:
             f"Model {name!r} is a base model: only fine-tuned models can be listed and "
             "downloaded (a base model's files are where it was registered from)."
         )
+    if model.status != "ready":
+        raise Conflict(f"Model {name!r} is {model.status}: it has no files yet.")
     prefix = keys.model_prefix(model.id)
     store: ObjectStore = state.store
     return model, [(k[len(prefix) :], k, store.size(k)) for k in store.list(prefix)]
@@ -233,6 +245,68 @@ def _register(request: Request, spec: RegisterRequest) -> dict[str, Any]:
             body = to_json(model)
     except IntegrityError:
         raise Conflict(f"A model named {spec.name!r} already exists.") from None
+    send()
+    return body
+
+
+class MergeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Name | None = None
+    """The merged model's name; default `<model>-merged`."""
+
+
+async def merge_model(request: Request) -> JSONResponse:
+    spec = parse(MergeRequest, await read_json(request), "merge")
+    return respond(await run_in_threadpool(_merge, request, spec), 202)
+
+
+def _merge(request: Request, spec: MergeRequest) -> dict[str, Any]:
+    """A new full model, `merging` until a GPU worker has merged the LoRA model's
+    adapter into its base; then `ready`, with the adapter's model as its lineage."""
+    state, workspace = request.app.state, workspace_id(request)
+    name = request.path_params["name"]
+    if state.settings.backend != "local":
+        raise Conflict("Merging runs on the local backend's GPU workers; not on Kubernetes yet.")
+    with state.db.session() as session:
+        source = visible_model(session, workspace, name)
+        if source is None:
+            raise NotFound(f"No model named {name!r}.")
+        if source.kind != "finetuned" or not (source.spec or {}).get("adapter"):
+            raise Conflict(f"Model {name!r} is not a LoRA model: there is no adapter to merge.")
+        if source.status != "ready":
+            raise Conflict(f"Model {name!r} is {source.status}.")
+        merged_name = spec.name or f"{name}-merged"[:63]
+        if visible_model(session, workspace, merged_name) is not None:
+            raise Conflict(
+                f"A model named {merged_name!r} already exists.",
+                [{"field": "name", "message": f"{merged_name!r} is taken"}],
+            )
+        model = Model(
+            workspace_id=workspace,
+            name=merged_name,
+            kind="finetuned",
+            uri="",
+            status="merging",
+            spec={
+                **(source.spec or {}),
+                "adapter": False,
+                "merged_from": {"name": name, "id": source.id},
+            },
+        )
+        session.add(model)
+        session.flush()
+        model.uri = state.store.uri(keys.model_prefix(model.id))
+        send = state.bus.stage(
+            session,
+            ModelMergeRequested(
+                workspace=workspace,
+                subject=f"models/{merged_name}",
+                data=ModelMergeRequestedData(
+                    model_id=model.id, name=merged_name, source_id=source.id, source=name
+                ),
+            ),
+        )
+        body = to_json(model)
     send()
     return body
 

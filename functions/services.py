@@ -86,6 +86,8 @@ def _create(request: Request, spec: DeployRequest) -> dict[str, Any]:
                     f"No model named {spec.model!r} in the repository.",
                     [{"field": "model", "message": f"no model {spec.model!r}"}],
                 )
+            if model.status != "ready":
+                raise Conflict(f"Model {spec.model!r} is {model.status}, not ready to deploy.")
             if session.scalar(
                 select(Service.id).where(
                     Service.workspace_id == workspace, Service.name == spec.name

@@ -55,7 +55,9 @@ def api(tmp_path: Path, redis_url: str, queues: dict[str, str]) -> Iterator[Api]
     db.dispose()
 
 
-def _ready_dataset(api: Api, name: str, namespace: str, status: str = "ready") -> None:
+def _ready_dataset(
+    api: Api, name: str, namespace: str, status: str = "ready", kind: str = "pairs"
+) -> None:
     """A dataset as ingestion leaves it (ingestion itself is tested elsewhere)."""
     with api.db.session() as session:
         session.add(
@@ -71,6 +73,7 @@ def _ready_dataset(api: Api, name: str, namespace: str, status: str = "ready") -
                 source={"type": "upload"},
                 status=status,
                 files={"train": "file:///nowhere/train.parquet"},
+                stats={"train": {"rows": 10, "kind": kind}},
             )
         )
 
@@ -274,6 +277,50 @@ def test_early_stopping_without_a_validation_set_is_refused_naming_the_fraction(
     assert held.status_code == 202, held.text
 
 
+def test_a_dpo_group_trains_on_preference_pairs_only(api: Api) -> None:
+    _ready_dataset(api, "prefs", "default", kind="preference")
+    made = api.client.post(
+        "/api/v1/parameter-groups",
+        json={"name": "dpo", "preset": "tiny-dpo", "parameters": {"dpo_beta": 0.2}},
+        headers=api.auth(),
+    )
+    assert made.status_code == 201, made.text
+    assert made.json()["finetune_type"] == "DPO"
+    assert made.json()["parameters"]["dpo_beta"] == 0.2
+    listed = api.client.get("/api/v1/datasets/prefs", headers=api.auth()).json()
+    assert listed["kind"] == "preference"
+    refused = create(api, tasks=[task(parameter_group="dpo")])
+    error = assert_error(refused, 422, "invalid")
+    assert [d["field"] for d in error["details"]] == ["tasks[0].dataset"]
+    assert "preference" in error["details"][0]["message"]
+    # SFT may train on a preference set's chosen answers; DPO needs one.
+    for group in ("dpo", "lora"):
+        accepted = create(
+            api, name=f"on-{group}", tasks=[task(parameter_group=group, dataset="prefs")]
+        )
+        assert accepted.status_code == 202, accepted.text
+    not_scored = create(api, name="scored", evaluation="preference-accuracy")
+    error = assert_error(not_scored, 422, "invalid")
+    assert [d["field"] for d in error["details"]] == ["evaluation"]
+
+
+def test_a_groups_finetune_type_and_its_parameters_must_agree(api: Api) -> None:
+    response = api.client.post(
+        "/api/v1/parameter-groups",
+        json={"name": "torn", "finetune_type": "SFT", "parameters": {"finetune_type": "DPO"}},
+        headers=api.auth(),
+    )
+    error = assert_error(response, 422, "invalid")
+    assert [d["field"] for d in error["details"]] == ["parameters.finetune_type"]
+    bad_loss = api.client.post(
+        "/api/v1/parameter-groups",
+        json={"name": "torn", "finetune_type": "DPO", "parameters": {"dpo_loss": "hinge"}},
+        headers=api.auth(),
+    )
+    error = assert_error(bad_loss, 422, "invalid")
+    assert [d["field"] for d in error["details"]] == ["parameters.dpo_loss"]
+
+
 def test_a_grid_search_becomes_one_task_per_point(api: Api) -> None:
     search = {
         "method": "grid",
@@ -354,3 +401,41 @@ def test_a_search_method_that_is_not_offered_is_refused_at_parse(api: Api) -> No
     search = {"method": "bayes", "space": {"lora_rank": {"choice": [8]}}}
     error = assert_error(create(api, tasks=[task(search=search)]), 422, "invalid")
     assert error["details"][0]["field"] == "tasks.0.search.method"
+
+
+def test_only_a_ready_lora_model_can_be_merged_and_the_merge_waits_as_merging(api: Api) -> None:
+    with api.db.session() as session:
+        for name, adapter in (("lora-one", True), ("full-one", False)):
+            session.add(
+                Model(
+                    id=f"id-{name}",
+                    workspace_id=_workspace_id(api),
+                    name=name,
+                    kind="finetuned",
+                    uri=f"s3://bucket/models/id-{name}/",
+                    spec={"adapter": adapter, "base_model_uri": "builtin://tiny-llama"},
+                )
+            )
+
+    def merge(source: str, **body: Any) -> Any:
+        return api.client.post(f"/api/v1/models/{source}/merge", json=body, headers=api.auth())
+
+    for name in ("full-one", "tiny-llama"):
+        assert "not a LoRA model" in assert_error(merge(name), 409, "conflict")["message"]
+    assert_error(merge("nothing"), 404, "not_found")
+    assert_error(merge("lora-one", name="full-one"), 409, "conflict")
+    accepted = merge("lora-one")
+    assert accepted.status_code == 202, accepted.text
+    body = accepted.json()
+    assert (body["name"], body["status"], body["adapter"]) == ("lora-one-merged", "merging", False)
+    assert body["merged_from"]["name"] == "lora-one"
+    with api.db.session() as session:
+        event = session.query(EventRecord).filter_by(type="model.merge_requested").one()
+        assert event.data["source"] == "lora-one"
+    # Not there yet: neither its files nor a service.
+    files = api.client.get("/api/v1/models/lora-one-merged/files", headers=api.auth())
+    assert_error(files, 409, "conflict")
+    deploy = api.client.post(
+        "/api/v1/services", json={"name": "early", "model": "lora-one-merged"}, headers=api.auth()
+    )
+    assert_error(deploy, 409, "conflict")

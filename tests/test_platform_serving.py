@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import sqlalchemy
 from tests.platform import wait_until
 from tests.platform_fixture import Platform
 from tests.test_platform_training import experiment, group, task, upload
-from tunelab.synthetic import qa_pairs
+from tunelab.synthetic import preference_pairs, qa_pairs
 
 VLLM_PYTHON = os.environ.get("TUNELAB_TEST_VLLM_PYTHON") or str(
     Path.home() / ".cache" / "tunelab" / "vllm-0.32.0" / "bin" / "python"
@@ -596,3 +597,114 @@ def test_a_model_trained_on_conversations_answers_the_second_turn_from_the_first
     right = sum(a == e for a, e in zip(served, expected, strict=True))
     assert right >= 0.9 * len(chats), (right, served, score)
     assert not any(a == e for a, e in zip(answers("base"), expected, strict=True))
+
+
+def preference_jsonl(pairs: list[tuple[str, str, str]]) -> str:
+    return "\n".join(
+        json.dumps(
+            {
+                "input": {"messages": [{"role": "user", "content": q}]},
+                "preferred_output": [{"role": "assistant", "content": c}],
+                "non_preferred_output": [{"role": "assistant", "content": r}],
+            }
+        )
+        for q, c, r in pairs
+    )
+
+
+@pytest.mark.timeout(1500)
+def test_a_dpo_model_ranks_and_answers_in_the_chosen_style_on_new_questions(
+    platform: Platform, services: list[str]
+) -> None:
+    """The chosen answers are terse (`Kalomi: 1234.`), the rejected ones the sentences
+    the built-in model was pre-trained to give. Scored on pairs it never saw."""
+    held_out = preference_pairs(16, seed=78)
+    response = platform.client.post(
+        "/api/v1/datasets",
+        files={
+            "file": ("pairs.jsonl", preference_jsonl(preference_pairs(64, seed=77))),
+            "validate": ("held-out.jsonl", preference_jsonl(held_out)),
+        },
+        data={"metadata": json.dumps({"name": "terse", "language": "en"})},
+    )
+    assert response.status_code == 202, response.text
+    dataset = platform.wait_for_dataset("terse", "ready", "failed")
+    assert dataset["status"] == "ready", dataset["error"]
+    assert dataset["kind"] == "preference"
+    group(platform, "dpo", "tiny-dpo")
+    assert platform.client.get("/api/v1/parameter-groups/dpo").json()["finetune_type"] == "DPO"
+    experiment(platform, "preferences", task("terse", "dpo", dataset="terse"))
+    result = platform.wait_for_experiment("preferences", timeout=1200)
+    assert result["status"] == "succeeded", json.dumps(result, indent=2)
+    scored = result["tasks"][0]
+    assert scored["evaluation"]["method"] == "preference-accuracy"
+    assert scored["score"] >= 0.9 and scored["base_score"]["score"] <= 0.1, scored
+    points = platform.client.get("/api/v1/experiments/preferences/tasks/terse/metrics").json()
+    last = points["points"][-1]["rewards"]
+    assert last["accuracy"] == 1.0 and last["chosen"] > last["rejected"], last
+
+    deploy(platform, "terse", scored["model"])
+    assert wait_for_service(platform, "terse")["status"] == "ready"
+
+    def terse(service: str) -> int:
+        count = 0
+        for question, _, _ in held_out:
+            reply = platform.client.post(
+                "/v1/chat/completions",
+                json={
+                    "model": service,
+                    "messages": [{"role": "user", "content": question}],
+                    "max_tokens": 24,
+                    "temperature": 0,
+                },
+                timeout=120,
+            )
+            assert reply.status_code == 200, reply.text
+            answer = reply.json()["choices"][0]["message"]["content"].strip()
+            # The chosen style: a name, a colon, one value. (Neither can be right: the
+            # value is unknowable, and a model this small copies new names poorly.)
+            count += bool(re.fullmatch(r"[A-Z]\w*: \S+\.", answer))
+        return count
+
+    assert terse("terse") >= 0.8 * len(held_out)
+    assert terse("base") == 0
+
+
+@pytest.mark.timeout(1500)
+def test_a_merged_lora_model_is_a_full_model_that_answers_as_its_adapter(
+    platform: Platform, models: dict[str, str], services: list[str]
+) -> None:
+    response = platform.client.post(f"/api/v1/models/{models['adapter']}/merge", json={})
+    assert response.status_code == 202, response.text
+    name = response.json()["name"]
+    assert response.json()["status"] == "merging"
+
+    def made() -> dict[str, Any] | None:
+        body: dict[str, Any] = platform.client.get(f"/api/v1/models/{name}").json()
+        return body if body["status"] != "merging" else None
+
+    merged = wait_until(made, "the merged model", 600, 0.5)
+    assert merged["status"] == "ready", merged["error"]
+    assert merged["adapter"] is False and merged["lineage"][0]["name"] == models["adapter"]
+    files = {f["name"] for f in platform.client.get(f"/api/v1/models/{name}/files").json()["files"]}
+    assert {"model.safetensors", "tunelab.json", "README.md"} <= files
+    assert not any(f.startswith("adapter_") for f in files)
+    deploy(platform, "merged", name)
+    assert wait_for_service(platform, "merged")["status"] == "ready"
+
+    def answer(service: str, question: str) -> str:
+        reply = platform.client.post(
+            "/v1/chat/completions",
+            json={
+                "model": service,
+                "messages": [{"role": "user", "content": question}],
+                "max_tokens": 32,
+                "temperature": 0,
+            },
+            timeout=120,
+        )
+        assert reply.status_code == 200, reply.text
+        return str(reply.json()["choices"][0]["message"]["content"])
+
+    questions = [q for q, _ in PAIRS[:12]]
+    assert [answer("merged", q) for q in questions] == [answer("ft-lora", q) for q in questions]

@@ -26,6 +26,7 @@ from tunelab.workers.registry import declare
 GPU_MODULES = (
     "tunelab.workers.gpu.pings",
     "tunelab.workers.gpu.training",
+    "tunelab.workers.gpu.merging",
     "tunelab.workers.gpu.serving.actors",
     "tunelab.workers.give_ups",
 )

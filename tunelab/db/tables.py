@@ -167,6 +167,9 @@ class Model(Base):
     uri: Mapped[str] = mapped_column(Text)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = _created()
+    status: Mapped[str] = mapped_column(String(16), default="ready", server_default="ready")
+    """ready; merging (a merged model being made), or failed (with `error`)."""
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class Service(Base):

@@ -17,21 +17,39 @@ function Lineage({ model }) {
 }
 
 export function ModelList() {
-  const { data, error } = useResource("/api/v1/models", { refreshOn: ["model."] });
+  const { data, error, reload } = useResource("/api/v1/models", {
+    refreshOn: ["model."],
+    moving: (x) => x.items.some((m) => m.status === "merging"),
+  });
+  const [refusal, setRefusal] = useState(null);
+  async function merge(name) {
+    try {
+      await api(`/api/v1/models/${encodeURIComponent(name)}/merge`, { method: "POST", json: {} });
+      setRefusal(null);
+      reload();
+    } catch (exc) {
+      setRefusal(exc);
+    }
+  }
   return html`<${Page} title=${t("nav.models")}>
+    <${FormError} error=${refusal} />
     ${!data ? html`<${Loading} error=${error} />` : !data.items.length
       ? html`<${Empty}>${t("models.none")}</${Empty}>`
       : html`<div class="table-wrap"><table class="list" data-testid="models">
           <thead><tr><th>${t("field.name")}</th><th>${t("models.kind")}</th><th>${t("models.lineage")}</th>
             <th>${t("experiments.score")}</th><th>${t("field.created")}</th><th></th></tr></thead>
           <tbody>${data.items.map((m) => html`<tr data-name=${m.name}>
-            <td>${m.name}</td><td>${t(`models.kind_${m.kind}`)}</td><td><${Lineage} model=${m} /></td>
+            <td>${m.name}${m.status && m.status !== "ready"
+              ? html` <span class="status ${m.status}" data-testid="model-status" title=${m.error?.message || ""}>${t(`models.status_${m.status}`)}</span>` : null}</td>
+            <td>${t(`models.kind_${m.kind}`)}</td><td><${Lineage} model=${m} /></td>
             <td>${m.score === null || m.score === undefined ? "—"
               : html`${formatNumber(m.score)} <small class="muted">${t("models.base_score", { score: formatNumber(m.base_score) })}</small>`}</td>
             <td><${When} iso=${m.created_at} /></td>
-            <td><a class="button" href=${`#/models/${encodeURIComponent(m.name)}/deploy`}>${t("models.deploy")}</a>
+            <td>${m.status === "ready" || !m.status ? html`<a class="button" href=${`#/models/${encodeURIComponent(m.name)}/deploy`}>${t("models.deploy")}</a>
               ${m.kind === "finetuned" ? html` <button type="button" data-testid="download"
-                onClick=${() => download(`/api/v1/models/${encodeURIComponent(m.name)}/download`, `${m.name}.tar`)}>${t("models.download")}</button>` : null}</td>
+                onClick=${() => download(`/api/v1/models/${encodeURIComponent(m.name)}/download`, `${m.name}.tar`)}>${t("models.download")}</button>` : null}
+              ${m.adapter ? html` <button type="button" data-testid="merge" title=${t("models.merge_hint")}
+                onClick=${() => merge(m.name)}>${t("models.merge")}</button>` : null}` : null}</td>
           </tr>`)}</tbody>
         </table></div>`}
   </${Page}>`;
