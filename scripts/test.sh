@@ -29,6 +29,9 @@ fi
 # own, cached outside the checkout.
 TUNELAB_TEST_VLLM_PYTHON="${TUNELAB_TEST_VLLM_PYTHON:-$(bash scripts/vllm-venv.sh)}"
 export TUNELAB_TEST_VLLM_PYTHON
+# An MLflow tracking server for the tracking test, in a virtualenv of its own too.
+TUNELAB_TEST_MLFLOW_PYTHON="${TUNELAB_TEST_MLFLOW_PYTHON:-$(bash scripts/mlflow-venv.sh)}"
+export TUNELAB_TEST_MLFLOW_PYTHON
 # The API without the `gpu` extra, as its image has it (the Kubernetes chat test).
 TUNELAB_TEST_API_PYTHON="${TUNELAB_TEST_API_PYTHON:-$(bash scripts/api-venv.sh)}"
 export TUNELAB_TEST_API_PYTHON

@@ -1,5 +1,6 @@
 """Fine-tuning end to end over the real services: the API, the CPU scheduler and the GPU
-worker as processes on PostgreSQL, Redis and an S3 server, training the built-in model."""
+worker as processes on PostgreSQL, Redis and an S3 server, training the built-in model
+and reporting each task to a real MLflow tracking server."""
 
 from __future__ import annotations
 
@@ -7,19 +8,27 @@ import io
 import json
 import os
 import signal
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
 
 from tests.platform import wait_until
 from tests.platform_fixture import Platform
+from tests.services import free_port
 from tunelab.synthetic import qa_pairs
 from tunelab.training.basemodel import ensure_tiny_base
 
 PAIRS = qa_pairs(100, seed=4242)
+MLFLOW_PYTHON = os.environ.get("TUNELAB_TEST_MLFLOW_PYTHON") or str(
+    Path.home() / ".cache" / "tunelab" / "mlflow-3.17.2" / "bin" / "python"
+)
+PLATFORM_ENV: dict[str, str] = {}
 
 
 def csv_of(pairs: list[tuple[str, str]]) -> bytes:
@@ -68,8 +77,41 @@ def experiment(platform: Platform, name: str, *tasks: dict[str, Any], **extra: A
     assert response.status_code == 202, response.text
 
 
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen[bytes]]:
+    """An MLflow tracking server on loopback (scripts/mlflow-venv.sh), set as the
+    platform's TUNELAB_MLFLOW_URI before the platform starts."""
+    if not Path(MLFLOW_PYTHON).exists():
+        if os.environ.get("CI"):
+            raise RuntimeError(f"no MLflow at {MLFLOW_PYTHON}: run scripts/mlflow-venv.sh")
+        pytest.skip("no MLflow environment (scripts/mlflow-venv.sh makes one)")
+    tmp, port = tmp_path_factory.mktemp("mlflow"), free_port()
+    uri = f"http://127.0.0.1:{port}"
+    with (tmp / "server.log").open("wb") as server_log:  # the server keeps its own copy
+        server = subprocess.Popen(
+            [MLFLOW_PYTHON, "-m", "mlflow", "server", "--host", "127.0.0.1", f"--port={port}",
+             "--workers=1", f"--backend-store-uri=sqlite:///{tmp}/mlflow.db",
+             f"--default-artifact-root={tmp}/artifacts"],
+            stdout=subprocess.DEVNULL,
+            stderr=server_log,
+        )  # fmt: skip
+
+    def up() -> bool:
+        assert server.poll() is None, (tmp / "server.log").read_text()[-2000:]
+        try:
+            return httpx.get(f"{uri}/health", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_until(up, "the MLflow server to answer", 120, 0.5)
+    PLATFORM_ENV["TUNELAB_MLFLOW_URI"] = uri
+    yield server
+    server.kill()
+    server.wait()
+
+
 @pytest.fixture(scope="module", autouse=True)
-def data(platform: Platform) -> None:
+def data(mlflow_server: subprocess.Popen[bytes], platform: Platform) -> None:
     upload(platform, "facts", PAIRS)
     group(platform, "lora", "tiny-lora")
     group(platform, "full", "tiny-full")
@@ -311,3 +353,46 @@ def test_a_grid_search_trains_each_trial_and_its_best_is_the_experiments_best(
     assert trials["lr-2"]["score"] > trials["lr-1"]["score"]
     # One at a time: the second trial started after the first had finished.
     assert trials["lr-2"]["started_at"] >= trials["lr-1"]["finished_at"]
+
+
+def test_each_task_is_an_mlflow_run_with_its_parameters_metrics_and_tags(
+    platform: Platform,
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    experiment(platform, "tracked", task("short", "lora", overrides={"epochs": 2}))
+    result = platform.wait_for_experiment("tracked")
+    assert result["status"] == "succeeded", json.dumps(result, indent=2)
+    trained = result["tasks"][0]
+    client = MlflowClient(tracking_uri=PLATFORM_ENV["TUNELAB_MLFLOW_URI"])
+    found = client.get_experiment_by_name("acme/tracked")
+    assert found is not None
+
+    def finished() -> Any:
+        runs = client.search_runs([found.experiment_id])
+        return runs[0] if runs and runs[0].info.status == "FINISHED" else None
+
+    run = wait_until(finished, "the task's run to finish", 60, 0.5)
+    assert run.info.run_name == "short"
+    assert run.data.params["lora_rank"] == "16" and run.data.params["epochs"] == "2"
+    assert run.data.params["finetune_type"] == "SFT"
+    tags = run.data.tags
+    assert tags["tunelab.dataset"] == "facts" and tags["tunelab.base_model"] == "tiny-llama"
+    assert tags["tunelab.workspace"] == "acme" and tags["tunelab.model"] == trained["model"]
+    assert tags["tunelab.model_url"].endswith(f"/#/models/{trained['model']}")
+    total = trained["progress"]["total_steps"]
+    losses = client.get_metric_history(run.info.run_id, "loss")
+    assert sorted(m.step for m in losses) == list(range(1, total + 1))
+    assert run.data.metrics["score"] == pytest.approx(trained["score"])
+    assert run.data.metrics["base_score"] == pytest.approx(trained["base_score"]["score"])
+    assert "tokens_per_second" in run.data.metrics
+
+
+def test_training_goes_on_when_the_tracking_server_is_gone(
+    platform: Platform, mlflow_server: subprocess.Popen[bytes]
+) -> None:
+    mlflow_server.kill()
+    mlflow_server.wait()
+    experiment(platform, "untracked", task("short", "lora", overrides={"epochs": 1}))
+    result = platform.wait_for_experiment("untracked")
+    assert result["status"] == "succeeded", json.dumps(result, indent=2)

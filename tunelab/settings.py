@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     """What trains a task over several processes: DeepSpeed ZeRO (stage from the
     parameters) or plain torch DDP."""
     train_time_limit_s: int = Field(default=24 * 3600, ge=60)
+    mlflow_uri: str | None = None
+    """An MLflow tracking server: each task becomes a run there (tunelab/tracking.py)."""
+    public_url: str | None = None
+    """Where people reach the console (`https://tunelab.example`): tracked runs link to
+    their model there. Unset: http://api_host:api_port."""
     """Longest a training task may run before it is failed."""
     default_block_size: int = Field(default=512, ge=16)
     """Sequence length a question and its answer must fit in (the parameter default)."""

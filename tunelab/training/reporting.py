@@ -13,11 +13,13 @@ from typing import Any
 from sqlalchemy import select
 
 from tunelab.context import Context
-from tunelab.db.tables import Task
+from tunelab.db.tables import Task, Workspace
 from tunelab.events.experiment import TaskProgress, TaskProgressData, TaskRef, TaskScheduled
+from tunelab.lifecycle.specs import TaskSpec
 from tunelab.lifecycle.states import TASK_TERMINAL
 from tunelab.lifecycle.tasks import mark_evaluating
 from tunelab.store import ObjectNotFound, keys
+from tunelab.tracking import Tracker
 from tunelab.training.launch import Message
 
 PROGRESS_EVERY_S = 0.5
@@ -53,6 +55,45 @@ class Run:
         self.log_lines = self._load_logs()
         watched = [p["val_loss"] for p in self.points if p.get("val_loss") is not None]
         self.val_loss: float | None = watched[-1] if watched else None
+        self.tracker = self._tracker(task) if ctx.settings.mlflow_uri else None
+
+    def _tracker(self, task: Task) -> Tracker:
+        assert self.ctx.settings.mlflow_uri is not None
+        data, spec = self.cause.data, TaskSpec.of(task)
+        with self.ctx.db.session() as session:
+            workspace = session.get_one(Workspace, task.workspace_id).name
+        return Tracker(
+            self.ctx.settings.mlflow_uri,
+            experiment=f"{workspace}/{data.experiment}",
+            run_name=data.task,
+            task_id=task.id,
+            params=spec.parameters,
+            tags={
+                "tunelab.workspace": workspace,
+                "tunelab.experiment": data.experiment,
+                "tunelab.task": data.task,
+                "tunelab.dataset": spec.dataset,
+                "tunelab.base_model": spec.base_model,
+            },
+        )
+
+    def close(self, status: str | None, model: str = "") -> None:
+        """The attempt is over: the tracked run ends with `status` (FINISHED, FAILED,
+        KILLED), or stays open for the next attempt (None)."""
+        if self.tracker is None:
+            return
+        if self.result is not None:
+            score, base = self.result["score"], self.result["base_score"]
+            url = self.ctx.settings.public_url or (
+                f"http://{self.ctx.settings.api_host}:{self.ctx.settings.api_port}"
+            )
+            tags = {"tunelab.model": model, "tunelab.model_url": f"{url}/#/models/{model}"}
+            self.tracker.result(
+                {"score": score["score"], "base_score": base["score"],
+                 "final_loss": self.result["final_loss"]},
+                tags if model else None,
+            )  # fmt: skip
+        self.tracker.close(status)
 
     def _load_points(self) -> list[dict[str, Any]]:
         try:
@@ -74,6 +115,12 @@ class Run:
             self.points.append({**fields, "time": time.time()})
             if fields.get("val_loss") is not None:
                 self.val_loss = fields["val_loss"]
+            if self.tracker is not None:
+                self.tracker.step(fields["step"], {
+                    k: fields.get(k)
+                    for k in ("loss", "learning_rate", "tokens_per_second", "val_loss", "rewards")
+                    if fields.get(k) is not None
+                })  # fmt: skip
             self.pending = fields
             if time.monotonic() - self.last_progress >= PROGRESS_EVERY_S:
                 self.publish_progress()

@@ -101,13 +101,18 @@ def _train(
         run.flush(job.log_path, force=True)
         tail = job.log_path.read_text("utf-8", "replace").splitlines()[-5:]
     if run.cancelled():
+        run.close("KILLED")
         return finish(ctx, event, TaskState.CANCELLED, None)
     if code == 0 and run.result is not None:
-        return register_model(ctx, event, run.result)
+        registered = register_model(ctx, event, run.result)
+        run.close("FINISHED", getattr(registered.data, "model", ""))
+        return registered
     # torchrun exits 1 whatever its ranks exited with: the job's own error message is
     # what tells a user error from a fault.
     if run.error is not None:
+        run.close("FAILED")
         return finish(ctx, event, TaskState.FAILED, run.error)
+    run.close(None)  # retried: the next attempt carries on with the run
     raise JobCrashed(f"training process exited with {code}: " + " | ".join(tail))
 
 
