@@ -45,7 +45,7 @@ def task_json(task: Task) -> dict[str, Any]:
         "parameters": spec.parameters,
         "compute": spec.compute.model_dump(),
         "resources": spec.resources_requested,
-        "trial": spec.trial.model_dump() if spec.trial else None,
+        "trial": spec.trial.model_dump(exclude={"spec"}) if spec.trial else None,
         "progress": task.progress,
         "metrics": task.metrics,
         "score": (task.score or {}).get("score"),
@@ -124,12 +124,23 @@ def _create(request: Request, spec: ExperimentRequest) -> dict[str, Any]:
             raise Conflict(f"An experiment named {spec.name!r} already exists.")
         for i, task in enumerate(spec.tasks):
             row = _check_task(session, workspace, spec, task, i, cluster, problems)
-            rows += _trials(task, row, f"tasks[{i}]", problems)
+            method = METHODS.get(spec.evaluation)
+            higher = method.higher_is_better if method else True
+            rows += _trials(task, row, f"tasks[{i}]", problems, higher)
     taken = set(names)
     for name, _ in rows:
         if name not in names and name in taken:
             problems.append({"field": "tasks", "message": f"two tasks would be named {name!r}"})
         taken.add(name)
+    for i, task in enumerate(spec.tasks):
+        # A tpe search's later trials are named now, so that none can be taken then.
+        if task.search is not None and task.search.method == "tpe":
+            later = range(task.search.parallel + 1, (task.search.trials or 0) + 1)
+            for name in (trial_name(task.name, n) for n in later):
+                if name in taken:
+                    problems.append(
+                        {"field": f"tasks[{i}].search", "message": f"its trial {name!r} is taken"}
+                    )
     if problems:
         fields = ", ".join(dict.fromkeys(p["field"] for p in problems))
         raise Invalid(f"The experiment cannot run: check {fields}.", problems)
@@ -172,16 +183,23 @@ def _create(request: Request, spec: ExperimentRequest) -> dict[str, Any]:
 
 
 def _trials(
-    task: TaskRequest, row: dict[str, Any], at: str, problems: list[dict[str, Any]]
+    task: TaskRequest,
+    row: dict[str, Any],
+    at: str,
+    problems: list[dict[str, Any]],
+    higher_is_better: bool = True,
 ) -> list[tuple[str, dict[str, Any]]]:
     """The task's (name, row), or one per trial of its search: its parameters with the
-    trial's values on top, and which search and point it is."""
+    trial's values on top, and which search and point it is. A tpe search starts with
+    `parallel` trials; the others are asked for as trials end (lifecycle.searches)."""
     base = row.get("parameters")
     if task.search is None or base is None:  # no search, or parameters already refused
         return [(task.name, row)]
     found = task.search.problems(base, at)
+    points = task.search.points(higher_is_better) if not found else []
+    tpe = task.search.model_dump(mode="json") if task.search.method == "tpe" else None
     trials = []
-    for number, values in enumerate(task.search.points() if not found else [], 1):
+    for number, values in enumerate(points, 1):
         try:
             params = Parameters.model_validate({**base, **values})
         except ValidationError as exc:
@@ -192,6 +210,7 @@ def _trials(
             "number": number,
             "values": values,
             "parallel": task.search.parallel,
+            **({"spec": tpe} if tpe else {}),
         }
         row_of_trial = {**row, "parameters": params.model_dump(mode="json"), "trial": trial}
         trials.append((trial_name(task.name, number), row_of_trial))

@@ -383,6 +383,7 @@ def test_a_random_search_draws_its_trials_seeded_within_the_space(api: Api) -> N
             "tasks[0].search.space.learning_rate",
         ),
         ({"method": "random", "space": {"lora_rank": {"choice": [8]}}}, "tasks[0].search.trials"),
+        ({"method": "tpe", "space": {"lora_rank": {"choice": [8]}}}, "tasks[0].search.trials"),
         (
             {"method": "grid", "space": {"lora_rank": {"choice": [4, 8, 16]}}, "trials": 2},
             "tasks[0].search.space",
@@ -395,6 +396,23 @@ def test_a_bad_search_is_refused_naming_its_field_and_nothing_is_stored(
     error = assert_error(create(api, tasks=[task(search=search)]), 422, "invalid")
     assert [d["field"] for d in error["details"]] == [field], error
     assert api.count(Task) == 0
+
+
+def test_a_tpe_search_starts_parallel_trials_and_keeps_the_names_of_the_rest(api: Api) -> None:
+    search = {
+        "method": "tpe",
+        "space": {"learning_rate": {"log_uniform": [1e-4, 1e-2]}},
+        "trials": 6,
+        "parallel": 2,
+    }
+    body = create(api, name="tpe", tasks=[task(search=search)]).json()
+    assert [t["name"] for t in body["tasks"]] == ["t1-1", "t1-2"]
+    rates = [t["parameters"]["learning_rate"] for t in body["tasks"]]
+    assert len(set(rates)) == 2 and all(1e-4 <= r <= 1e-2 for r in rates)
+    # A later trial's name is reserved: a task may not take it.
+    clash = create(api, name="clash", tasks=[task(search=search), task(name="t1-5")])
+    error = assert_error(clash, 422, "invalid")
+    assert [d["field"] for d in error["details"]] == ["tasks[0].search"]
 
 
 def test_a_search_method_that_is_not_offered_is_refused_at_parse(api: Api) -> None:

@@ -82,6 +82,7 @@ def add_experiment(ctx: Context, name: str, *tasks: dict[str, Any]) -> str:
                             "gpu_count": t.get("gpus", 1),
                         },
                         **({"trial": t["trial"]} if "trial" in t else {}),
+                        "parameters": t.get("parameters", {}),
                     },
                 )
             )
@@ -183,3 +184,52 @@ def test_a_search_runs_at_most_its_parallel_trials_and_others_are_not_held_back(
     end(ctx, "lr-2", "failed")
     end(ctx, "lr-3")
     assert schedule(ctx, "local") == ["lr-4"]
+
+
+def test_a_tpe_search_asks_for_each_next_trial_as_one_ends_and_follows_the_scores(
+    ctx: Context,
+) -> None:
+    """A clearly good and a clearly bad learning rate: once TPE has seen both, it keeps
+    to the good one. Every trial is asked for when one ends, never past `parallel`."""
+    from tunelab.lifecycle.searches import continue_searches
+    from tunelab.params import Parameters
+    from tunelab.search import Search
+
+    good, bad = 3e-3, 1e-7
+    search = Search.model_validate(
+        {"method": "tpe", "space": {"learning_rate": {"choice": [bad, good]}}, "trials": 6,
+         "parallel": 2, "seed": 1}
+    )  # fmt: skip
+    spec = search.model_dump(mode="json")
+
+    def trial(number: int, values: dict[str, Any]) -> dict[str, Any]:
+        params = Parameters(**values).model_dump(mode="json")
+        record = {"search": "lr", "number": number, "values": values, "parallel": 2, "spec": spec}
+        return {"name": f"lr-{number}", "cpu": 0.5, "trial": record, "parameters": params}
+
+    first = [trial(n, values) for n, values in enumerate(search.points(), 1)]
+    experiment = add_experiment(ctx, "tpe", *first)
+    seen: list[float] = []
+    while True:
+        started = schedule(ctx, "local")
+        assert len([s for s in statuses(ctx).values() if s == "training"]) <= 2
+        if not started and "training" not in statuses(ctx).values():
+            break
+        with ctx.db.session() as session:
+            running = [t for t in session.query(Task) if t.status == "training"]
+            lrs = {t.name: t.spec["parameters"]["learning_rate"] for t in running}
+        name = min(lrs)  # one trial ends at a time
+        seen.append(lrs[name])
+        end(ctx, name, score=0.9 if lrs[name] == good else 0.0)
+        continue_searches(ctx, experiment)
+    assert len(seen) == 6 and continue_searches(ctx, experiment) == 0
+    assert bad in seen[:3] and good in seen[:3], seen  # both were tried early
+    assert seen[3:] == [good] * 3, seen
+    with ctx.db.session() as session:
+        names = sorted(t.name for t in session.query(Task))
+    assert names == [f"lr-{n}" for n in range(1, 7)]
+    finish_experiment(ctx, experiment)
+    with ctx.db.session() as session:
+        best = session.get(Experiment, experiment).best_task  # type: ignore[union-attr]
+        chosen = session.query(Task).filter_by(name=best).one()
+        assert chosen.spec["parameters"]["learning_rate"] == good

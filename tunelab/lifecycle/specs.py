@@ -60,6 +60,8 @@ class Trial(BaseModel):
     number: int
     values: dict[str, Any]
     parallel: int
+    spec: dict[str, Any] | None = None
+    """A tpe search as it was asked for: what asks for its next trials as trials end."""
 
 
 class TaskNeeds(BaseModel):

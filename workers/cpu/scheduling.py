@@ -15,6 +15,7 @@ from tunelab.events.experiment import (
     TaskSucceeded,
 )
 from tunelab.lifecycle.experiments import finish_experiment, schedule
+from tunelab.lifecycle.searches import continue_searches
 from tunelab.lifecycle.specs import ExperimentSpec
 from tunelab.workers.context import current
 from tunelab.workers.registry import subscriber
@@ -34,6 +35,7 @@ def _schedule_for(ctx: Context, experiment_id: str) -> None:
 
 def _after_task(ref: TaskRef) -> None:
     ctx = current()
+    continue_searches(ctx, ref.experiment_id)  # before finishing: more trials may come
     finish_experiment(ctx, ref.experiment_id)
     _schedule_for(ctx, ref.experiment_id)
 
