@@ -19,11 +19,22 @@ class PluginSource(Payload):
     parameters: dict[str, Any]
 
 
+class ChatsSource(Payload):
+    """Stored chats (and votes) that become the dataset's rows (see functions'
+    ChatsSourceSpec)."""
+
+    kind: Literal["preference", "sft"]
+    service: str | None = None
+    since: str | None = None
+    until: str | None = None
+
+
 class DatasetUploadedData(DatasetRef):
     sources: dict[str, str]
     """Split (train, validate, test) to the file's URI: in the platform's store, or a
     remote http(s)/s3 address the CPU worker fetches."""
     plugin: PluginSource | None = None
+    chats: ChatsSource | None = None
     formats: dict[str, str] = Field(default_factory=dict)
     """Split to its file's format: csv, openai, sharegpt, alpaca, or json (its records'
     keys tell which); a split not named is told by its first bytes."""

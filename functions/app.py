@@ -103,6 +103,7 @@ ROUTES = [
     Route(f"{API}/services/{{name}}", services.delete_service, methods=["DELETE"]),
     Route(f"{API}/chat/compare", chat.compare, methods=["POST"]),
     Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),
+    Route(f"{API}/chat/feedback", stored_chats.chat_feedback, methods=["POST"]),
     Route("/v1/chat/completions", stored_chats.list_chats, methods=["GET"]),
     Route("/v1/chat/completions/{id}", stored_chats.get_chat, methods=["GET"]),
     Route("/v1/chat/completions/{id}", stored_chats.update_chat, methods=["POST"]),

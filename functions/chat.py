@@ -41,6 +41,9 @@ class CompareRequest(BaseModel):
     stream: bool = False
     store: bool | None = None
     """Keep each service's chat (as `store` on /v1/chat/completions)."""
+    comparison_id: str | None = Field(default=None, pattern=r"^cmp-[0-9a-f]{32}$")
+    """Group the answers with others asked under the same id (a client asking each
+    service on its own, with its own history, as the console does); default: new."""
 
 
 def _gateway(request: Request) -> Gateway:
@@ -54,8 +57,10 @@ def _keep(
     messages: list[dict[str, str]],
     body: dict[str, Any],
     metadata: dict[str, str] | None = None,
-) -> None:
-    if store if store is not None else route.store:
+) -> bool:
+    """Keep the chat when the request (or else its service) says so; whether it was."""
+    kept = store if store is not None else route.store
+    if kept:
         request.app.state.archive.keep(
             chat_id=body["id"],
             workspace_id=route.workspace_id,
@@ -64,6 +69,7 @@ def _keep(
             completion={**body, "metadata": metadata or {}},
             metadata=metadata,
         )
+    return kept
 
 
 def _completion(chat_id: str, created: int, route: Route, answer: Answer) -> dict[str, Any]:
@@ -109,11 +115,15 @@ async def compare(request: Request) -> Any:
     messages = _messages(spec.system, spec.messages)
     ups = [await gateway.prepare(r, messages, sampling) for r in routes]
     created = int(time.time())
+    # Stored answers of one comparison share its id: a vote for the best of them
+    # (POST /api/v1/chat/feedback) makes them a preference.
+    comparison = spec.comparison_id or f"cmp-{uuid.uuid4().hex}"
 
     def keep(up: Upstream, answer: Answer) -> dict[str, Any]:
         body = _completion(f"chatcmpl-{uuid.uuid4().hex}", created, up.route, answer)
-        _keep(request, up.route, spec.store, messages, body)
-        return _result(up.route, answer)
+        stored = _keep(request, up.route, spec.store, messages, body, {"comparison": comparison})
+        result = _result(up.route, answer)
+        return {**result, "comparison_id": comparison, "chat_id": body["id"] if stored else None}
 
     if spec.stream:
         return EventStream(_compare_events(gateway, ups, keep))
@@ -127,7 +137,7 @@ async def compare(request: Request) -> Any:
     results = await until_disconnected(request, asyncio.gather(*(one(up) for up in ups)))
     if isinstance(results, Response):
         return results
-    return respond({"results": results})
+    return respond({"comparison_id": comparison, "results": results})
 
 
 def _sse(kind: str, body: dict[str, Any]) -> str:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -127,8 +128,24 @@ class PluginSourceSpec(BaseModel):
         return value
 
 
+class ChatsSourceSpec(BaseModel):
+    """The workspace's stored chats as data: with `kind` preference, each voted
+    comparison (POST /api/v1/chat/feedback) gives a pair per other answer, the voted
+    answer chosen; with sft, each stored chat is a conversation."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    type: Literal["chats"]
+    kind: Literal["preference", "sft"] = "preference"
+    service: Name | None = None
+    """Only chats with this service (for preferences: comparisons it took part in)."""
+    since: datetime | None = Field(default=None, alias="from")
+    until: datetime | None = None
+
+
 class RemoteDataset(DatasetMetadata):
-    source: Annotated[RemoteSource | PluginSourceSpec, Field(discriminator="type")]
+    source: Annotated[
+        RemoteSource | PluginSourceSpec | ChatsSourceSpec, Field(discriminator="type")
+    ]
 
 
 class UploadRequest(DatasetMetadata):

@@ -15,11 +15,17 @@ from starlette.responses import JSONResponse
 from tunelab.dataset_rules import MAX_DATASET_BYTES, dataset_kind, upload_prefix
 from tunelab.db.tables import Dataset, new_id
 from tunelab.errors import Conflict, Invalid, NotFound
-from tunelab.events.dataset import DatasetUploaded, DatasetUploadedData, PluginSource
+from tunelab.events.dataset import (
+    ChatsSource,
+    DatasetUploaded,
+    DatasetUploadedData,
+    PluginSource,
+)
 from tunelab.events.envelope import derived_id
 from tunelab.functions import uploads
 from tunelab.functions.boundary import parse_json
 from tunelab.functions.dataset_requests import (
+    ChatsSourceSpec,
     DatasetMetadata,
     PluginSourceSpec,
     RemoteDataset,
@@ -117,6 +123,13 @@ def uploaded_event(
     the same dataset again is the same event."""
     meta = dataset.metadata_
     names = (dataset.source or {}).get("files") or sources
+    chats = None
+    if (dataset.source or {}).get("type") == "chats":
+        given = dataset.source
+        chats = ChatsSource(
+            kind=given["kind"], service=given.get("service"), since=given.get("from"),
+            until=given.get("until"),
+        )  # fmt: skip
     return DatasetUploaded(
         id=derived_id(f"{dataset.id}/dataset.uploaded"),
         workspace=dataset.workspace_id,
@@ -126,6 +139,7 @@ def uploaded_event(
             name=dataset.name,
             sources=sources,
             plugin=plugin,
+            chats=chats,
             formats=split_formats(meta.get("format", "auto"), names),
             feature_mapping=meta["feature_mapping"],
             language=meta["language"],
@@ -196,7 +210,9 @@ def _create_uploaded(
 def _create_remote(request: Request, spec: RemoteDataset) -> dict[str, Any]:
     state, workspace = request.app.state, workspace_id(request)
     _ensure_free(state, workspace, spec.name)
-    source = spec.source.model_dump(exclude_none=True)
+    source = spec.source.model_dump(mode="json", exclude_none=True, by_alias=True)
+    if isinstance(spec.source, ChatsSourceSpec):
+        return register(state, workspace, new_id(), spec, source, {})
     if isinstance(spec.source, PluginSourceSpec):
         plugin = PluginSource(name=spec.source.plugin, parameters=spec.source.parameters)
         return register(state, workspace, new_id(), spec, source, {}, plugin)

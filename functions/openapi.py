@@ -20,7 +20,7 @@ from tunelab.functions.dataset_requests import RemoteDataset, UploadRequest
 from tunelab.functions.parameter_groups import GroupRequest
 from tunelab.functions.pings import PingRequest
 from tunelab.functions.repository import MergeRequest, RegisterRequest
-from tunelab.functions.stored_chats import MetadataUpdate
+from tunelab.functions.stored_chats import Feedback, MetadataUpdate
 from tunelab.functions.tokens import TokenRequest
 from tunelab.functions.webhooks import WebhookSpec
 from tunelab.serving.openai import ChatRequest
@@ -142,6 +142,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", f"{API}/services/{{name}}"): Operation("One service"),
     ("DELETE", f"{API}/services/{{name}}"): Operation("Delete a service"),
     ("POST", f"{API}/chat/compare"): Operation("Chat with up to three services", CompareRequest),
+    ("POST", f"{API}/chat/feedback"): Operation(
+        "Vote for the best answer of a stored comparison", Feedback, 201
+    ),
     ("POST", "/v1/chat/completions"): Operation("OpenAI chat completion", ChatRequest),
     ("GET", "/v1/chat/completions"): Operation(
         "Stored chats",

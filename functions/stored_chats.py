@@ -1,5 +1,6 @@
 """Stored chats, as OpenAI's API lists and reads them: `GET /v1/chat/completions`,
-`GET/POST/DELETE /v1/chat/completions/{id}`, `GET /v1/chat/completions/{id}/messages`.
+`GET/POST/DELETE /v1/chat/completions/{id}`, `GET /v1/chat/completions/{id}/messages`;
+and votes for the best answer of a stored comparison (`POST /api/v1/chat/feedback`).
 
 Only chats whose request set `store: true` (or whose service stores every chat) are
 here; they are written shortly after they are answered, and deleted on request or when
@@ -18,9 +19,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from tunelab.db.tables import StoredChat
+from tunelab.db.tables import ChatVote, Service, StoredChat
 from tunelab.errors import Invalid, NotFound
 from tunelab.functions.http import parse, read_json, respond, workspace_id
+from tunelab.names import Name
 
 
 def _visible(workspace: str) -> Select[StoredChat]:
@@ -128,3 +130,46 @@ def delete_chat(request: Request) -> JSONResponse:
         chat = _find(session, workspace_id(request), request.path_params["id"])
         session.delete(chat)
     return respond({"object": "chat.completion.deleted", "id": chat.id, "deleted": True})
+
+
+class Feedback(BaseModel):
+    """A person's (or a script's) vote for the best answer of a comparison."""
+
+    model_config = ConfigDict(extra="forbid")
+    comparison_id: str = Field(pattern=r"^cmp-[0-9a-f]{32}$")
+    """`comparison_id` of a POST /api/v1/chat/compare answer."""
+    best: Name
+    """The service whose answer was best."""
+
+
+async def chat_feedback(request: Request) -> JSONResponse:
+    spec = parse(Feedback, await read_json(request), "feedback")
+    return respond(await run_in_threadpool(_vote, request, spec), 201)
+
+
+def _vote(request: Request, spec: Feedback) -> dict[str, Any]:
+    """Record the vote (a second one replaces it). The comparison's chats may not be
+    written yet (they are, within TUNELAB_TRAFFIC_FLUSH_S): they are joined to the vote
+    when a dataset is built from chats, where a vote without stored chats is counted."""
+    workspace = workspace_id(request)
+    with request.app.state.db.session() as session:
+        if (
+            session.scalar(
+                select(Service.id).where(
+                    Service.workspace_id == workspace, Service.name == spec.best
+                )
+            )
+            is None
+        ):
+            raise Invalid(
+                f"No service named {spec.best!r}.",
+                [{"field": "best", "message": f"no service {spec.best!r}"}],
+            )
+        vote = session.get(ChatVote, spec.comparison_id)
+        if vote is not None and vote.workspace_id != workspace:
+            raise NotFound(f"No comparison {spec.comparison_id!r}.")
+        if vote is None:
+            session.add(ChatVote(id=spec.comparison_id, workspace_id=workspace, best=spec.best))
+        else:
+            vote.best, vote.created_at = spec.best, datetime.now(UTC)
+    return {"comparison_id": spec.comparison_id, "best": spec.best}

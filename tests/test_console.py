@@ -19,6 +19,7 @@ import pyarrow.csv as pacsv
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from tests.platform import wait_until
 from tests.platform_fixture import Platform
 from tests.test_platform_serving import PLATFORM_ENV as SERVING_ENV
 from tunelab.synthetic import qa_pairs
@@ -404,6 +405,77 @@ def test_the_whole_path_from_upload_to_comparison_chat(page: Page, platform: Pla
     visit(page, platform, "events")
     expect(page.locator("tr[data-type='service.ready']").first).to_be_visible()
     shot(page, "21-events")
+
+
+def test_votes_in_compare_chat_become_a_preference_set_that_a_dpo_task_trains_on(
+    page: Page, platform: Platform
+) -> None:
+    """Two votes in the browser, eight through the API, on stored comparisons of the
+    fine-tuned model and the base: a preference set of them, and a DPO task on it."""
+    questions = [q for q, _ in PAIRS[10:20]]
+    visit(page, platform, "chat?services=ft-lora,base")
+    page.check("input[name=store]")
+    page.fill("input[name=max_tokens]", "24")
+    for question in questions[:2]:
+        page.fill("textarea[name=question]", question)
+        page.click("form.ask button[type=submit]")
+        vote = page.locator(".column[data-service=ft-lora] [data-testid=vote]")
+        expect(vote).to_be_visible(timeout=5 * MINUTE)
+        vote.click()
+        expect(vote).to_have_attribute("aria-pressed", "true")
+        best = page.locator(".column[data-service=ft-lora] .message.assistant.best")
+        expect(best).to_have_count(1)
+        page.click("button:has-text('Clear context')")
+    shot(page, "22-compare-vote")
+    for question in questions[2:]:
+        answered = platform.client.post(
+            "/api/v1/chat/compare",
+            json={"services": ["ft-lora", "base"], "max_tokens": 24, "store": True,
+                  "messages": [{"role": "user", "content": question}]},
+            timeout=300,
+        ).json()  # fmt: skip
+        assert all(r["chat_id"] for r in answered["results"]), answered
+        voted = platform.client.post(
+            "/api/v1/chat/feedback",
+            json={"comparison_id": answered["comparison_id"], "best": "ft-lora"},
+        )
+        assert voted.status_code == 201, voted.text
+
+    def stored() -> bool:  # chats are written within TUNELAB_TRAFFIC_FLUSH_S
+        listed = platform.client.get("/v1/chat/completions", params={"limit": 100}).json()
+        compared = [c for c in listed["data"] if c["metadata"].get("comparison")]
+        return len(compared) >= 2 * len(questions)
+
+    wait_until(stored, "the compared chats to be stored", 60, 0.5)
+    made = platform.client.post(
+        "/api/v1/datasets",
+        json={"name": "voted", "language": "en",
+              "source": {"type": "chats", "kind": "preference", "service": "ft-lora"}},
+    )  # fmt: skip
+    assert made.status_code == 202, made.text
+    dataset = platform.wait_for_dataset("voted", "ready", "failed")
+    assert dataset["status"] == "ready", dataset["error"]
+    assert dataset["kind"] == "preference" and dataset["splits"]["train"]["rows"] == 10
+    assert dataset["source"] == {"type": "chats", "kind": "preference", "service": "ft-lora"}
+    rows = platform.client.get("/api/v1/datasets/voted/preview").json()["rows"]
+    prompts = {r["messages"][-1]["content"] for r in rows}
+    assert set(questions[:2]) <= prompts  # the browser's votes are in it
+    # The chosen answers are ft-lora's: the facts it was trained on.
+    assert sum(r["chosen"] in {a for _, a in PAIRS} for r in rows) >= 8
+
+    group = {"name": "from-votes", "preset": "tiny-dpo"}
+    assert platform.client.post("/api/v1/parameter-groups", json=group).status_code == 201
+    experiment = {
+        "name": "from-votes",
+        "evaluation": "exact-match",
+        "tasks": [{"name": "dpo", "base_model": "tiny-llama", "dataset": "voted",
+                   "parameter_group": "from-votes"}],
+    }  # fmt: skip
+    assert platform.client.post("/api/v1/experiments", json=experiment).status_code == 202
+    result = platform.wait_for_experiment("from-votes", timeout=900)
+    assert result["status"] == "succeeded", json.dumps(result, indent=2)
+    assert result["tasks"][0]["evaluation"]["method"] == "preference-accuracy"
+    assert result["tasks"][0]["score"] > result["tasks"][0]["base_score"]["score"]
 
 
 def test_pages_fit_a_narrow_window(browser: Browser, platform: Platform, page: Page) -> None:

@@ -388,6 +388,13 @@ def test_chat_requests_are_checked(platform: Platform, services: list[str]) -> N
         json={"model": "base", "messages": CHAT, "stop": [str(n) for n in range(9)]},
     )
     assert stops.status_code == 422 and stops.json()["error"]["param"] == "stop"
+    comparison = "cmp-" + "0" * 32
+    for body, field in [
+        ({"comparison_id": comparison, "best": "ghost"}, "best"),
+        ({"comparison_id": "chatcmpl-1", "best": "base"}, "comparison_id"),
+    ]:
+        vote = platform.client.post("/api/v1/chat/feedback", json=body)
+        assert vote.status_code == 422 and vote.json()["error"]["details"][0]["field"] == field
 
 
 def test_a_batch_file_that_holds_no_request_fails_saying_so(platform: Platform) -> None:
@@ -599,6 +606,22 @@ def test_a_model_trained_on_conversations_answers_the_second_turn_from_the_first
     assert not any(a == e for a, e in zip(answers("base"), expected, strict=True))
 
 
+def greedy(platform: Platform, service: str, question: str, max_tokens: int) -> str:
+    """The service's greedy answer to one question, through /v1/chat/completions."""
+    reply = platform.client.post(
+        "/v1/chat/completions",
+        json={
+            "model": service,
+            "messages": [{"role": "user", "content": question}],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+        },
+        timeout=120,
+    )
+    assert reply.status_code == 200, reply.text
+    return str(reply.json()["choices"][0]["message"]["content"])
+
+
 def preference_jsonl(pairs: list[tuple[str, str, str]]) -> str:
     return "\n".join(
         json.dumps(
@@ -647,24 +670,10 @@ def test_a_dpo_model_ranks_and_answers_in_the_chosen_style_on_new_questions(
     assert wait_for_service(platform, "terse")["status"] == "ready"
 
     def terse(service: str) -> int:
-        count = 0
-        for question, _, _ in held_out:
-            reply = platform.client.post(
-                "/v1/chat/completions",
-                json={
-                    "model": service,
-                    "messages": [{"role": "user", "content": question}],
-                    "max_tokens": 24,
-                    "temperature": 0,
-                },
-                timeout=120,
-            )
-            assert reply.status_code == 200, reply.text
-            answer = reply.json()["choices"][0]["message"]["content"].strip()
-            # The chosen style: a name, a colon, one value. (Neither can be right: the
-            # value is unknowable, and a model this small copies new names poorly.)
-            count += bool(re.fullmatch(r"[A-Z]\w*: \S+\.", answer))
-        return count
+        # The chosen style: a name, a colon, one value. (Neither can be right: the
+        # value is unknowable, and a model this small copies new names poorly.)
+        answers = [greedy(platform, service, question, 24) for question, _, _ in held_out]
+        return sum(bool(re.fullmatch(r"[A-Z]\w*: \S+\.", a.strip())) for a in answers)
 
     assert terse("terse") >= 0.8 * len(held_out)
     assert terse("base") == 0
@@ -692,19 +701,6 @@ def test_a_merged_lora_model_is_a_full_model_that_answers_as_its_adapter(
     deploy(platform, "merged", name)
     assert wait_for_service(platform, "merged")["status"] == "ready"
 
-    def answer(service: str, question: str) -> str:
-        reply = platform.client.post(
-            "/v1/chat/completions",
-            json={
-                "model": service,
-                "messages": [{"role": "user", "content": question}],
-                "max_tokens": 32,
-                "temperature": 0,
-            },
-            timeout=120,
-        )
-        assert reply.status_code == 200, reply.text
-        return str(reply.json()["choices"][0]["message"]["content"])
-
     questions = [q for q, _ in PAIRS[:12]]
-    assert [answer("merged", q) for q in questions] == [answer("ft-lora", q) for q in questions]
+    merged_answers = [greedy(platform, "merged", q, 32) for q in questions]
+    assert merged_answers == [greedy(platform, "ft-lora", q, 32) for q in questions]

@@ -355,6 +355,21 @@ class StoredChat(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
 
+class ChatVote(Base):
+    """Which answer of a stored comparison a person found best: the comparison's stored
+    chats (metadata `comparison`) with it are a preference, the best answer chosen."""
+
+    __tablename__ = "chat_votes"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """The comparison's id (`cmp-...`); a second vote replaces the first."""
+    workspace_id: Mapped[str] = _workspace()
+    best: Mapped[str] = mapped_column(String(63))
+    """The service whose answer was best."""
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, index=True
+    )
+
+
 class AuditEntry(Base):
     """A state-changing request: who (the token), what (method and path), when, and how
     it ended (the status). Chats are traffic, counted in `usage`, not here."""

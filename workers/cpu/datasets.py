@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import tempfile
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +20,7 @@ from tunelab.events.dataset import (
     DatasetValidated,
     DatasetValidatedData,
 )
+from tunelab.serving.stored_chats import chat_records
 from tunelab.store import key_from_uri, keys
 from tunelab.store.s3 import client_for
 from tunelab.tokenizer import default_tokenizer
@@ -41,9 +43,40 @@ def fetch(ctx: Context, uri: str, sink: Any) -> int:
     )
 
 
+def _stage_chats(ctx: Context, data: DatasetUploadedData) -> tuple[dict[str, str], dict[str, str]]:
+    """The workspace's stored chats (and votes) as a file, checked like any upload."""
+    assert data.chats is not None
+    source = data.chats
+    with ctx.db.session() as session:
+        dataset = session.get(Dataset, data.dataset_id)
+        if dataset is None:
+            raise SourceError("dataset_gone", "The dataset was deleted.")
+        workspace = dataset.workspace_id
+    records = chat_records(
+        ctx.db,
+        workspace,
+        source.kind,
+        source.service,
+        datetime.fromisoformat(source.since) if source.since else None,
+        datetime.fromisoformat(source.until) if source.until else None,
+    )
+    first = next(records, None)
+    if first is None:
+        what = "stored chats"
+        if source.kind == "preference":
+            what = "voted comparisons (POST /api/v1/chat/feedback) with stored chats"
+        raise SourceError("no_chats", f"There are no {what} in that period to make a dataset of.")
+    key = keys.dataset_staging(data.dataset_id)
+    fmt = "preference" if source.kind == "preference" else "openai"
+    write_plugin_rows(itertools.chain([first], records), ctx.store, key, fmt)
+    return {"train": key}, {"train": fmt}
+
+
 def stage(ctx: Context, data: DatasetUploadedData) -> tuple[dict[str, str], dict[str, str]]:
     """Each split's object key in the platform's store, fetching what is remote, and
     each split's format."""
+    if data.chats is not None:
+        return _stage_chats(ctx, data)
     if data.plugin is not None:
         plugin = plugins.load(data.plugin.name)
 
