@@ -229,15 +229,110 @@ def run_tunelab(s: dict[str, Any], turns: Turns) -> dict[str, Any]:
     }
 
 
+class _Recorder:
+    """What a Hugging Face side's batches and logs say: real and computed tokens of each
+    batch, and each step's loss; its callback also hands the turn over after a step."""
+
+    def __init__(self, s: dict[str, Any], turns: Turns) -> None:
+        self.real = self.computed = 0
+        self.micro: list[int] = []  # real tokens of each batch, in order
+        self.losses: list[float] = []
+        self.take_turn = _turn(s, turns)
+
+    def collate(self, pad: Any) -> Any:
+        def collate(features: list[dict[str, Any]]) -> dict[str, Any]:
+            batch = pad(features)
+            self.micro.append(int(batch["attention_mask"].sum()))
+            self.real += self.micro[-1]
+            self.computed += int(batch["attention_mask"].numel())
+            return batch
+
+        return collate
+
+    def callback(self) -> Any:
+        from transformers import TrainerCallback
+
+        recorder = self
+
+        class Losses(TrainerCallback):  # type: ignore[misc]
+            def on_log(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                logs = kwargs.get("logs") or {}
+                if "loss" in logs:
+                    recorder.losses.append(float(logs["loss"]))
+
+            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                recorder.take_turn(None)
+
+        return Losses()
+
+
+def _shared_arguments(params: Any, device: Any, workdir: Path, count: int) -> dict[str, Any]:
+    """The training arguments both Hugging Face sides take, as tunelab's parameters."""
+    import torch
+
+    from tunelab.training.packing import steps_per_epoch
+
+    # tunelab's own arithmetic for steps and warm-up, so that both schedules match exactly.
+    micro_steps = steps_per_epoch(count, params.batch_size) * params.epochs
+    steps = -(-micro_steps // params.gradient_accumulation_steps)
+    dtype = _compute_dtype(params, device)
+    return {
+        "output_dir": str(workdir),  # made, and left empty: nothing is saved
+        "per_device_train_batch_size": params.batch_size,
+        "gradient_accumulation_steps": params.gradient_accumulation_steps,
+        "num_train_epochs": params.epochs,
+        "learning_rate": params.learning_rate,
+        "lr_scheduler_type": params.scheduler,
+        "warmup_steps": round(params.warmup_ratio * steps),
+        "weight_decay": params.weight_decay,
+        "max_grad_norm": params.max_grad_norm,
+        # The same implementation as tunelab's (HF's default is the fused variant).
+        "optim": "adamw_torch",
+        "seed": params.seed,
+        # Same precision as tunelab: fp32 on CPUs (bf16 is ~10x slower there).
+        "bf16": dtype == torch.bfloat16,
+        "fp16": dtype == torch.float16,
+        "use_cpu": device.type == "cpu",
+        "logging_strategy": "steps",
+        "logging_steps": 1,  # a loss per step, like tunelab's progress records
+        "eval_strategy": "no",
+        "save_strategy": "no",
+        "report_to": [],
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+    }
+
+
+def _timed(trainer: Any, s: dict[str, Any], turns: Turns, recorder: _Recorder) -> dict[str, Any]:
+    """Train a Hugging Face side, timing the loop only (not the turns it waited)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    # Neither side prints per step.
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    turns.start()
+    start, cpu = time.perf_counter(), time.process_time()
+    trainer.train()
+    _sync(s["device"])
+    seconds, cpu = time.perf_counter() - start - turns.waited, time.process_time() - cpu
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "real_tokens": recorder.real,
+        "computed_tokens": recorder.computed,
+        "losses": recorder.losses,
+        "steps": trainer.state.global_step,
+        "step_seconds": turns.step_seconds,
+        "step_tokens": _per_step(recorder.micro, s["params"].gradient_accumulation_steps),
+    }
+
+
 def run_baseline(
     s: dict[str, Any], turns: Turns, workdir: Path, same_order: bool = False
 ) -> dict[str, Any]:
-    import torch
-    from transformers import DataCollatorForSeq2Seq, TrainerCallback, TrainingArguments
+    from transformers import DataCollatorForSeq2Seq, TrainingArguments
     from transformers import Trainer as HFTrainer
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from tunelab.training.packing import steps_per_epoch
     from tunelab.training.template import IGNORE
 
     params, device = s["params"], s["device"]
@@ -252,57 +347,9 @@ def run_baseline(
     pad = DataCollatorForSeq2Seq(
         s["tokenizer"], padding="longest", label_pad_token_id=IGNORE, return_tensors="pt"
     )
-    counts = {"real": 0, "computed": 0}
-    micro: list[int] = []  # real tokens of each batch, in order
-
-    def collate(features: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = pad(features)
-        micro.append(int(batch["attention_mask"].sum()))
-        counts["real"] += micro[-1]
-        counts["computed"] += int(batch["attention_mask"].numel())
-        return batch
-
-    losses: list[float] = []
-
-    class Losses(TrainerCallback):  # type: ignore[misc]
-        def on_log(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            logs = kwargs.get("logs") or {}
-            if "loss" in logs:
-                losses.append(float(logs["loss"]))
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            take_turn(None)
-
-    take_turn = _turn(s, turns)
-
-    # tunelab's own arithmetic for steps and warm-up, so that both schedules match exactly.
-    micro_steps = steps_per_epoch(len(dataset), params.batch_size) * params.epochs
-    steps = -(-micro_steps // params.gradient_accumulation_steps)
-    dtype = _compute_dtype(params, device)
+    recorder = _Recorder(s, turns)
     args = TrainingArguments(
-        output_dir=str(workdir),  # made, and left empty: nothing is saved
-        per_device_train_batch_size=params.batch_size,
-        gradient_accumulation_steps=params.gradient_accumulation_steps,
-        num_train_epochs=params.epochs,
-        learning_rate=params.learning_rate,
-        lr_scheduler_type=params.scheduler,
-        warmup_steps=round(params.warmup_ratio * steps),
-        weight_decay=params.weight_decay,
-        max_grad_norm=params.max_grad_norm,
-        # The same implementation as tunelab's (HF's default is the fused variant).
-        optim="adamw_torch",
-        seed=params.seed,
-        # Same precision as tunelab: fp32 on CPUs (bf16 is ~10x slower there).
-        bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16,
-        use_cpu=device.type == "cpu",
-        logging_strategy="steps",
-        logging_steps=1,  # a loss per step, like tunelab's progress records
-        eval_strategy="no",
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        dataloader_num_workers=0,
+        **_shared_arguments(params, device, workdir, len(dataset)),
         dataloader_pin_memory=device.type == "cuda",
         remove_unused_columns=False,
     )
@@ -313,28 +360,11 @@ def run_baseline(
         model=s["model"],
         args=args,
         train_dataset=dataset,
-        data_collator=collate,
+        data_collator=recorder.collate(pad),
         processing_class=s["tokenizer"],
-        callbacks=[Losses()],
+        callbacks=[recorder.callback()],
     )
-    # Neither side prints per step.
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
-    turns.start()
-    start, cpu = time.perf_counter(), time.process_time()
-    trainer.train()
-    _sync(device)
-    seconds, cpu = time.perf_counter() - start - turns.waited, time.process_time() - cpu
-    return {
-        "seconds": seconds,
-        "cpu_seconds": cpu,
-        "real_tokens": counts["real"],
-        "computed_tokens": counts["computed"],
-        "losses": losses,
-        "steps": trainer.state.global_step,
-        "step_seconds": turns.step_seconds,
-        "step_tokens": _per_step(micro, params.gradient_accumulation_steps),
-    }
+    return _timed(trainer, s, turns, recorder)
 
 
 def _in_tunelab_order(trainer_class: Any, count: int, seed: int) -> Any:
@@ -365,16 +395,11 @@ def _in_tunelab_order(trainer_class: Any, count: int, seed: int) -> Any:
 def run_trl_dpo(
     s: dict[str, Any], turns: Turns, workdir: Path, same_order: bool = False
 ) -> dict[str, Any]:
-    import torch
     from datasets import Dataset
-    from transformers import TrainerCallback
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from trl import DPOConfig, DPOTrainer
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-    from tunelab.training.packing import steps_per_epoch
-
-    params, device, tokenizer = s["params"], s["device"], s["tokenizer"]
+    params, tokenizer = s["params"], s["tokenizer"]
     rows = [
         {
             "prompt": [{"role": m["role"], "content": m["content"]} for m in p.prompt],
@@ -383,55 +408,12 @@ def run_trl_dpo(
         }
         for p in s["preferences"]
     ]
-    counts = {"real": 0, "computed": 0}
-    micro: list[int] = []
-    pad = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id)
-
-    def collate(features: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = pad(features)
-        micro.append(int(batch["attention_mask"].sum()))
-        counts["real"] += micro[-1]
-        counts["computed"] += int(batch["attention_mask"].numel())
-        return batch
-
-    losses: list[float] = []
-    take_turn = _turn(s, turns)
-
-    class Losses(TrainerCallback):  # type: ignore[misc]
-        def on_log(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            logs = kwargs.get("logs") or {}
-            if "loss" in logs:
-                losses.append(float(logs["loss"]))
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            take_turn(None)
-
-    steps = steps_per_epoch(len(rows), params.batch_size) * params.epochs
-    dtype = _compute_dtype(params, device)
+    recorder = _Recorder(s, turns)
     config = DPOConfig(
-        output_dir=str(workdir),
-        per_device_train_batch_size=params.batch_size,
-        num_train_epochs=params.epochs,
-        learning_rate=params.learning_rate,
-        lr_scheduler_type=params.scheduler,
-        warmup_steps=round(params.warmup_ratio * steps),
-        weight_decay=params.weight_decay,
-        max_grad_norm=params.max_grad_norm,
-        optim="adamw_torch",
-        seed=params.seed,
+        **_shared_arguments(params, s["device"], workdir, len(rows)),
         beta=params.dpo_beta,
         loss_type=[params.dpo_loss],
         max_length=params.block_size,
-        bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16,
-        use_cpu=device.type == "cpu",
-        logging_strategy="steps",
-        logging_steps=1,
-        eval_strategy="no",
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        dataloader_num_workers=0,
     )
     trainer_class = DPOTrainer
     if same_order:
@@ -441,26 +423,12 @@ def run_trl_dpo(
         args=config,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        data_collator=collate,
-        callbacks=[Losses()],
+        data_collator=recorder.collate(
+            DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id)
+        ),
+        callbacks=[recorder.callback()],
     )
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
-    turns.start()
-    start, cpu = time.perf_counter(), time.process_time()
-    trainer.train()
-    _sync(device)
-    seconds, cpu = time.perf_counter() - start - turns.waited, time.process_time() - cpu
-    return {
-        "seconds": seconds,
-        "cpu_seconds": cpu,
-        "real_tokens": counts["real"],
-        "computed_tokens": counts["computed"],
-        "losses": losses,
-        "steps": trainer.state.global_step,
-        "step_seconds": turns.step_seconds,
-        "step_tokens": micro,
-    }
+    return _timed(trainer, s, turns, recorder)
 
 
 def _compute_dtype(params: Any, device: Any) -> Any:

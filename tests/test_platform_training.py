@@ -355,6 +355,42 @@ def test_a_grid_search_trains_each_trial_and_its_best_is_the_experiments_best(
     assert trials["lr-2"]["started_at"] >= trials["lr-1"]["finished_at"]
 
 
+@pytest.mark.timeout(1200)
+def test_a_tpe_search_learns_from_finished_trials_which_learning_rate_is_good(
+    platform: Platform,
+) -> None:
+    """Six trials, two at a time, between a learning rate that learns nothing and one
+    that learns: once TPE has seen both, the trials it asks for keep to the good one."""
+    upload(platform, "tpe-set", qa_pairs(20, seed=6160))
+    good, bad = 3e-3, 1e-7
+    search = {
+        "method": "tpe",
+        "space": {"learning_rate": {"choice": [bad, good]}},
+        "trials": 6,
+        "parallel": 2,
+        "seed": 1,
+    }
+    experiment(
+        platform,
+        "tpe",
+        task("lr", "lora", dataset="tpe-set", overrides={"epochs": 12}, search=search),
+    )
+    result = platform.wait_for_experiment("tpe", timeout=1100)
+    assert result["status"] == "succeeded", json.dumps(result, indent=2)
+    trials = sorted(result["tasks"], key=lambda t: t["trial"]["number"])
+    assert [t["name"] for t in trials] == [f"lr-{n}" for n in range(1, 7)]
+    rates = [t["trial"]["values"]["learning_rate"] for t in trials]
+    assert good in rates[:3] and bad in rates[:3], rates
+    # Real scores vary from trial to trial: TPE may still explore once.
+    assert rates[2:].count(good) >= 3, rates
+    best = next(t for t in trials if t["name"] == result["best_task"])
+    assert best["trial"]["values"]["learning_rate"] == good
+    # Never more than two at once: each trial started once an earlier one had ended.
+    for n, later in enumerate(trials[2:], 3):
+        ended = [t["finished_at"] for t in trials[: n - 1]]
+        assert sum(e <= later["started_at"] for e in ended) >= n - 2
+
+
 def test_each_task_is_an_mlflow_run_with_its_parameters_metrics_and_tags(
     platform: Platform,
 ) -> None:

@@ -42,7 +42,12 @@ def small_model(tokenizer: Any, seed: int = 0) -> LlamaForCausalLM:
 
 
 def small_setup(
-    data_dir: str, rank: int = 0, world: int = 1, zero_stage: int = 2, **kw: Any
+    data_dir: str,
+    rank: int = 0,
+    world: int = 1,
+    zero_stage: int = 2,
+    dpo: bool = False,
+    **kw: Any,
 ) -> Trainer:
     tokenizer = tiny_tokenizer(Path(data_dir))
     params = Parameters.model_validate(
@@ -54,9 +59,13 @@ def small_setup(
             "seed": 3,
             "checkpoint_every": 3,
             "zero_stage": zero_stage,
+            "finetune_type": "DPO" if dpo else "SFT",
         }
     )
-    data = TrainingData.from_pairs(tokenizer, qa_pairs(24, seed=9), 128)
+    if dpo:
+        data = TrainingData.from_preferences(tokenizer, _preferences(24, seed=9), 128)
+    else:
+        data = TrainingData.from_pairs(tokenizer, qa_pairs(24, seed=9), 128)
     return Trainer(
         small_model(tokenizer), params, data, torch.device("cpu"), rank=rank, world=world, **kw
     )
@@ -190,6 +199,17 @@ def test_two_processes_train_on_halves_of_each_batch_with_the_same_losses(
     assert len(double["losses"]) == 6
     assert double["losses"] == pytest.approx(one_process["losses"], rel=1e-3)
     assert double["ppl"] == pytest.approx(one_process["ppl"], rel=1e-3)
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("engine", ["torch", "deepspeed"])
+def test_two_processes_train_dpo_with_the_same_losses_and_rewards_as_one(engine: str) -> None:
+    """DPO is distributed like SFT: the reference pass, the loss over all ranks' pairs
+    and the rewards reduced over them match one process."""
+    one, two = _torchrun(1, "torch-dpo"), _torchrun(2, f"{engine}-dpo")
+    assert len(two["losses"]) == 6
+    assert two["losses"] == pytest.approx(one["losses"], rel=1e-3)
+    assert two["margins"] == pytest.approx(one["margins"], rel=1e-3, abs=1e-5)
 
 
 @pytest.mark.timeout(900)

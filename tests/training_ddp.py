@@ -4,6 +4,9 @@ trainer over however many processes torchrun gives, printing the losses as JSON.
     python -m torch.distributed.run --nproc_per_node=N -m tests.training_ddp DATA_DIR
         ENGINE [STORE_DIR]
 
+ENGINE is torch or deepspeed, with -zero3 for ZeRO-3, or with -dpo for DPO on
+preference pairs.
+
 With STORE_DIR the run is stopped after 4 steps and started again from its checkpoint
 in a local object store there, as a killed task is.
 """
@@ -45,11 +48,13 @@ def main() -> None:
 
 
 def train(data_dir: str, engine: str) -> None:
+    dpo = engine.endswith("-dpo")
+    engine = engine.removesuffix("-dpo")
     zero_stage = 3 if engine.endswith("zero3") else 2
     engine = engine.removesuffix("-zero3")
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     tokenizer = tiny_tokenizer(Path(data_dir))
-    kw = {"rank": rank, "world": world, "engine": engine, "zero_stage": zero_stage}
+    kw = {"rank": rank, "world": world, "engine": engine, "zero_stage": zero_stage, "dpo": dpo}
     result: TrainResult
     if len(sys.argv) > 3:
         checkpoints = StoreCheckpoints(LocalStore(Path(sys.argv[3])), "task/")
@@ -73,7 +78,11 @@ def train(data_dir: str, engine: str) -> None:
     # The trained weights as a saved model would have them (gathered under ZeRO-3),
     # scored on the training data: the same for every way of training.
     final = trainer.trained_model(lambda: small_model(tokenizer))
-    if rank == 0:
+    if rank == 0 and dpo:
+        margins = [(p.rewards or {})["margins"] for p in result.history]
+        losses = [p.loss for p in result.history]
+        print(json.dumps({"losses": losses, "margins": margins}), flush=True)
+    elif rank == 0:
         assert final is not None
         conversations = [from_pair(q, a) for q, a in qa_pairs(24, seed=9)]
         ppl = answer_perplexity(final, tokenizer, conversations, 128)
