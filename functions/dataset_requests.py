@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -140,6 +140,14 @@ class ChatsSourceSpec(BaseModel):
     """Only chats with this service (for preferences: comparisons it took part in)."""
     since: datetime | None = Field(default=None, alias="from")
     until: datetime | None = None
+
+    @field_validator("since", "until")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        """In UTC (without an offset: UTC), as stored chats' times are compared."""
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class RemoteDataset(DatasetMetadata):

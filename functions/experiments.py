@@ -196,7 +196,9 @@ def _trials(
     if task.search is None or base is None:  # no search, or parameters already refused
         return [(task.name, row)]
     found = task.search.problems(base, at)
-    points = task.search.points(higher_is_better) if not found else []
+    # A DPO trial is scored by preference accuracy, whatever the experiment's method.
+    higher = higher_is_better or base.get("finetune_type") == "DPO"
+    points = task.search.points(higher) if not found else []
     tpe = task.search.model_dump(mode="json") if task.search.method == "tpe" else None
     trials = []
     for number, values in enumerate(points, 1):
@@ -261,6 +263,13 @@ def _check_task(
             {
                 "field": f"{at}.base_model",
                 "message": f"no model {task.base_model!r} (GET /api/v1/models)",
+            }
+        )
+    elif model.status != "ready":
+        problems.append(
+            {
+                "field": f"{at}.base_model",
+                "message": f"model {task.base_model!r} is {model.status}, not ready",
             }
         )
     else:

@@ -294,7 +294,10 @@ def _merge(request: Request, spec: MergeRequest) -> dict[str, Any]:
             },
         )
         session.add(model)
-        session.flush()
+        try:
+            session.flush()
+        except IntegrityError:  # the same name asked for at once
+            raise Conflict(f"A model named {merged_name!r} already exists.") from None
         model.uri = state.store.uri(keys.model_prefix(model.id))
         send = state.bus.stage(
             session,
@@ -363,5 +366,13 @@ def _users(session: Session, workspace: str, model: Model) -> list[str]:
         f"task {task.name!r} of experiment {experiment!r}"
         for task, experiment in tasks
         if TaskSpec.of(task).base_model_uri == model.uri
+    ]
+    merging = session.scalars(
+        select(Model).where(Model.workspace_id == workspace, Model.status == "merging")
+    )
+    found += [
+        f"model {m.name!r} (being merged from it)"
+        for m in merging
+        if (m.spec or {}).get("merged_from", {}).get("id") == model.id
     ]
     return found

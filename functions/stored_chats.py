@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Select, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -150,7 +151,15 @@ async def chat_feedback(request: Request) -> JSONResponse:
 def _vote(request: Request, spec: Feedback) -> dict[str, Any]:
     """Record the vote (a second one replaces it). The comparison's chats may not be
     written yet (they are, within TUNELAB_TRAFFIC_FLUSH_S): they are joined to the vote
-    when a dataset is built from chats, where a vote without stored chats is counted."""
+    when a dataset is built from chats, where a vote without stored chats gives
+    nothing."""
+    try:
+        return _record_vote(request, spec)
+    except IntegrityError:  # the same vote twice at once: the second replaces the first
+        return _record_vote(request, spec)
+
+
+def _record_vote(request: Request, spec: Feedback) -> dict[str, Any]:
     workspace = workspace_id(request)
     with request.app.state.db.session() as session:
         if (

@@ -176,7 +176,11 @@ def test_a_bad_csv_fails_with_the_line_and_field_of_each_error(
 ) -> None:
     body = b"question,answer\nWhat is up?,The sky.\nOnly a question,\n"
     upload_dataset(page, platform, "broken", body)
-    expect(page.locator(".facts [data-status]")).to_have_attribute("data-status", "failed")
+    # The first ingestion of a fresh worker loads its libraries: more than a few seconds
+    # on a loaded machine.
+    expect(page.locator(".facts [data-status]")).to_have_attribute(
+        "data-status", "failed", timeout=MINUTE
+    )
     errors = page.locator("[data-testid=dataset-errors] tbody tr")
     expect(errors.first).to_contain_text("3")  # the line
     expect(errors.first).to_contain_text("answer")  # the field

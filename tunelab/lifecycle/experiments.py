@@ -177,9 +177,9 @@ def finish_experiment(ctx: Context, experiment_id: str) -> None:
                 and (task.score or {}).get("score") is not None
                 and (
                     best is None
-                    # A DPO task's own method (preference accuracy) ranks it.
+                    # A task's own method ranks it (a DPO task's is preference accuracy).
                     or better(
-                        task.score.get("method", method),  # type: ignore[union-attr]
+                        (task.score.get("details") or {}).get("method", method),  # type: ignore[union-attr]
                         task.score["score"],  # type: ignore[index]
                         best.score["score"],  # type: ignore[index]
                     )
@@ -233,6 +233,16 @@ def cancel_experiment(
     ones at once; a training task's worker sees the state and stops within seconds);
     returns what announces it, to be called once that transaction has committed.
     Raises AlreadyEnded."""
+    # Under the experiment's row lock, as a search adds its trials: a trial added
+    # meanwhile is among `tasks`, read again after the lock.
+    session.refresh(experiment, with_for_update=True)
+    for task in tasks:
+        session.refresh(task)
+    tasks += [
+        t
+        for t in session.scalars(select(Task).where(Task.experiment_id == experiment.id))
+        if t not in tasks
+    ]
     if experiment.status in EXPERIMENT_TERMINAL:
         raise AlreadyEnded(f"Experiment {experiment.name!r} has already {experiment.status}.")
     now = datetime.now(UTC)

@@ -98,20 +98,29 @@ def chat_records(
             comparison = (chat.metadata_ or {}).get("comparison")
             if comparison:
                 compared.setdefault(comparison, []).append(chat)
-        votes = session.scalars(
-            select(ChatVote)
-            .where(ChatVote.workspace_id == workspace_id, ChatVote.id.in_(list(compared)))
-            .order_by(ChatVote.created_at)
-        )
-        for vote in votes:
-            answers = compared[vote.id]
+        votes = select(ChatVote).where(ChatVote.workspace_id == workspace_id)
+        if since is not None:  # a vote comes after its chats
+            votes = votes.where(ChatVote.created_at >= since)
+        for vote in session.scalars(votes.order_by(ChatVote.created_at)):
+            answers = compared.get(vote.id, [])
             best = next((c for c in answers if c.service == vote.best), None)
             if best is None or (service is not None and all(c.service != service for c in answers)):
                 continue
+            chosen = _answer(best)
             for other in answers:
-                if other is not best and _answer(other).strip() != _answer(best).strip():
-                    yield {
-                        "input": {"messages": best.messages},
-                        "preferred_output": [{"role": "assistant", "content": _answer(best)}],
-                        "non_preferred_output": [{"role": "assistant", "content": _answer(other)}],
-                    }
+                rejected = _answer(other)
+                # Only answers to the same conversation compare (in a multi-turn chat each
+                # service saw its own earlier answers), and only different, non-empty ones.
+                if (
+                    other is best
+                    or other.messages != best.messages
+                    or not rejected.strip()
+                    or not chosen.strip()
+                    or rejected.strip() == chosen.strip()
+                ):
+                    continue
+                yield {
+                    "input": {"messages": best.messages},
+                    "preferred_output": [{"role": "assistant", "content": chosen}],
+                    "non_preferred_output": [{"role": "assistant", "content": rejected}],
+                }

@@ -6,18 +6,18 @@ the batch's summed loss with the statistics progress reports.
 
 DPO (Rafailov et al., 2023) compares each answer's log-likelihood under the model being
 trained with its log-likelihood under the reference, the model before training. The
-reference log-likelihoods are computed once, before the first step, with the LoRA
-adapter disabled (the very base weights, so no second copy of the model is held) or,
-for full fine-tuning, with the weights as they start; checkpoints keep them, so a
-resumed task compares against the same reference. The loss and rewards are TRL's
-(`DPOTrainer._compute_loss`): `sigmoid`, or `ipo` on length-averaged log-ratios, and an
-optional SFT term on the chosen answer (TRL's `sft` loss type), checked against TRL in
-the tests.
+reference log-likelihoods are computed once, before the first step, with the weights
+as they start, so no second copy of the model is held: for a new LoRA adapter that is
+the base itself (its adapter adds exactly zero), for a continued one the fine-tuned
+model DPO starts from (the usual SFT-then-DPO path), for full fine-tuning the starting
+weights. Checkpoints keep them, so a resumed task compares against the same reference.
+The loss and rewards are TRL's (`DPOTrainer._compute_loss`): `sigmoid`, or `ipo` on
+length-averaged log-ratios, and an optional SFT term on the chosen answer (TRL's `sft`
+loss type), checked against TRL in the tests.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -176,23 +176,21 @@ class DPO:
     def with_reference(
         self, model: torch.nn.Module, forward: torch.nn.Module, pairs: Sequence[Pair], size: int
     ) -> list[Pair]:
-        """`pairs` with their reference log-likelihoods: under the base weights when
-        `model` holds a LoRA adapter (disabled meanwhile), else under `model` as it is.
-        `forward` is what runs the pass (the engine's module, so ZeRO-3 gathers)."""
+        """`pairs` with their log-likelihoods under `model` as it is (before the first
+        step: the reference). `forward` is what runs the pass (the engine's module, so
+        ZeRO-3 gathers)."""
         was_training = model.training
         model.eval()
-        disabled = getattr(model, "disable_adapter", None)
         out: list[Pair] = []
         try:
-            with disabled() if disabled is not None else contextlib.nullcontext():
-                for start in range(0, len(pairs), size):
-                    chunk = pairs[start : start + size]
-                    batch = self.pack(chunk)
-                    logps, _ = self.logps(forward_logits(forward, batch), batch)
-                    out += [
-                        replace(p, reference=(float(c), float(r)))
-                        for p, (c, r) in zip(chunk, logps.tolist(), strict=True)
-                    ]
+            for start in range(0, len(pairs), size):
+                chunk = pairs[start : start + size]
+                batch = self.pack(chunk)
+                logps, _ = self.logps(forward_logits(forward, batch), batch)
+                out += [
+                    replace(p, reference=(float(c), float(r)))
+                    for p, (c, r) in zip(chunk, logps.tolist(), strict=True)
+                ]
         finally:
             model.train(was_training)
         return out

@@ -55,27 +55,36 @@ class Run:
         self.log_lines = self._load_logs()
         watched = [p["val_loss"] for p in self.points if p.get("val_loss") is not None]
         self.val_loss: float | None = watched[-1] if watched else None
-        self.tracker = self._tracker(task) if ctx.settings.mlflow_uri else None
+        self.tracker: Tracker | None = None
+        self._tracking = self._tracking_of(task) if ctx.settings.mlflow_uri else None
 
-    def _tracker(self, task: Task) -> Tracker:
+    def _track(self) -> Tracker | None:
+        """The attempt's tracked run, started with its first message (so a duplicate
+        delivery, which never runs the job, starts none)."""
+        if self.tracker is None and self._tracking is not None:
+            self.tracker = Tracker(**self._tracking)
+        return self.tracker
+
+    def _tracking_of(self, task: Task) -> dict[str, Any]:
+        """What the task's tracked run is made with (read now, while `task` is loaded)."""
         assert self.ctx.settings.mlflow_uri is not None
         data, spec = self.cause.data, TaskSpec.of(task)
         with self.ctx.db.session() as session:
             workspace = session.get_one(Workspace, task.workspace_id).name
-        return Tracker(
-            self.ctx.settings.mlflow_uri,
-            experiment=f"{workspace}/{data.experiment}",
-            run_name=data.task,
-            task_id=task.id,
-            params=spec.parameters,
-            tags={
+        return {
+            "uri": self.ctx.settings.mlflow_uri,
+            "experiment": f"{workspace}/{data.experiment}",
+            "run_name": data.task,
+            "task_id": task.id,
+            "params": spec.parameters,
+            "tags": {
                 "tunelab.workspace": workspace,
                 "tunelab.experiment": data.experiment,
                 "tunelab.task": data.task,
                 "tunelab.dataset": spec.dataset,
                 "tunelab.base_model": spec.base_model,
             },
-        )
+        }
 
     def close(self, status: str | None, model: str = "") -> None:
         """The attempt is over: the tracked run ends with `status` (FINISHED, FAILED,
@@ -110,6 +119,7 @@ class Run:
 
     def handle(self, message: Message) -> None:
         fields = finite(message.fields)
+        self._track()
         if message.kind == "progress":
             self.points = [p for p in self.points if p["step"] < fields["step"]]
             self.points.append({**fields, "time": time.time()})

@@ -16,7 +16,7 @@ from tunelab.clusters import CPU_TYPE
 from tunelab.context import Context
 from tunelab.db.tables import Experiment, Task
 from tunelab.events.envelope import Event
-from tunelab.events.experiment import TaskScheduled
+from tunelab.events.experiment import TaskScheduled, TaskSucceeded
 from tunelab.lease import Lease
 from tunelab.lifecycle.specs import TaskSpec
 from tunelab.lifecycle.states import TASK_TERMINAL, TaskState
@@ -105,7 +105,10 @@ def _train(
         return finish(ctx, event, TaskState.CANCELLED, None)
     if code == 0 and run.result is not None:
         registered = register_model(ctx, event, run.result)
-        run.close("FINISHED", getattr(registered.data, "model", ""))
+        if isinstance(registered, TaskSucceeded):
+            run.close("FINISHED", registered.data.model)
+        else:  # cancelled while the model was saved
+            run.close("KILLED")
         return registered
     # torchrun exits 1 whatever its ranks exited with: the job's own error message is
     # what tells a user error from a fault.

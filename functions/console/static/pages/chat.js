@@ -10,7 +10,8 @@ import { MAX_COMPARED } from "./services.js";
 const SETTINGS = { system: "", temperature: "0", top_p: "1", max_tokens: "128", store: false };
 
 /** A comparison's id: the answers of one round share it, so a vote can name the best. */
-const comparisonId = () => `cmp-${crypto.randomUUID().replaceAll("-", "")}`;
+// (getRandomValues, not randomUUID: the latter exists only on https and localhost.)
+const comparisonId = () => `cmp-${Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("")}`;
 
 /** Asks one service with its own history; `update(patch)` changes its pending answer. */
 async function ask(service, history, settings, comparison, update, signal) {
@@ -21,7 +22,7 @@ async function ask(service, history, settings, comparison, update, signal) {
     top_p: Number(settings.top_p),
     max_tokens: Number(settings.max_tokens),
     stream: true,
-    store: settings.store,
+    store: settings.store || undefined, // unticked: the service's own setting
     comparison_id: comparison,
   };
   if (settings.system.trim()) json.system = settings.system;

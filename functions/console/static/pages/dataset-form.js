@@ -34,6 +34,7 @@ const EMPTY = {
   plugin: "", parameters: "{}", format: "auto",
 };
 const FORMATS = ["auto", "csv", "openai", "sharegpt", "alpaca", "preference"];
+const PREFERENCE_COLUMNS = ["prompt", "chosen", "rejected"];
 const ACCEPT = ".csv,text/csv,.jsonl,.json,application/json";
 
 function metadataOf(form, labels) {
@@ -44,7 +45,10 @@ function metadataOf(form, labels) {
     cluster: form.cluster,
     namespace: form.namespace,
     task: { type: form.task_type, subtypes: form.subtypes.split(",").map((s) => s.trim()).filter(Boolean) },
-    feature_mapping: { question: form.question, answer: form.answer },
+    // A CSV whose header names prompt, chosen and rejected holds preference pairs.
+    feature_mapping: form.preference
+      ? Object.fromEntries(PREFERENCE_COLUMNS.map((c) => [c, c]))
+      : { question: form.question, answer: form.answer },
     format: form.format,
   };
   if (form.license) metadata.license = form.license;
@@ -110,11 +114,15 @@ export function DatasetForm() {
   async function chooseFile(split, file) {
     setFiles((old) => ({ ...old, [split]: file }));
     if (split !== "file") return;
-    if (!file || /\.(jsonl|json|ndjson)$/i.test(file.name)) return setColumns([]); // conversations: no columns
+    if (!file || /\.(jsonl|json|ndjson)$/i.test(file.name)) { // conversations: no columns
+      setForm((f) => ({ ...f, preference: false }));
+      return setColumns([]);
+    }
     const found = await csvColumns(file);
     setColumns(found);
     const pick = (wanted, fallback) => (found.includes(wanted) ? wanted : fallback);
-    setForm((f) => ({ ...f, question: pick(f.question, found[0] || ""), answer: pick(f.answer, found[1] || "") }));
+    const preference = PREFERENCE_COLUMNS.every((c) => found.includes(c)) && !found.includes("question");
+    setForm((f) => ({ ...f, preference, question: pick(f.question, found[0] || ""), answer: pick(f.answer, found[1] || "") }));
   }
 
   async function submit(event) {
@@ -238,6 +246,7 @@ export function DatasetForm() {
         <button type="button" onClick=${() => setLabels([...labels, ["", ""]])}>${t("datasets.add_label")}</button>
       </fieldset>
       <fieldset><legend>${t("field.feature_mapping")}</legend>
+        ${form.preference ? html`<p class="muted" data-testid="preference-csv">${t("datasets.preference_csv")}</p>` : null}
         <${Field} label=${t("field.question")} error=${error("question", "feature_mapping.question", "feature_mapping")}>${mapping("question")}</${Field}>
         <${Field} label=${t("field.answer")} error=${error("answer", "feature_mapping.answer")}>${mapping("answer")}</${Field}>
       </fieldset>
