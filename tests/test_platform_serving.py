@@ -604,6 +604,8 @@ def test_a_model_trained_on_conversations_answers_the_second_turn_from_the_first
     right = sum(a == e for a, e in zip(served, expected, strict=True))
     assert right >= 0.9 * len(chats), (right, served, score)
     assert not any(a == e for a, e in zip(answers("base"), expected, strict=True))
+    # Its memory goes back to the cluster for the tests after this one.
+    assert platform.client.delete("/api/v1/services/chats").status_code == 200
 
 
 def greedy(platform: Platform, service: str, question: str, max_tokens: int) -> str:
@@ -677,6 +679,8 @@ def test_a_dpo_model_ranks_and_answers_in_the_chosen_style_on_new_questions(
 
     assert terse("terse") >= 0.8 * len(held_out)
     assert terse("base") == 0
+    # Its memory goes back to the cluster for the tests after this one.
+    assert platform.client.delete("/api/v1/services/terse").status_code == 200
 
 
 @pytest.mark.timeout(1500)
@@ -704,3 +708,4 @@ def test_a_merged_lora_model_is_a_full_model_that_answers_as_its_adapter(
     questions = [q for q, _ in PAIRS[:12]]
     merged_answers = [greedy(platform, "merged", q, 32) for q in questions]
     assert merged_answers == [greedy(platform, "ft-lora", q, 32) for q in questions]
+    assert platform.client.delete("/api/v1/services/merged").status_code == 200
