@@ -154,9 +154,12 @@ def test_better_respects_higher_is_better() -> None:
 
 
 def test_the_listed_methods_are_described() -> None:
-    assert set(METHODS) == {"rouge-bleu", "exact-match", "perplexity"}
+    assert set(METHODS) == {"rouge-bleu", "exact-match", "preference-accuracy", "perplexity"}
     assert all(name == m.name and m.description.endswith(".") for name, m in METHODS.items())
-    assert [m.name for m in METHODS.values() if not m.needs_generation] == ["perplexity"]
+    assert sorted(m.name for m in METHODS.values() if not m.needs_generation) == [
+        "perplexity",
+        "preference-accuracy",
+    ]
     assert [m.name for m in METHODS.values() if not m.higher_is_better] == ["perplexity"]
 
 
