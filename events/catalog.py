@@ -21,6 +21,11 @@ from tunelab.events.experiment import (
     TaskScheduled,
     TaskSucceeded,
 )
+from tunelab.events.fine_tuning import (
+    FineTuningJobCancelled,
+    FineTuningJobFailed,
+    FineTuningJobSucceeded,
+)
 from tunelab.events.model import ModelDeleted, ModelMergeRequested, ModelRegistered
 from tunelab.events.service import (
     ServiceDeleted,
@@ -44,6 +49,9 @@ AnyEvent = Annotated[
     | TaskSucceeded
     | TaskFailed
     | TaskCancelled
+    | FineTuningJobSucceeded
+    | FineTuningJobFailed
+    | FineTuningJobCancelled
     | ModelRegistered
     | ModelDeleted
     | ModelMergeRequested
@@ -92,10 +100,6 @@ ROUTES: dict[str, tuple[Route, ...]] = {
     "dataset.uploaded": (Route("ingest_dataset", "cpu"),),
     # Whenever resources may have freed up or new tasks wait, the scheduler looks again.
     "experiment.created": (Route("schedule_on_created", "cpu"),),
-    "experiment.cancelled": (
-        Route("schedule_on_cancelled", "cpu"),
-        Route("delete_cancelled_jobs", "cpu", "kubernetes"),
-    ),
     # On Kubernetes a task is a Job that trains in its own pod; locally a GPU worker
     # trains it in a process of its own.
     "task.scheduled": (
@@ -115,6 +119,15 @@ ROUTES: dict[str, tuple[Route, ...]] = {
     "service.deleted": (
         Route("wake_servers_on_deleted", "gpu", "local"),
         Route("wake_kube_on_deleted", "cpu", "kubernetes"),
+    ),
+    # A job of OpenAI's fine-tuning API says how it ended, under OpenAI's names, and
+    # deploys its model when it asked to.
+    "experiment.succeeded": (Route("follow_job_on_succeeded", "cpu"),),
+    "experiment.failed": (Route("follow_job_on_failed", "cpu"),),
+    "experiment.cancelled": (
+        Route("schedule_on_cancelled", "cpu"),
+        Route("delete_cancelled_jobs", "cpu", "kubernetes"),
+        Route("follow_job_on_cancelled", "cpu"),
     ),
     "batch.created": (Route("run_batch", "cpu"),),
     # Merging loads the model whole: the GPU workers' (the CPU workers' image has no

@@ -21,8 +21,9 @@ from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tunelab.db.tables import Service
+from tunelab.db.tables import FineTuningJob, Service
 from tunelab.errors import TunelabError
+from tunelab.functions import fine_tuning
 from tunelab.functions.http import parse, read_json, respond, workspace_id
 from tunelab.serving.gateway import Answer, ChatFailed, Gateway, Upstream
 from tunelab.serving.openai import MAX_TOKENS_LIMIT, ChatRequest, Message, Sampling, completion
@@ -230,19 +231,35 @@ async def _openai_chunks(
 
 
 def list_openai_models(request: Request) -> Response:
+    """The ready services, and the `ft:` name of each job's model one of them serves."""
+    workspace = workspace_id(request)
     with request.app.state.db.session() as session:
         rows = session.scalars(
             select(Service)
-            .where(Service.workspace_id == workspace_id(request), Service.status == "ready")
+            .where(Service.workspace_id == workspace, Service.status == "ready")
             .order_by(Service.created_at.desc())
         ).all()
+        owner = request.scope["workspace"].name
         data = [
             {
                 "id": s.name,
                 "object": "model",
                 "created": int(s.created_at.timestamp()),
-                "owned_by": request.scope["workspace"].name,
+                "owned_by": owner,
             }
             for s in rows
         ]
+        served = {s.model for s in rows}
+        jobs = session.scalars(select(FineTuningJob).where(FineTuningJob.workspace_id == workspace))
+        for job in jobs:
+            model = fine_tuning.fine_tuned_model(session, job)
+            if model is not None and fine_tuning.repository_model(session, job) in served:
+                data.append(
+                    {
+                        "id": model,
+                        "object": "model",
+                        "created": int(job.created_at.timestamp()),
+                        "owned_by": owner,
+                    }
+                )
     return respond({"object": "list", "data": data})

@@ -301,6 +301,12 @@ def get_dataset(request: Request) -> JSONResponse:
 def delete_dataset(request: Request) -> JSONResponse:
     state, workspace = request.app.state, workspace_id(request)
     name = request.path_params["name"]
+    remove(state, workspace, name)
+    return respond({"name": name, "deleted": True})
+
+
+def remove(state: Any, workspace: str, name: str) -> None:
+    """Delete the dataset and its objects; Conflict while a running experiment uses it."""
     with state.db.session() as session:
         dataset = find(session, workspace, name)
         users = active_users(session, workspace, dataset=name)
@@ -316,4 +322,3 @@ def delete_dataset(request: Request) -> JSONResponse:
         if source_key:
             state.store.delete(source_key)
         session.delete(dataset)
-    return respond({"name": dataset.name, "deleted": True})

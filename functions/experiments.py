@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -25,8 +26,8 @@ from tunelab.experiment_rules import (
     resource_problems,
 )
 from tunelab.functions.http import parse, read_json, respond, workspace_id
-from tunelab.functions.repository import visible_model
 from tunelab.lifecycle import experiments as lifecycle
+from tunelab.lifecycle.services import visible_model
 from tunelab.lifecycle.specs import ExperimentSpec, TaskSpec
 from tunelab.params import Parameters, errors_of
 from tunelab.scoring import METHODS, PREFERENCE_ACCURACY
@@ -41,6 +42,7 @@ def task_json(task: Task) -> dict[str, Any]:
         "status": task.status,
         "base_model": spec.base_model,
         "dataset": spec.dataset,
+        "validation_dataset": spec.validation_dataset,
         "parameter_group": spec.parameter_group,
         "parameters": spec.parameters,
         "compute": spec.compute.model_dump(),
@@ -93,11 +95,20 @@ def find(session: Session, workspace: str, name: str) -> Experiment:
 
 async def create_experiment(request: Request) -> JSONResponse:
     spec = parse(ExperimentRequest, await read_json(request), "experiment")
-    return respond(await run_in_threadpool(_create, request, spec), 202)
-
-
-def _create(request: Request, spec: ExperimentRequest) -> dict[str, Any]:
     state, workspace = request.app.state, workspace_id(request)
+    return respond(await run_in_threadpool(create, state, workspace, spec), 202)
+
+
+def create(
+    state: Any,
+    workspace: str,
+    spec: ExperimentRequest,
+    along: Callable[[Session, Experiment], None] | None = None,
+) -> dict[str, Any]:
+    """Check every rule, then store the experiment, its tasks and `experiment.created`
+    in one transaction (with what `along` adds to it) and send the event.
+
+    Raises Invalid naming every problem, Conflict when the name is taken."""
     problems: list[dict[str, Any]] = []
     if spec.evaluation not in METHODS:
         problems.append(
@@ -168,6 +179,8 @@ def _create(request: Request, spec: ExperimentRequest) -> dict[str, Any]:
             session.add(experiment)
             session.add_all(tasks)
             session.flush()
+            if along is not None:
+                along(session, experiment)
             event = ExperimentCreated(
                 id=derived_id(f"{experiment.id}/experiment.created"),
                 workspace=workspace,
@@ -250,6 +263,7 @@ def _check_task(
     row: dict[str, Any] = {
         "base_model": task.base_model,
         "dataset": task.dataset,
+        "validation_dataset": task.validation_dataset,
         "parameter_group": task.parameter_group,
         "overrides": task.overrides,
         "compute": task.compute.model_dump(),
@@ -302,6 +316,8 @@ def _check_task(
     else:
         row["dataset_id"], row["files"] = dataset.id, dataset.files
         row["dataset_kind"] = dataset_kind(dataset.stats)
+    if task.validation_dataset is not None:
+        _validation_split(session, workspace, task, at, place, row, problems)
     group = session.scalar(
         select(ParameterGroup).where(
             ParameterGroup.workspace_id == workspace, ParameterGroup.name == task.parameter_group
@@ -360,6 +376,42 @@ def _check_task(
         problems += found
         row["resources"] = parsed
     return row
+
+
+def _validation_split(
+    session: Session,
+    workspace: str,
+    task: TaskRequest,
+    at: str,
+    place: tuple[str, str],
+    row: dict[str, Any],
+    problems: list[dict[str, Any]],
+) -> None:
+    """The task's validate split from another dataset: its training rows, if it is
+    ready, where the task trains and of the same kind as the training dataset."""
+    field, name = f"{at}.validation_dataset", str(task.validation_dataset)
+    found = session.scalar(
+        select(Dataset).where(Dataset.workspace_id == workspace, Dataset.name == name)
+    )
+    message = None
+    if found is None:
+        message = f"no dataset {name!r}"
+    elif found.status != "ready":
+        message = f"dataset {name!r} is {found.status}, not ready"
+    elif (found.metadata_["cluster"], found.metadata_["namespace"]) != place:
+        message = _elsewhere(
+            "dataset", name, found.metadata_["cluster"], found.metadata_["namespace"], place
+        )
+    elif "files" in row and dataset_kind(found.stats) != row["dataset_kind"]:
+        message = (
+            f"dataset {name!r} holds {dataset_kind(found.stats)} rows, dataset "
+            f"{task.dataset!r} {row['dataset_kind']} rows: they must be of one kind"
+        )
+    if message is not None:
+        problems.append({"field": field, "message": message})
+    elif "files" in row and found is not None:
+        row["files"] = {**row["files"], "validate": (found.files or {})["train"]}
+        row["validation_dataset"] = name
 
 
 def _elsewhere(kind: str, name: str, cluster: str, namespace: str, place: tuple[str, str]) -> str:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from tunelab.errors import BadRequest, Invalid, TunelabError, excerpt
+from tunelab.errors import BadRequest, Invalid, NotFound, TunelabError, excerpt
 from tunelab.functions.boundary import parse_json
 
 M = TypeVar("M", bound=BaseModel)
@@ -56,3 +57,39 @@ def workspace_id(request: Request) -> str:
 
 def respond(body: Any, status: int = 200) -> JSONResponse:
     return JSONResponse(body, status_code=status)
+
+
+def cursor_page(
+    items: list[dict[str, Any]],
+    params: Mapping[str, str],
+    default_limit: int = 20,
+    max_limit: int = 100,
+) -> dict[str, Any]:
+    """OpenAI's list page of `items` (in their order): those after the `after` id, at
+    most `limit`, with `has_more`, `first_id` and `last_id`. Invalid for a bad limit,
+    NotFound for an unknown `after`."""
+    raw = params.get("limit", str(default_limit))
+    limit = int(raw) if raw.isdigit() else 0
+    if not 1 <= limit <= max_limit:
+        raise Invalid(
+            f"limit must be an integer from 1 to {max_limit}.",
+            [{"field": "limit", "message": f"not an integer from 1 to {max_limit}"}],
+        )
+    start = 0
+    after = params.get("after")
+    if after:
+        ids = [item["id"] for item in items]
+        if after not in ids:
+            raise NotFound(
+                f"No item {excerpt(after)!s} to list after.",
+                [{"field": "after", "message": "not found"}],
+            )
+        start = ids.index(after) + 1
+    page = items[start : start + limit]
+    return {
+        "object": "list",
+        "data": page,
+        "has_more": start + limit < len(items),
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+    }

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from tunelab.experiment_rules import ExperimentRequest
+from tunelab.fine_tuning import JobRequest
 from tunelab.functions.chat import CompareRequest
 from tunelab.functions.dataset_requests import RemoteDataset, UploadRequest
 from tunelab.functions.parameter_groups import GroupRequest
@@ -83,6 +84,7 @@ def _q(name: str, kind: str = "string", **schema: Any) -> tuple[str, dict[str, A
 
 
 LIMIT = _q("limit", "integer", minimum=1, maximum=1000)
+OPENAI_LIMIT = _q("limit", "integer", minimum=1, maximum=100)
 OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/healthz"): Operation("Liveness"),
     ("GET", "/readyz"): Operation("Readiness of the broker, database and object store"),
@@ -158,6 +160,42 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "A stored chat's messages", answer=OPENAI_LIST, query=(_q("after"), LIMIT)
     ),
     ("GET", "/v1/models"): Operation("Ready services, as OpenAI models", answer=OPENAI_LIST),
+    ("POST", "/v1/files"): Operation(
+        "Upload a file for fine-tuning (a dataset)", forms=("multipart/form-data",)
+    ),
+    ("GET", "/v1/files"): Operation(
+        "Files for fine-tuning",
+        answer=OPENAI_LIST,
+        query=(
+            _q("purpose"),
+            _q("after"),
+            _q("order", enum=["asc", "desc"]),
+            _q("limit", "integer", minimum=1, maximum=10000),
+        ),
+    ),
+    ("GET", "/v1/files/{id}"): Operation("One file"),
+    ("DELETE", "/v1/files/{id}"): Operation("Delete a file"),
+    ("GET", "/v1/files/{id}/content"): Operation(
+        "A file's bytes as uploaded", raw="application/octet-stream"
+    ),
+    ("POST", "/v1/fine_tuning/jobs"): Operation(
+        "Create a fine-tuning job (a one-task experiment)", JobRequest
+    ),
+    ("GET", "/v1/fine_tuning/jobs"): Operation(
+        "Fine-tuning jobs, newest first", answer=OPENAI_LIST, query=(_q("after"), OPENAI_LIMIT)
+    ),
+    ("GET", "/v1/fine_tuning/jobs/{id}"): Operation("One fine-tuning job"),
+    ("POST", "/v1/fine_tuning/jobs/{id}/cancel"): Operation("Cancel a fine-tuning job"),
+    ("GET", "/v1/fine_tuning/jobs/{id}/events"): Operation(
+        "A job's state changes and training steps, newest first",
+        answer=OPENAI_LIST,
+        query=(_q("after"), OPENAI_LIMIT),
+    ),
+    ("GET", "/v1/fine_tuning/jobs/{id}/checkpoints"): Operation(
+        "A job's checkpoints with their step's metrics",
+        answer=OPENAI_LIST,
+        query=(_q("after"), OPENAI_LIMIT),
+    ),
     ("GET", f"{API}/usage"): Operation(
         "Usage per service and hour",
         answer=LISTING,

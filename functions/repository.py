@@ -26,6 +26,7 @@ from tunelab.events.model import (
     ModelRegisteredData,
 )
 from tunelab.functions.http import parse, read_json, respond, workspace_id
+from tunelab.lifecycle.services import visible_model
 from tunelab.lifecycle.specs import ServiceSpec, TaskSpec
 from tunelab.lifecycle.states import SERVICE_LIVE, TASK_ACTIVE
 from tunelab.model_sources import source_problem
@@ -64,16 +65,6 @@ def ensure_builtin_models(db: Database) -> None:
                 )
     except IntegrityError:
         pass
-
-
-def visible_model(session: Session, workspace: str, name: str) -> Model | None:
-    """The workspace's own model of that name, else a built-in one."""
-    rows = session.scalars(
-        select(Model).where(
-            Model.name == name, or_(Model.workspace_id == workspace, Model.workspace_id.is_(None))
-        )
-    ).all()
-    return next((m for m in rows if m.workspace_id is not None), rows[0] if rows else None)
 
 
 def to_json(model: Model) -> dict[str, Any]:

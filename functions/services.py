@@ -16,13 +16,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from tunelab.clusters import clusters, placement_problems
 from tunelab.db.tables import ModelServer, Service
-from tunelab.errors import Conflict, Invalid, NotFound
-from tunelab.events.service import ServiceDeleted, ServiceDeployRequested, ServiceRef
-from tunelab.experiment_rules import span_problems
+from tunelab.errors import Conflict, NotFound
+from tunelab.events.service import ServiceDeleted, ServiceRef
 from tunelab.functions.http import parse, read_json, respond, workspace_id
-from tunelab.functions.repository import visible_model
+from tunelab.lifecycle.services import request_deploy
 from tunelab.lifecycle.specs import ServiceSpec
 from tunelab.serving.routes import announce_change
 from tunelab.serving_rules import DeployRequest
@@ -65,51 +63,11 @@ async def create_service(request: Request) -> JSONResponse:
 
 
 def _create(request: Request, spec: DeployRequest) -> dict[str, Any]:
-    state, workspace = request.app.state, workspace_id(request)
-    problems = placement_problems(state.settings, spec.cluster, spec.namespace)
-    if problems:
-        field = "cluster" if problems[0].startswith("no cluster") else "namespace"
-        raise Invalid(
-            problems[0][0].upper() + problems[0][1:] + ".",
-            [{"field": field, "message": problems[0]}],
-        )
-    # Requests within limits and within the cluster: known now, as for experiments.
-    spans, _ = span_problems(spec.resources, clusters(state.settings)[spec.cluster], "resources")
-    if spans:
-        fields = ", ".join(p["field"] for p in spans)
-        raise Invalid(f"The service's resources are not possible: {fields}.", spans)
+    state = request.app.state
     try:
         with state.db.session() as session:
-            model = visible_model(session, workspace, spec.model)
-            if model is None:
-                raise Invalid(
-                    f"No model named {spec.model!r} in the repository.",
-                    [{"field": "model", "message": f"no model {spec.model!r}"}],
-                )
-            if model.status != "ready":
-                raise Conflict(f"Model {spec.model!r} is {model.status}, not ready to deploy.")
-            if session.scalar(
-                select(Service.id).where(
-                    Service.workspace_id == workspace, Service.name == spec.name
-                )
-            ):
-                raise Conflict(f"A service named {spec.name!r} already exists.")
-            service = Service(
-                workspace_id=workspace,
-                name=spec.name,
-                model=model.name,
-                spec={"model_id": model.id, "request": spec.model_dump(mode="json")},
-                status="deploying",
-            )
-            session.add(service)
-            session.flush()
-            send = state.bus.stage(
-                session,
-                ServiceDeployRequested(
-                    workspace=workspace,
-                    subject=f"services/{spec.name}",
-                    data=ServiceRef(service_id=service.id, name=spec.name, model=model.name),
-                ),
+            service, send = request_deploy(
+                state.settings, state.bus, session, workspace_id(request), spec
             )
             body = to_json(service)
     except IntegrityError:

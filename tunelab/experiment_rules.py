@@ -47,6 +47,9 @@ class TaskRequest(BaseModel):
     name: Name
     base_model: str
     dataset: str
+    validation_dataset: str | None = None
+    """Another dataset whose rows are this task's validate split (in place of the
+    dataset's own): OpenAI's `validation_file`."""
     parameter_group: str
     overrides: dict[str, Any] = Field(default_factory=dict)
     search: Search | None = None

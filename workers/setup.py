@@ -37,6 +37,7 @@ ACTOR_MODULES: dict[WorkerKind, tuple[str, ...]] = {
         "tunelab.workers.cpu.webhooks",
         "tunelab.workers.cpu.pings",
         "tunelab.workers.cpu.scheduling",
+        "tunelab.workers.cpu.fine_tuning",
         "tunelab.workers.cpu.batches",
         "tunelab.workers.kube.actors",
     ),

@@ -130,6 +130,24 @@ class Experiment(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class FineTuningJob(Base):
+    """An experiment asked for through OpenAI's fine-tuning API (`/v1/fine_tuning/jobs`):
+    its one task trains what the request said, and this row keeps what OpenAI's job
+    object shows (files, suffix, seed, metadata, hyperparameters as given)."""
+
+    __tablename__ = "fine_tuning_jobs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    """`ftjob-` and 24 hex digits; also the experiment's and its parameter group's name."""
+    workspace_id: Mapped[str] = _workspace()
+    experiment_id: Mapped[str] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), unique=True
+    )
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, index=True
+    )
+
+
 class Task(Base):
     __tablename__ = "tasks"
     __table_args__ = (UniqueConstraint("experiment_id", "name"),)

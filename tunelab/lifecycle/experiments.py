@@ -264,8 +264,8 @@ def cancel_experiment(
 def active_users(
     session: Session, workspace: str, *, dataset: str | None = None, group: str | None = None
 ) -> list[str]:
-    """The experiments still queued or running with a task that trains on `dataset` or
-    with parameter group `group`: what must not be deleted under them."""
+    """The experiments still queued or running with a task that trains (or validates)
+    on `dataset` or with parameter group `group`: what must not be deleted under them."""
     return [
         experiment.name
         for experiment in session.scalars(
@@ -274,7 +274,7 @@ def active_users(
             )
         )
         if any(
-            (dataset is not None and t.dataset == dataset)
+            (dataset is not None and dataset in (t.dataset, t.validation_dataset))
             or (group is not None and t.parameter_group == group)
             for t in ExperimentSpec.of(experiment).tasks
         )

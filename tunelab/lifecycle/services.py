@@ -9,14 +9,17 @@ fine-tuned model gets a server of its own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from tunelab.clusters import clusters, placement_problems
 from tunelab.context import Context
 from tunelab.db.tables import Model, ModelServer, Service
+from tunelab.errors import Conflict, Invalid
 from tunelab.events.service import (
     ServiceDeployRequested,
     ServiceFailed,
@@ -25,10 +28,75 @@ from tunelab.events.service import (
     ServiceReady,
     ServiceRef,
 )
+from tunelab.experiment_rules import span_problems
 from tunelab.lifecycle.specs import ServiceSpec
 from tunelab.lifecycle.states import SERVICE_LIVE, ServiceState
 from tunelab.serving.routes import announce_change
 from tunelab.serving.served import served
+from tunelab.serving_rules import DeployRequest
+from tunelab.settings import Settings
+
+
+def visible_model(session: Session, workspace: str, name: str) -> Model | None:
+    """The workspace's own model of that name, else a built-in one."""
+    rows = session.scalars(
+        select(Model).where(
+            Model.name == name, or_(Model.workspace_id == workspace, Model.workspace_id.is_(None))
+        )
+    ).all()
+    return next((m for m in rows if m.workspace_id is not None), rows[0] if rows else None)
+
+
+def request_deploy(
+    settings: Settings, bus: Any, session: Session, workspace: str, spec: DeployRequest
+) -> tuple[Service, Callable[[], None]]:
+    """Store a deploying service and its `service.deploy_requested` in the caller's
+    transaction; returns it and what sends the event once that has committed.
+
+    Raises Invalid for a place, resources or model that cannot be, Conflict for a model
+    not ready or a name taken."""
+    problems = placement_problems(settings, spec.cluster, spec.namespace)
+    if problems:
+        field = "cluster" if problems[0].startswith("no cluster") else "namespace"
+        raise Invalid(
+            problems[0][0].upper() + problems[0][1:] + ".",
+            [{"field": field, "message": problems[0]}],
+        )
+    # Requests within limits and within the cluster: known now, as for experiments.
+    spans, _ = span_problems(spec.resources, clusters(settings)[spec.cluster], "resources")
+    if spans:
+        fields = ", ".join(p["field"] for p in spans)
+        raise Invalid(f"The service's resources are not possible: {fields}.", spans)
+    model = visible_model(session, workspace, spec.model)
+    if model is None:
+        raise Invalid(
+            f"No model named {spec.model!r} in the repository.",
+            [{"field": "model", "message": f"no model {spec.model!r}"}],
+        )
+    if model.status != "ready":
+        raise Conflict(f"Model {spec.model!r} is {model.status}, not ready to deploy.")
+    if session.scalar(
+        select(Service.id).where(Service.workspace_id == workspace, Service.name == spec.name)
+    ):
+        raise Conflict(f"A service named {spec.name!r} already exists.")
+    service = Service(
+        workspace_id=workspace,
+        name=spec.name,
+        model=model.name,
+        spec={"model_id": model.id, "request": spec.model_dump(mode="json")},
+        status="deploying",
+    )
+    session.add(service)
+    session.flush()
+    send = bus.stage(
+        session,
+        ServiceDeployRequested(
+            workspace=workspace,
+            subject=f"services/{spec.name}",
+            data=ServiceRef(service_id=service.id, name=spec.name, model=model.name),
+        ),
+    )
+    return service, send
 
 
 def assign(ctx: Context, event: ServiceDeployRequested, engine: str) -> None:

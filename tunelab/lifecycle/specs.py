@@ -30,6 +30,7 @@ class TaskChoice(BaseModel):
     name: str
     base_model: str
     dataset: str
+    validation_dataset: str | None = None
     parameter_group: str
 
 
@@ -95,6 +96,8 @@ class TaskSpec(TaskNeeds):
     """The fine-tuned models the task continues from, nearest first (name and id)."""
     dataset: str
     dataset_id: str
+    validation_dataset: str | None = None
+    """Where the validate split comes from when another dataset gives it."""
     parameter_group: str
     overrides: dict[str, Any] = Field(default_factory=dict)
     resources_requested: dict[str, Any] = Field(default_factory=dict)

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from tunelab.db import Database
-from tunelab.db.tables import Model, ModelServer, Service, Workspace
+from tunelab.db.tables import FineTuningJob, Model, ModelServer, Service, Task, Workspace
+from tunelab.fine_tuning import TASK, job_of_model_name
 from tunelab.lifecycle.specs import ServiceSpec
 from tunelab.serving.served import Served, served
 
@@ -61,6 +63,29 @@ class Route:
         return self.served.target(self.service_id)
 
 
+def fine_tuned_services(session: Session, workspace_id: str, names: list[str]) -> dict[str, str]:
+    """The service each `ft:` model name (OpenAI's name of a job's model) is asked
+    through: the one its job deployed, else a ready one of the model, else any."""
+    found = {}
+    for name in names:
+        job_id = job_of_model_name(name)
+        job = session.get(FineTuningJob, job_id) if job_id else None
+        if job is None or job.workspace_id != workspace_id:
+            continue
+        model = session.scalar(
+            select(Task.model).where(Task.experiment_id == job.experiment_id, Task.name == TASK)
+        )
+        services = session.scalars(
+            select(Service).where(Service.workspace_id == workspace_id, Service.model == model)
+        ).all()
+        deploy = job.spec.get("deploy")
+        asked = deploy if isinstance(deploy, str) else job.id if deploy else None
+        ranked = sorted(services, key=lambda s: (s.name != asked, s.status != "ready", s.name))
+        if ranked:
+            found[name] = ranked[0].name
+    return found
+
+
 class RouteTable:
     def __init__(self, db: Database, ttl_s: float = 5.0) -> None:
         self.db, self.ttl_s = db, ttl_s
@@ -89,11 +114,13 @@ class RouteTable:
 
     def read(self, workspace_id: str, names: list[str]) -> dict[str, Route]:
         with self.db.session() as session:
+            aliases = fine_tuned_services(session, workspace_id, names)
+            wanted = [aliases.get(n, n) for n in names]
             rows = session.execute(
                 select(Service, ModelServer, Workspace.name)
                 .join(Workspace, Workspace.id == Service.workspace_id)
                 .outerjoin(ModelServer, ModelServer.id == Service.server_id)
-                .where(Service.workspace_id == workspace_id, Service.name.in_(names))
+                .where(Service.workspace_id == workspace_id, Service.name.in_(wanted))
             ).all()
             routes = {}
             for service, server, workspace in rows:
@@ -112,6 +139,9 @@ class RouteTable:
                     served=served(model),
                     store=spec.request.store,
                 )
+            for alias, name in aliases.items():
+                if name in routes:
+                    routes[alias] = routes[name]
             return routes
 
     def forget(self, route: Route) -> None:

@@ -1,0 +1,109 @@
+"""A fine-tuning job's end: its OpenAI-named event, and its model deployed when the job
+asked for it (`deploy`), both in one transaction, so a redelivery repeats neither."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from sqlalchemy import select
+
+from tunelab.context import Context
+from tunelab.db.tables import Experiment, FineTuningJob, Service, Task, Workspace
+from tunelab.errors import TunelabError
+from tunelab.events.envelope import derived_id
+from tunelab.events.fine_tuning import (
+    FineTuningJobCancelled,
+    FineTuningJobFailed,
+    FineTuningJobRef,
+    FineTuningJobSucceeded,
+)
+from tunelab.fine_tuning import TASK, ft_model_name
+from tunelab.lifecycle.services import request_deploy
+from tunelab.lifecycle.specs import ExperimentSpec
+from tunelab.lifecycle.states import ExperimentState
+from tunelab.serving_rules import DeployRequest
+
+log = logging.getLogger("tunelab.fine_tuning")
+
+EVENT_OF: dict[str, type[FineTuningJobSucceeded | FineTuningJobFailed | FineTuningJobCancelled]] = {
+    ExperimentState.SUCCEEDED: FineTuningJobSucceeded,
+    ExperimentState.FAILED: FineTuningJobFailed,
+    ExperimentState.CANCELLED: FineTuningJobCancelled,
+}
+
+
+def service_name(job: FineTuningJob) -> str | None:
+    """The service the job deploys its model as, if it asked for one."""
+    deploy = job.spec.get("deploy")
+    if not deploy:
+        return None
+    return deploy if isinstance(deploy, str) else job.id
+
+
+def job_ended(ctx: Context, experiment_id: str) -> None:
+    """Announce how the job of this experiment ended (nothing if it is not a job's),
+    deploying its model first when it succeeded and asked for it."""
+    sends: list[Callable[[], None]] = []
+    with ctx.db.session() as session:
+        job = session.scalar(
+            select(FineTuningJob).where(FineTuningJob.experiment_id == experiment_id)
+        )
+        experiment = session.get(Experiment, experiment_id)
+        if job is None or experiment is None or experiment.status not in EVENT_OF:
+            return
+        task = session.scalar(
+            select(Task).where(Task.experiment_id == experiment_id, Task.name == TASK)
+        )
+        model = task.model if task is not None and experiment.status == "succeeded" else None
+        workspace = session.get(Workspace, job.workspace_id)
+        fine_tuned = None
+        if model is not None and workspace is not None:
+            fine_tuned = ft_model_name(
+                job.spec["model"], workspace.name, job.spec.get("suffix"), job.id
+            )
+        service = service_name(job) if model is not None else None
+        if service is not None and model is not None:
+            taken = session.scalar(
+                select(Service).where(
+                    Service.workspace_id == job.workspace_id, Service.name == service
+                )
+            )
+            if taken is None:
+                try:
+                    with session.begin_nested():
+                        _, send = request_deploy(
+                            ctx.settings,
+                            ctx.bus,
+                            session,
+                            job.workspace_id,
+                            DeployRequest(
+                                name=service,
+                                model=model,
+                                cluster=ExperimentSpec.of(experiment).cluster,
+                                namespace=ExperimentSpec.of(experiment).namespace,
+                            ),
+                        )
+                    sends.append(send)
+                except TunelabError as exc:
+                    # The job succeeded; the deployment it asked for did not start.
+                    log.warning("job %s: its model is not deployed: %s", job.id, exc.message)
+                    job.spec = {
+                        **job.spec,
+                        "deploy_error": {"code": exc.code, "message": exc.message},
+                    }
+                    service = None
+        event = EVENT_OF[experiment.status](
+            id=derived_id(f"{job.id}/fine_tuning.job.ended"),
+            workspace=job.workspace_id,
+            subject=f"fine_tuning/jobs/{job.id}",
+            data=FineTuningJobRef(
+                id=job.id,
+                experiment_id=experiment_id,
+                fine_tuned_model=fine_tuned,
+                service=service,
+            ),
+        )
+        sends.insert(0, ctx.bus.stage(session, event))
+    for send in sends:
+        send()
