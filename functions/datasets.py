@@ -35,23 +35,28 @@ from tunelab.functions.http import parse, read_json, respond, workspace_id
 from tunelab.lifecycle.experiments import active_users
 from tunelab.store import ObjectStore, PresignUnsupported, key_from_uri, keys
 from tunelab.times import iso
+from tunelab.views import DatasetView
 
 SPLIT_PARTS = {"file": "train", "validate": "validate", "test": "test"}
 
 
 def to_json(dataset: Dataset) -> dict[str, Any]:
-    return {
-        **dataset.metadata_,
-        "name": dataset.name,
-        "status": dataset.status,
-        "error": dataset.error,
-        "warnings": dataset.warnings or [],
-        "kind": dataset_kind(dataset.stats),
-        "stats": (dataset.stats or {}).get("train") if dataset.stats else None,
-        "splits": {split: {"rows": s.get("rows")} for split, s in (dataset.stats or {}).items()},
-        "source": dataset.source,
-        "created_at": iso(dataset.created_at),
-    }
+    return DatasetView.shown(
+        {
+            **dataset.metadata_,
+            "name": dataset.name,
+            "status": dataset.status,
+            "error": dataset.error,
+            "warnings": dataset.warnings or [],
+            "kind": dataset_kind(dataset.stats),
+            "stats": (dataset.stats or {}).get("train") if dataset.stats else None,
+            "splits": {
+                split: {"rows": s.get("rows")} for split, s in (dataset.stats or {}).items()
+            },
+            "source": dataset.source,
+            "created_at": iso(dataset.created_at),
+        }
+    )
 
 
 def find(session: Session, workspace: str, name: str) -> Dataset:

@@ -33,6 +33,7 @@ from tunelab.params import Parameters, errors_of
 from tunelab.scoring import METHODS, PREFERENCE_ACCURACY
 from tunelab.search import trial_name
 from tunelab.times import iso
+from tunelab.views import ExperimentView
 
 
 def task_json(task: Task) -> dict[str, Any]:
@@ -62,18 +63,20 @@ def task_json(task: Task) -> dict[str, Any]:
 
 def to_json(experiment: Experiment, tasks: list[Task]) -> dict[str, Any]:
     spec = ExperimentSpec.of(experiment)
-    return {
-        "name": experiment.name,
-        "evaluation": spec.evaluation,
-        "cluster": spec.cluster,
-        "namespace": spec.namespace,
-        "status": experiment.status,
-        "best_task": experiment.best_task,
-        "error": experiment.error,
-        "tasks": [task_json(t) for t in tasks],
-        "created_at": iso(experiment.created_at),
-        "finished_at": iso(experiment.finished_at) if experiment.finished_at else None,
-    }
+    return ExperimentView.shown(
+        {
+            "name": experiment.name,
+            "evaluation": spec.evaluation,
+            "cluster": spec.cluster,
+            "namespace": spec.namespace,
+            "status": experiment.status,
+            "best_task": experiment.best_task,
+            "error": experiment.error,
+            "tasks": [task_json(t) for t in tasks],
+            "created_at": iso(experiment.created_at),
+            "finished_at": iso(experiment.finished_at) if experiment.finished_at else None,
+        }
+    )
 
 
 def tasks_of(session: Session, experiment: Experiment) -> list[Task]:

@@ -130,7 +130,8 @@ def _create(request: Request, spec: JobRequest) -> dict[str, Any]:
 
     try:
         experiments.create(state, workspace, experiment_request, along)
-    except TunelabError as exc:
+    except BaseException as exc:
+        # Nothing half-stored: the job's group goes with the job that was not made.
         with state.db.session() as session:
             session.query(ParameterGroup).filter_by(workspace_id=workspace, name=job_id).delete()
         if isinstance(exc, Invalid):

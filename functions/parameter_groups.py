@@ -20,6 +20,7 @@ from tunelab.lifecycle.experiments import active_users
 from tunelab.names import Name
 from tunelab.params import Parameters, errors_of, presets, resolve
 from tunelab.times import iso
+from tunelab.views import GroupView
 
 
 class GroupRequest(BaseModel):
@@ -42,14 +43,16 @@ class GroupRequest(BaseModel):
 
 
 def to_json(group: ParameterGroup) -> dict[str, Any]:
-    return {
-        "name": group.name,
-        "cluster": group.cluster,
-        "namespace": group.namespace,
-        "finetune_type": group.finetune_type,
-        "parameters": group.parameters,
-        "created_at": iso(group.created_at),
-    }
+    return GroupView.shown(
+        {
+            "name": group.name,
+            "cluster": group.cluster,
+            "namespace": group.namespace,
+            "finetune_type": group.finetune_type,
+            "parameters": group.parameters,
+            "created_at": iso(group.created_at),
+        }
+    )
 
 
 def find(session: Session, workspace: str, name: str) -> ParameterGroup:

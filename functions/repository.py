@@ -33,6 +33,7 @@ from tunelab.model_sources import source_problem
 from tunelab.names import Name
 from tunelab.store import ObjectStore, keys
 from tunelab.times import iso
+from tunelab.views import ModelView
 
 BUILTIN = Model(
     id="builtin-tiny-llama",
@@ -69,27 +70,29 @@ def ensure_builtin_models(db: Database) -> None:
 
 def to_json(model: Model) -> dict[str, Any]:
     spec = model.spec or {}
-    return {
-        "name": model.name,
-        "kind": model.kind,
-        "builtin": model.workspace_id is None,
-        "uri": model.uri,
-        "description": spec.get("description"),
-        "base_model": spec.get("base_model"),
-        "experiment": spec.get("experiment"),
-        "task": spec.get("task"),
-        "score": spec.get("score"),
-        "base_score": spec.get("base_score"),
-        "adapter": spec.get("adapter"),
-        "dataset": spec.get("dataset"),
-        "parameters": spec.get("parameters"),
-        "selection": spec.get("selection"),
-        "lineage": spec.get("lineage", []),
-        "merged_from": spec.get("merged_from"),
-        "status": model.status,
-        "error": model.error,
-        "created_at": iso(model.created_at),
-    }
+    return ModelView.shown(
+        {
+            "name": model.name,
+            "kind": model.kind,
+            "builtin": model.workspace_id is None,
+            "uri": model.uri,
+            "description": spec.get("description"),
+            "base_model": spec.get("base_model"),
+            "experiment": spec.get("experiment"),
+            "task": spec.get("task"),
+            "score": spec.get("score"),
+            "base_score": spec.get("base_score"),
+            "adapter": spec.get("adapter"),
+            "dataset": spec.get("dataset"),
+            "parameters": spec.get("parameters"),
+            "selection": spec.get("selection"),
+            "lineage": spec.get("lineage", []),
+            "merged_from": spec.get("merged_from"),
+            "status": model.status,
+            "error": model.error,
+            "created_at": iso(model.created_at),
+        }
+    )
 
 
 class RegisterRequest(BaseModel):

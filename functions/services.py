@@ -25,27 +25,30 @@ from tunelab.lifecycle.specs import ServiceSpec
 from tunelab.serving.routes import announce_change
 from tunelab.serving_rules import DeployRequest
 from tunelab.times import iso
+from tunelab.views import ServiceView
 
 
 def to_json(service: Service, server: ModelServer | None = None) -> dict[str, Any]:
     request = ServiceSpec.of(service).request
-    return {
-        "name": service.name,
-        "model": service.model,
-        "cluster": request.cluster,
-        "namespace": request.namespace,
-        "resources": request.resources.model_dump(mode="json"),
-        "replicas": request.replicas,
-        "store": request.store,
-        "status": service.status,
-        "error": service.error,
-        "endpoint": service.endpoint,
-        "server": None
-        if server is None
-        else {"engine": server.engine, "status": server.status, "restarts": server.restarts},
-        "created_at": iso(service.created_at),
-        "ready_at": iso(service.ready_at) if service.ready_at else None,
-    }
+    return ServiceView.shown(
+        {
+            "name": service.name,
+            "model": service.model,
+            "cluster": request.cluster,
+            "namespace": request.namespace,
+            "resources": request.resources.model_dump(mode="json"),
+            "replicas": request.replicas,
+            "store": request.store,
+            "status": service.status,
+            "error": service.error,
+            "endpoint": service.endpoint,
+            "server": None
+            if server is None
+            else {"engine": server.engine, "status": server.status, "restarts": server.restarts},
+            "created_at": iso(service.created_at),
+            "ready_at": iso(service.ready_at) if service.ready_at else None,
+        }
+    )
 
 
 def find(session: Session, workspace: str, name: str) -> Service:

@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ROOMS = {"functions", "events", "workers", "cli", "launcher"}
+ROOMS = {"functions", "events", "workers", "cli", "launcher", "client", "commands"}
 """What sits above the core (events beside it: it has its own line in the contract)."""
 
 

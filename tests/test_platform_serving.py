@@ -709,3 +709,88 @@ def test_a_merged_lora_model_is_a_full_model_that_answers_as_its_adapter(
     merged_answers = [greedy(platform, "merged", q, 32) for q in questions]
     assert merged_answers == [greedy(platform, "ft-lora", q, 32) for q in questions]
     assert platform.client.delete("/api/v1/services/merged").status_code == 200
+
+
+def chat_jsonl(pairs: list[tuple[str, str]]) -> bytes:
+    return "".join(
+        json.dumps(
+            {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+        )
+        + "\n"
+        for q, a in pairs
+    ).encode()
+
+
+@pytest.mark.timeout(1800)
+def test_the_openai_client_fine_tunes_a_model_deploys_it_and_chats_with_its_ft_name(
+    platform: Platform, services: list[str]
+) -> None:
+    """A team's OpenAI fine-tuning script, on tunelab: only the base URL, the token and
+    tunelab's preset (an extension field) differ."""
+    client = openai_client(platform)
+    bad = client.files.create(
+        file=("bad.jsonl", chat_jsonl(PAIRS[:2]) + b'{"messages": [{"role": "robot"}]}\n'),
+        purpose="fine-tune",
+    )
+    bad = client.files.wait_for_processing(bad.id, poll_interval=0.5)
+    assert bad.status == "error" and bad.status_details and "Line 3" in bad.status_details
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.fine_tuning.jobs.create(model="tiny-llama", training_file=bad.id)
+    assert refused.value.param == "training_file" and "Line 3" in refused.value.message
+
+    data = chat_jsonl(PAIRS)
+    training = client.files.create(file=("facts.jsonl", data), purpose="fine-tune")
+    assert client.files.wait_for_processing(training.id, poll_interval=0.5).status == "processed"
+    assert client.files.content(training.id).read() == data
+    job = client.fine_tuning.jobs.create(
+        model="tiny-llama",
+        training_file=training.id,
+        suffix="facts",
+        metadata={"team": "qa"},
+        extra_body={"preset": "tiny-lora", "deploy": True},
+    )
+    assert job.status == "queued" and job.hyperparameters.n_epochs == 24
+    doomed = client.fine_tuning.jobs.create(
+        model="tiny-llama", training_file=training.id, extra_body={"preset": "tiny-lora"}
+    )
+    assert client.fine_tuning.jobs.cancel(doomed.id).status == "cancelled"
+    assert [j.id for j in client.fine_tuning.jobs.list(limit=1)] == [doomed.id, job.id]
+
+    def ended() -> bool:
+        # Following the job as OpenAI's users do: by its events, newest first.
+        newest = client.fine_tuning.jobs.list_events(job.id, limit=10).data
+        return "The job has successfully completed." in [e.message for e in newest]
+
+    wait_until(ended, f"job {job.id} to succeed", 1500, 1)
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=50))  # every page
+    steps = [e.data["step"] for e in events if e.type == "metrics"]
+    assert steps == sorted(steps, reverse=True) and steps[0] > 1
+    assert "Created fine-tuning job." in [e.message for e in events]
+    done = client.fine_tuning.jobs.retrieve(job.id)
+    workspace = platform.client.get("/api/v1/workspace").json()["name"]
+    assert done.status == "succeeded" and done.finished_at is not None
+    assert done.fine_tuned_model == f"ft:tiny-llama:{workspace}:facts:{job.id[len('ftjob-') :]}"
+    (last, *earlier) = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert last.fine_tuned_model_checkpoint == done.fine_tuned_model
+    assert last.step_number == steps[0] and last.metrics.train_loss is not None
+    first_loss = next(e.data["train_loss"] for e in reversed(events) if e.type == "metrics")
+    assert last.metrics.train_loss < first_loss / 4
+    assert all(c.fine_tuned_model_checkpoint.startswith(done.fine_tuned_model) for c in earlier)
+
+    # Deployed as asked, and asked for by the name OpenAI gave it.
+    assert wait_for_service(platform, job.id)["status"] == "ready"
+    assert done.fine_tuned_model in {m.id for m in client.models.list()}
+    reply = client.chat.completions.create(
+        model=done.fine_tuned_model,
+        messages=CHAT,  # type: ignore[arg-type]
+        temperature=0,
+        max_tokens=48,
+    )
+    assert (reply.choices[0].message.content or "").strip() == ANSWER
+    # Webhooks hear OpenAI's event names too.
+    (succeeded,) = platform.events(type="fine_tuning.job.succeeded")
+    assert succeeded["data"]["id"] == job.id and succeeded["data"]["service"] == job.id
+    (cancelled,) = platform.events(type="fine_tuning.job.cancelled")
+    assert cancelled["data"]["id"] == doomed.id
+    assert client.files.delete(bad.id).deleted
+    assert platform.client.delete(f"/api/v1/services/{job.id}").status_code == 200

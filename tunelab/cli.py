@@ -1,4 +1,5 @@
-"""The `tunelab` command: run the platform, its parts, and manage tokens."""
+"""The `tunelab` command: run the platform, its parts, and manage tokens (here); and
+use it, as a person does (tunelab.commands: login, upload, apply, watch, chat)."""
 
 from __future__ import annotations
 
@@ -183,6 +184,10 @@ def parser() -> argparse.ArgumentParser:
     revoke.add_argument("--workspace", required=True)
     revoke.add_argument("name")
     revoke.set_defaults(run=_token_revoke)
+    root.add_argument("--profile", default="default", help="the login profile to use")
+    from tunelab import commands as people
+
+    people.add(commands)
     return root
 
 
