@@ -163,7 +163,7 @@ def _check_file(session: Session, workspace: str, field: str, file_id: str) -> N
     message = None
     if dataset is None or (dataset.source or {}).get("purpose") != "fine-tune":
         message = f"no file {file_id!r} (POST /v1/files)"
-    elif dataset.status == "pending":
+    elif dataset.status in ("pending", "validating"):
         message = (
             f"file {file_id!r} is still being checked; create the job once its status is "
             "'processed' (the SDK's files.wait_for_processing waits for that)"

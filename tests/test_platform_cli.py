@@ -68,8 +68,8 @@ def test_an_upload_that_fails_its_checks_prints_its_problems_with_their_lines(
     bad.write_text("question,answer\nWhat is 2+2?,4\n,no question here\nWhy?,\n")
     done = cli(home, "datasets", "upload", str(bad), "--name", "broken", "--wait")
     assert done.returncode == 1, done.stdout + done.stderr
-    assert re.search(r"line 3\b.*question", done.stderr), done.stderr
-    assert re.search(r"line 4\b.*answer", done.stderr), done.stderr
+    assert re.search(r"line 3\b.*question", done.stderr), done.stdout + done.stderr
+    assert re.search(r"line 4\b.*answer", done.stderr), done.stdout + done.stderr
     listed = json.loads(cli(home, "datasets", "list", "--output", "json").stdout)
     assert {d["name"]: d["status"] for d in listed}["broken"] == "failed"
 

@@ -26,7 +26,7 @@ class View(BaseModel):
 class DatasetView(View):
     name: str
     status: str
-    """pending (being checked), ready, failed, awaiting_upload."""
+    """pending and validating (being checked), ready, failed, awaiting_upload."""
     error: dict[str, Any] | None = None
     """Why it failed: `details` name each problem's line and field."""
     warnings: list[dict[str, Any]] = Field(default_factory=list)

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from tunelab.client import ApiError, Client
 from tunelab.commands import profiles
 from tunelab.commands.show import errors, listing
@@ -34,6 +36,9 @@ def _with_client(run: Run) -> Callable[[argparse.Namespace], None]:
                 for detail in exc.details[:10]:
                     errors.print(f"  {detail.get('field')}: {detail.get('message')}")
                 code = 1
+            except httpx.TransportError as exc:
+                errors.print(f"[red]tunelab: cannot reach {client.http.base_url}: {exc}")
+                code = 1
         sys.exit(code)
 
     return command
@@ -46,6 +51,8 @@ def _login(args: argparse.Namespace) -> None:
             workspace = client.workspace()
         except ApiError as exc:
             sys.exit(f"tunelab: {profile.url} refused the token: {exc.message}")
+        except httpx.TransportError as exc:
+            sys.exit(f"tunelab: cannot reach {profile.url}: {exc}")
     path = profiles.save(args.profile, profile)
     who = f"workspace {workspace['name']}"
     print(f"logged in to {profile.url} as {who} (profile {args.profile} in {path})")
@@ -114,13 +121,29 @@ def _output(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", "-o", choices=["table", "json"], default="table")
 
 
+class _Commands:
+    """A subcommands action whose every command also takes `--profile` after its name
+    (`tunelab login --profile x ...`), as well as before it."""
+
+    def __init__(self, commands: Any) -> None:
+        self.commands = commands
+
+    def add_parser(self, name: str, **kwargs: Any) -> Any:
+        parser = self.commands.add_parser(name, **kwargs)
+        parser.add_argument(
+            "--profile", default=argparse.SUPPRESS, help="the login profile (default: default)"
+        )
+        return parser
+
+
 def _group(commands: Any, name: str, help: str) -> Any:
     group = commands.add_parser(name, help=help)
-    return group.add_subparsers(dest=f"{name}_command", required=True)
+    return _Commands(group.add_subparsers(dest=f"{name}_command", required=True))
 
 
 def add(commands: Any) -> None:
     """Add the people's commands to the `tunelab` parser's subcommands."""
+    commands = _Commands(commands)
     login = commands.add_parser("login", help="store a platform's URL and token (0600)")
     login.add_argument("--url", required=True)
     login.add_argument("--token", required=True)

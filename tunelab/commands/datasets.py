@@ -23,6 +23,7 @@ from tunelab.client import Client
 from tunelab.commands.show import console, problems
 
 CHECK_POLL_S = 0.5
+CHECKING = ("pending", "validating")
 
 
 def _bytes_bar() -> Progress:
@@ -65,7 +66,7 @@ def upload_and_wait(
     ) as checks:
         checks.add_task(f"checking {name}", total=None)
         dataset = client.datasets.get(name)
-        while dataset.status == "pending":
+        while dataset.status in CHECKING:
             time.sleep(CHECK_POLL_S)
             dataset = client.datasets.get(name)
     if dataset.status != "ready":
