@@ -6,7 +6,9 @@ import secrets
 import threading
 import time
 
+import pytest
 import redis
+from redis.exceptions import LockNotOwnedError
 
 from tunelab.lease import Lease
 
@@ -42,4 +44,23 @@ def test_a_dead_jobs_lease_runs_out_and_the_redelivery_takes_over(redis_url: str
     assert successor.acquire()
     assert time.monotonic() - started < 1.0
     successor.release()
+    client.close()
+
+
+def test_a_lease_that_vanished_from_redis_is_taken_again_unless_another_took_it(
+    redis_url: str,
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    task = secrets.token_hex(4)
+    holder = Lease(client, task, ttl_s=5, renew_every_s=0)
+    assert holder.acquire()
+    client.delete(f"tunelab:lease:{task}")  # Redis lost it (a restart without its data)
+    holder.renew()
+    assert not Lease(client, task, ttl_s=5).try_acquire()  # held again
+    client.delete(f"tunelab:lease:{task}")
+    other = Lease(client, task, ttl_s=5)
+    assert other.try_acquire()  # someone else took it meanwhile
+    with pytest.raises(LockNotOwnedError):
+        holder.renew()
+    other.release()
     client.close()

@@ -13,7 +13,7 @@ import contextlib
 import time
 from typing import Any
 
-from redis.exceptions import LockError
+from redis.exceptions import LockError, LockNotOwnedError
 
 TTL_S = 15
 RENEW_EVERY_S = 5
@@ -48,9 +48,17 @@ class Lease:
         return False
 
     def renew(self) -> None:
-        if self.lock is not None and time.monotonic() - self.renewed >= self.renew_every_s:
+        """Extend the lease. One that vanished from Redis (a restart without its data, an
+        eviction) is taken again if nobody else took it meanwhile; LockNotOwnedError
+        when someone did."""
+        if self.lock is None or time.monotonic() - self.renewed < self.renew_every_s:
+            return
+        try:
             self.lock.extend(self.ttl_s, replace_ttl=True)
-            self.renewed = time.monotonic()
+        except LockNotOwnedError:
+            if not self.lock.acquire(blocking=False, token=self.lock.local.token):
+                raise
+        self.renewed = time.monotonic()
 
     def release(self) -> None:
         if self.lock is not None:

@@ -48,6 +48,10 @@ class Parameters(BaseModel):
     checkpoint_every: int = Field(default=50, ge=1)
     """Optimizer steps between checkpoints in the object store."""
     max_grad_norm: float = Field(default=1.0, gt=0.0)
+    gradient_checkpointing: bool | None = None
+    """Recompute each layer's activations in the backward pass instead of keeping them
+    (less memory, about a third more compute). None: on for full fine-tuning of a model
+    of more than a billion parameters, off otherwise."""
     zero_stage: Literal[2, 3] = 2
     """DeepSpeed ZeRO stage when a task runs on several GPUs."""
     truncation: Literal["turns", "refuse"] = "turns"

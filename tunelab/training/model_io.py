@@ -59,20 +59,44 @@ def load_model(
             load_in_4bit=params.quantization == "int4",
             bnb_4bit_compute_dtype=compute_dtype(params, device),
         )
-    # Weights stay fp32 for training; mixed precision comes from autocast.
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
+    # A frozen base is kept in the compute dtype (half the memory of fp32, and what
+    # autocast would cast it to anyway); weights that train stay fp32 for the
+    # optimizer, mixed precision coming from autocast.
+    dtype = frozen_dtype(params, device)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+    return prepare_model(model, params, device, adapter)
+
+
+def frozen_dtype(params: Parameters, device: torch.device) -> torch.dtype:
+    """The dtype of the base's weights: the compute dtype when only an adapter trains."""
+    if params.peft and params.quantization == "none" and device.type == "cuda":
+        return compute_dtype(params, device)
+    return torch.float32
+
+
+def prepare_model(
+    model: Any, params: Parameters, device: torch.device, adapter: Path | None = None
+) -> Any:
+    """A loaded base made ready to train: per-sample attention for packed rows, the
+    LoRA adapter (new, or `adapter` continued or merged), gradient checkpointing."""
     model.config.use_cache = False  # packed samples stay apart only without a cache
-    if device.type == "cpu":
-        # Per-sample attention for packed rows (flash-attention does this on GPUs).
-        model.set_attn_implementation(attention.NAME)
+    # Packed rows attend per sample: flash-attention's or torch's varlen kernel on a
+    # GPU, one SDPA call per sample on a CPU (tunelab.training.attention).
+    model.set_attn_implementation(attention.NAME)
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
+    checkpointing = _checkpointing(model, params)
     if adapter is not None and not params.peft:
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     if not params.peft:
-        return model.to(device)  # type: ignore[arg-type]  # transformers types .to oddly
+        if checkpointing:
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        return model.to(device)
     if params.quantization != "none":
-        model = prepare_model_for_kbit_training(model)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
+    elif checkpointing:
+        model.activation_checkpointing_enable({"use_reentrant": False})
+        model.enable_input_require_grads()  # frozen embeddings: checkpoints need a grad
     if adapter is not None:
         return PeftModel.from_pretrained(model, adapter, is_trainable=True).to(device)
     lora = LoraConfig(
@@ -84,7 +108,19 @@ def load_model(
         # No modules_to_save: vLLM refuses adapters that carry lm_head/embed_tokens,
         # and the refusal kills its engine.
     )
+    # The adapter's own weights are kept fp32 whatever the base's dtype (peft's
+    # autocast_adapter_dtype), so the optimizer updates them in full precision.
     return get_peft_model(model, lora).to(device)
+
+
+LARGE_MODEL_PARAMETERS = 1_000_000_000
+
+
+def _checkpointing(model: Any, params: Parameters) -> bool:
+    if params.gradient_checkpointing is not None:
+        return params.gradient_checkpointing
+    large = sum(p.numel() for p in model.parameters()) > LARGE_MODEL_PARAMETERS
+    return not params.peft and large
 
 
 def trainable_state(model: Any) -> dict[str, torch.Tensor]:

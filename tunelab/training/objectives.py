@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from tunelab.params import Parameters
 from tunelab.preferences import Preference
@@ -62,15 +63,82 @@ def encode_preferences(
     ]
 
 
+def _inputs(batch: Batch, device: torch.device) -> dict[str, Any]:
+    return {
+        "input_ids": batch.input_ids.to(device),
+        "position_ids": batch.position_ids.to(device),
+        "cu_seq_lens_q": batch.cu_seq_lens.to(device),
+        # Known here, on the host: a varlen kernel needs it and would else ask the
+        # device for it in every layer.
+        "max_length_q": int(batch.cu_seq_lens.diff().max()),
+        "use_cache": False,
+    }
+
+
 def forward_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     device = next(model.parameters()).device
-    logits: torch.Tensor = model(
-        input_ids=batch.input_ids.to(device),
-        position_ids=batch.position_ids.to(device),
-        cu_seq_lens_q=batch.cu_seq_lens.to(device),
-        use_cache=False,
-    ).logits
+    logits: torch.Tensor = model(**_inputs(batch, device)).logits
     return logits
+
+
+CHUNK_TOKENS = 4096
+"""Tokens whose logits the chunked loss makes at once: 4,096 x a 32k vocabulary in
+fp32 is 512 MB, where a packed row of 16k tokens would make 2 GB, and keep it for the
+backward pass."""
+WHOLE_LOGITS = 1 << 24
+"""Up to this many logits (64 MB in fp32) a row's are made whole: chunking them would
+cost more than it saves."""
+
+
+def _trunk_and_head(model: torch.nn.Module) -> tuple[Any, torch.nn.Linear] | None:
+    """A causal LM's decoder and output head (under a peft wrapper too), when its logits
+    are the head's output and nothing more (no soft-capping or scaling after it)."""
+    base: Any = model
+    if hasattr(base, "get_base_model"):
+        base = base.get_base_model()
+    trunk, head = getattr(base, "model", None), getattr(base, "lm_head", None)
+    config = getattr(base, "config", None)
+    if trunk is None or type(head) is not torch.nn.Linear or config is None:
+        return None
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", 1) != 1:
+        return None
+    return trunk, head
+
+
+def _chunk_nll(
+    hidden: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    logits = F.linear(hidden, weight, bias)
+    return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE, reduction="sum")
+
+
+def answer_nll(model: torch.nn.Module, batch: Batch, chunk: int = CHUNK_TOKENS) -> torch.Tensor:
+    """The summed negative log-likelihood of the batch's answer tokens. Where the row's
+    logits would be large they are made a chunk of tokens at a time and made again in
+    the backward pass (activation checkpointing), so the whole row's never exist."""
+    parts = _trunk_and_head(model)
+    tokens = batch.labels.numel()
+    if parts is None or (tokens * parts[1].out_features <= WHOLE_LOGITS and chunk >= tokens):
+        logits = forward_logits(model, batch)
+        return F.cross_entropy(
+            logits.view(-1, logits.size(-1)).float(),
+            batch.labels.to(logits.device).view(-1),
+            ignore_index=IGNORE,
+            reduction="sum",
+        )
+    trunk, head = parts
+    device = head.weight.device
+    inputs = _inputs(batch, device)
+    hidden = trunk(**inputs).last_hidden_state.reshape(tokens, -1)
+    labels = batch.labels.to(device).view(-1)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, tokens, chunk):
+        end = start + chunk
+        total = total + checkpoint(
+            _chunk_nll, hidden[start:end], labels[start:end], head.weight, head.bias,
+            use_reentrant=False,
+        )  # fmt: skip
+    return total
 
 
 class Objective(Protocol):
@@ -94,14 +162,7 @@ class SFT:
         return sum(label != IGNORE for label in item.labels[1:])
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, Stats]:
-        logits = forward_logits(model, batch)
-        nll = F.cross_entropy(
-            logits.view(-1, logits.size(-1)).float(),
-            batch.labels.to(logits.device).view(-1),
-            ignore_index=IGNORE,
-            reduction="sum",
-        )
-        return nll, {}
+        return answer_nll(model, batch), {}
 
 
 def sequence_logps(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -171,6 +171,7 @@ class Trainer:
         self.objective = objective_for(params)
         self.model, self.params, self.data, self.device = model, params, data, device
         self.checkpoints, self.on_step, self.should_stop = checkpoints, on_step, should_stop
+        self._stop_agreed = False
         self.on_resume = on_resume
         self.rank, self.world, self.engine_kind = rank, world, engine
         self.micro_per_epoch = steps_per_epoch(len(data.samples), params.batch_size)
@@ -237,8 +238,9 @@ class Trainer:
                 self._reference(self.objective, state)
         self.model.train()
         accum = params.gradient_accumulation_steps
-        step, loss_sum, tokens, started = result.resumed_from, 0.0, 0, time.perf_counter()
-        stat_sums = dict.fromkeys(self.objective.stat_names, 0.0)
+        step, tokens, started = result.resumed_from, 0, time.perf_counter()
+        loss_sum: torch.Tensor | float = 0.0
+        stat_sums: dict[str, torch.Tensor | float] = dict.fromkeys(self.objective.stat_names, 0.0)
         for micro, batch in self._micro_batches(step * accum):
             if self._stop_requested():
                 raise Stopped(f"stopped at step {step}")
@@ -249,9 +251,11 @@ class Trainer:
             # Data-parallel engines average gradients over ranks; scaling by `world`
             # makes the result the sum over all ranks' units divided by the global count.
             engine.backward(loss * self.world / max(denominator, 1), boundary)
-            loss_sum += float(loss.detach())
+            # Summed on the device: reading a value back would wait for the GPU to
+            # finish every micro-step; progress reads them once per step.
+            loss_sum = loss_sum + loss.detach().float()
             for name, value in stats.items():
-                stat_sums[name] += float(value)
+                stat_sums[name] = stat_sums[name] + value.detach().float()
             tokens += batch.tokens
             if not boundary:
                 continue
@@ -373,14 +377,13 @@ class Trainer:
         return model
 
     def _stop_requested(self) -> bool:
-        """Whether any rank was asked to stop: ranks must stop at the same step, or the
-        others would wait forever in the next all-reduce."""
-        asked = self.should_stop()
+        """Whether any rank was asked to stop. Ranks must stop at the same step, or the
+        others would wait forever in the next all-reduce: with several, the request
+        travels in the step's progress all-reduce (`_progress`), so asking costs no
+        synchronisation of its own."""
         if self.world == 1:
-            return asked
-        flag = torch.tensor([1.0 if asked else 0.0], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+            return self.should_stop()
+        return self._stop_agreed
 
     def _micro_batches(self, skip: int) -> Any:
         for epoch in range(self.params.epochs):
@@ -404,24 +407,32 @@ class Trainer:
         self,
         step: int,
         micro: int,
-        loss_sum: float,
+        loss_sum: torch.Tensor | float,
         denominator: int,
         tokens: int,
         t0: float,
-        stat_sums: dict[str, float],
+        stat_sums: dict[str, torch.Tensor | float],
     ) -> Progress:
-        # On the training device: NCCL reduces CUDA tensors only.
-        totals = torch.tensor([loss_sum, float(tokens), *stat_sums.values()], device=self.device)
+        # On the training device: NCCL reduces CUDA tensors only. The step's one
+        # read-back from the device; with several ranks it also carries whether any of
+        # them was asked to stop.
+        asked = float(self.world > 1 and self.should_stop())
+        sums = [loss_sum, float(tokens), asked, *stat_sums.values()]
+        totals = torch.stack(
+            [torch.as_tensor(v, dtype=torch.float32, device=self.device) for v in sums]
+        )
         if self.world > 1:
             dist.all_reduce(totals)
+        values = totals.tolist()
+        self._stop_agreed = values[2] > 0
         elapsed = max(time.perf_counter() - t0, 1e-9)
-        means = [float(v) / max(denominator, 1) for v in totals[2:]]
+        means = [v / max(denominator, 1) for v in values[3:]]
         return Progress(
             step=step,
             total_steps=self.total_steps,
             epoch=round((micro + 1) / self.micro_per_epoch, 4),
-            loss=float(totals[0]) / max(denominator, 1),
+            loss=values[0] / max(denominator, 1),
             learning_rate=0.0,
-            tokens_per_second=float(totals[1]) / elapsed,
+            tokens_per_second=values[1] / elapsed,
             rewards=dict(zip(stat_sums, means, strict=True)) if stat_sums else None,
         )
