@@ -131,13 +131,14 @@ def build(args: argparse.Namespace, mode: str, device: Any) -> Any:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tunelab.training.model_io import prepare_model
+    from tunelab.training.model_io import frozen_dtype, prepare_model
 
     config = LlamaConfig(**shape(args, mode))
+    params = parameters(args, mode)
     torch.manual_seed(args.seed)
     with torch.device(device):
-        model = LlamaForCausalLM(config)
-    return prepare_model(model, parameters(args, mode), device)
+        model = LlamaForCausalLM(config).to(frozen_dtype(params, device))
+    return prepare_model(model, params, device)
 
 
 def peak_memory_mb(device: Any) -> float:

@@ -29,6 +29,7 @@ from tunelab.serving.gateway import Answer, ChatFailed, Gateway, Upstream
 from tunelab.serving.openai import MAX_TOKENS_LIMIT, ChatRequest, Message, Sampling, completion
 from tunelab.serving.routes import Route
 from tunelab.streams import EventStream, until_disconnected
+from tunelab.times import epoch
 
 
 class CompareRequest(BaseModel):
@@ -244,7 +245,7 @@ def list_openai_models(request: Request) -> Response:
             {
                 "id": s.name,
                 "object": "model",
-                "created": int(s.created_at.timestamp()),
+                "created": epoch(s.created_at),
                 "owned_by": owner,
             }
             for s in rows
@@ -258,7 +259,7 @@ def list_openai_models(request: Request) -> Response:
                     {
                         "id": model,
                         "object": "model",
-                        "created": int(job.created_at.timestamp()),
+                        "created": epoch(job.created_at),
                         "owned_by": owner,
                     }
                 )

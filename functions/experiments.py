@@ -45,6 +45,7 @@ def task_json(task: Task) -> dict[str, Any]:
         "dataset": spec.dataset,
         "validation_dataset": spec.validation_dataset,
         "parameter_group": spec.parameter_group,
+        "overrides": spec.overrides,
         "parameters": spec.parameters,
         "compute": spec.compute.model_dump(),
         "resources": spec.resources_requested,

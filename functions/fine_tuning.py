@@ -42,6 +42,7 @@ from tunelab.lifecycle import experiments as lifecycle
 from tunelab.lifecycle.fine_tuning import service_name
 from tunelab.params import errors_of, resolve
 from tunelab.store import ObjectNotFound, keys
+from tunelab.times import epoch
 
 EVENT_MESSAGES = {
     "experiment.created": ("info", "Created fine-tuning job."),
@@ -130,8 +131,10 @@ def _create(request: Request, spec: JobRequest) -> dict[str, Any]:
 
     try:
         experiments.create(state, workspace, experiment_request, along)
-    except BaseException as exc:
-        # Nothing half-stored: the job's group goes with the job that was not made.
+    except TunelabError as exc:
+        # Refused before anything was stored: the job's group goes with the job that
+        # was not made. (A failure to send the event after the commit leaves the job,
+        # as for any experiment.)
         with state.db.session() as session:
             session.query(ParameterGroup).filter_by(workspace_id=workspace, name=job_id).delete()
         if isinstance(exc, Invalid):
@@ -204,12 +207,7 @@ def repository_model(session: Session, job: FineTuningJob) -> str | None:
 def model_name(session: Session, job: FineTuningJob) -> str:
     workspace = session.get(Workspace, job.workspace_id)
     assert workspace is not None
-    return ft_model_name(_base_of(job.spec["model"]), workspace.name, job.spec["suffix"], job.id)
-
-
-def _base_of(model: str) -> str:
-    """The base an `ft:` name was trained from, as OpenAI names a continued model."""
-    return model.split(":")[1] if model.startswith("ft:") else model
+    return ft_model_name(job.spec["model"], workspace.name, job.spec["suffix"], job.id)
 
 
 def job_json(session: Session, job: FineTuningJob) -> dict[str, Any]:
@@ -233,8 +231,8 @@ def job_json(session: Session, job: FineTuningJob) -> dict[str, Any]:
     return {
         "id": job.id,
         "object": "fine_tuning.job",
-        "created_at": int(job.created_at.timestamp()),
-        "finished_at": int(experiment.finished_at.timestamp()) if experiment.finished_at else None,
+        "created_at": epoch(job.created_at),
+        "finished_at": epoch(experiment.finished_at) if experiment.finished_at else None,
         "model": spec["model"],
         "fine_tuned_model": fine_tuned_model(session, job) if status == "succeeded" else None,
         "organization_id": workspace.name if workspace else job.workspace_id,
@@ -347,7 +345,7 @@ def _state_event(job: FineTuningJob, record: EventRecord) -> dict[str, Any]:
     return {
         "id": f"ftevent-{record.id}",
         "object": "fine_tuning.job.event",
-        "created_at": int(record.time.timestamp()),
+        "created_at": epoch(record.time),
         "level": level,
         "message": message,
         "type": "message",
@@ -420,7 +418,7 @@ def _list_checkpoints(request: Request) -> dict[str, Any]:
         metrics = {"step": step, "train_loss": point.get("loss")}
         if point.get("val_loss") is not None:
             metrics["valid_loss"] = point["val_loss"]
-        created = finished.timestamp() if is_final and finished else point.get("time", 0)
+        created = epoch(finished) if is_final and finished else point.get("time", 0)
         checkpoints.append(
             {
                 "id": f"ftckpt-{short}-{step:08d}",

@@ -20,6 +20,7 @@ from tunelab.functions import datasets, uploads
 from tunelab.functions.dataset_requests import DatasetMetadata
 from tunelab.functions.http import cursor_page, respond, workspace_id
 from tunelab.store import ObjectNotFound, keys
+from tunelab.times import epoch
 
 PURPOSE = "fine-tune"
 STATUS = {"pending": "uploaded", "ready": "processed", "failed": "error"}
@@ -32,7 +33,7 @@ def file_json(dataset: Dataset) -> dict[str, Any]:
         "id": dataset.name,
         "object": "file",
         "bytes": source.get("bytes", 0),
-        "created_at": int(dataset.created_at.timestamp()),
+        "created_at": epoch(dataset.created_at),
         "filename": (source.get("files") or {}).get("train", dataset.name),
         "purpose": source.get("purpose", PURPOSE),
         "status": STATUS.get(dataset.status, "uploaded"),

@@ -118,3 +118,25 @@ def test_the_gpu_check_runs_its_smoke_shape_and_writes_its_figures(tmp_path: Pat
         # The same samples in the same order, packed or padded: the same losses.
         assert result["loss_max_relative_difference"] < 1e-3, result
     assert "tunelab/baseline" in done.stdout
+
+
+def test_a_sliding_window_model_attends_to_its_window_in_a_packed_row() -> None:
+    assert attention._window_mask(3, 4, torch.device("cpu")) is None  # shorter: causal
+    mask = attention._window_mask(5, 2, torch.device("cpu"))
+    assert mask is not None
+    assert mask[0, 0].int().tolist() == [
+        [1, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0],
+        [0, 1, 1, 0, 0],
+        [0, 0, 1, 1, 0],
+        [0, 0, 0, 1, 1],
+    ]
+
+
+def test_attention_softcapping_is_refused_rather_than_ignored() -> None:
+    query = torch.zeros(1, 2, 6, 8)
+    with pytest.raises(NotImplementedError, match="softcap"):
+        attention.varlen_sdpa_forward(
+            torch.nn.Module(), query, query, query, None,
+            cu_seq_lens_q=torch.tensor([0, 6]), softcap=30.0,
+        )  # fmt: skip

@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from tunelab.lifecycle.states import ExperimentState
+from tunelab.names import Name
 from tunelab.params import Parameters, presets
 from tunelab.scoring import METHODS, PREFERENCE_ACCURACY
 
@@ -98,8 +99,9 @@ class JobRequest(BaseModel):
     (`preset`, `evaluation`, `deploy`)."""
 
     model_config = ConfigDict(extra="forbid")
-    model: str = Field(min_length=1, max_length=63)
-    """A model of the repository (GET /api/v1/models): a base, or a model to continue."""
+    model: str = Field(min_length=1, max_length=256)
+    """A model of the repository (GET /api/v1/models), a base or a model to continue,
+    or a job's `ft:` name (continued)."""
     training_file: str = Field(pattern=FILE_ID.pattern)
     validation_file: str | None = Field(default=None, pattern=FILE_ID.pattern)
     suffix: Suffix | None = None
@@ -115,7 +117,7 @@ class JobRequest(BaseModel):
     evaluation: str | None = None
     """tunelab: how the model is scored; perplexity (supervised) or preference accuracy
     (dpo) unless named."""
-    deploy: bool | str = False
+    deploy: bool | Name = False
     """tunelab: deploy the fine-tuned model when the job succeeds, as a service named
     after the job (True) or as this name."""
 
@@ -220,8 +222,11 @@ STATUS = {
 }
 
 
-def ft_model_name(base: str, workspace: str, suffix: str | None, job_id: str) -> str:
-    """The fine-tuned model's name as OpenAI spells it; the job's id makes it unique."""
+def ft_model_name(model: str, workspace: str, suffix: str | None, job_id: str) -> str:
+    """The fine-tuned model's name as OpenAI spells it, from the job's `model`: a
+    continued `ft:` model's is named after the base it came from, as OpenAI names it;
+    the job's id makes it unique."""
+    base = model.split(":")[1] if model.startswith("ft:") else model
     return f"ft:{base}:{workspace}:{suffix or ''}:{job_id.removeprefix(JOB_PREFIX)}"
 
 

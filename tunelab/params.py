@@ -51,7 +51,7 @@ class Parameters(BaseModel):
     gradient_checkpointing: bool | None = None
     """Recompute each layer's activations in the backward pass instead of keeping them
     (less memory, about a third more compute). None: on for full fine-tuning of a model
-    of more than a billion parameters, off otherwise."""
+    of more than a billion parameters and for quantised (QLoRA) training, off otherwise."""
     zero_stage: Literal[2, 3] = 2
     """DeepSpeed ZeRO stage when a task runs on several GPUs."""
     truncation: Literal["turns", "refuse"] = "turns"

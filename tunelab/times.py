@@ -11,3 +11,10 @@ def iso(value: datetime | None) -> str | None:
     if value.tzinfo is None:  # SQLite hands back naive datetimes; they were stored as UTC
         value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def epoch(value: datetime) -> int:
+    """Unix seconds, as OpenAI's objects give times (naive values are UTC, as in iso)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return int(value.timestamp())

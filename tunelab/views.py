@@ -51,7 +51,9 @@ class TaskView(View):
     status: str
     base_model: str
     dataset: str
+    validation_dataset: str | None = None
     parameter_group: str
+    overrides: dict[str, Any] = Field(default_factory=dict)
     progress: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None
     score: float | None = None
@@ -64,6 +66,8 @@ class ExperimentView(View):
     status: str
     """queued, running, succeeded, failed or cancelled."""
     evaluation: str
+    cluster: str = "local"
+    namespace: str = "default"
     best_task: str | None = None
     error: dict[str, Any] | None = None
     tasks: list[TaskView] = Field(default_factory=list)

@@ -14,6 +14,7 @@ raise ApiError with the server's code, message and per-field details.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from typing import Any, Self, TypeVar
@@ -29,6 +30,7 @@ __all__ = ["ApiError", "AsyncClient", "Client", "ServerEvent"]
 T = TypeVar("T")
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 ENDS = ("experiment.succeeded", "experiment.failed", "experiment.cancelled")
+RECONNECT_S = 1.0
 
 
 def _headers(token: str | None) -> dict[str, str]:
@@ -80,16 +82,26 @@ class Client(Api):
         """The experiment's events (task progress, task and experiment ends) as they
         happen, ending with the event that ends it; nothing if it has already ended."""
         latest = self.events(limit=1)
-        start = latest[0]["id"] if latest else None
+        last = latest[0]["id"] if latest else None
         if self.experiments.get(experiment).ended:
             return
-        for event in self.stream_events(start):
-            envelope = event.json()
-            if not _subject_of(experiment, envelope):
-                continue
-            yield envelope
-            if envelope["type"] in ENDS:
+        while True:
+            try:
+                for event in self.stream_events(last):
+                    last = event.id or last
+                    envelope = event.json()
+                    if not _subject_of(experiment, envelope):
+                        continue
+                    yield envelope
+                    if envelope["type"] in ENDS:
+                        return
+            except httpx.TransportError:
+                pass  # the stream broke (a restarted API, a proxy's timeout)
+            # Taken up again after the last event seen, unless the end came meanwhile
+            # (then its event is in the stream too, and read next time round).
+            if self.experiments.get(experiment).ended and last is None:
                 return
+            time.sleep(RECONNECT_S)
 
     def close(self) -> None:
         self.http.close()

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from tunelab.client.calls import MULTIPART, Call, multipart
+from tunelab.client.calls import Call, Multipart
 from tunelab.experiment_rules import ExperimentRequest
 from tunelab.functions.chat import CompareRequest
 from tunelab.functions.dataset_requests import DatasetMetadata, RemoteDataset
@@ -75,13 +75,13 @@ class Datasets(Namespace):
         spec = DatasetMetadata.model_validate({"name": name, **metadata})
         paths = {"file": file, "validate": validate, "test": test}
         files = {part: Path(p) for part, p in paths.items() if p}
-        body = multipart(files, {"metadata": spec.model_dump_json(exclude_unset=True)}, on_bytes)
+        body = Multipart(files, {"metadata": spec.model_dump_json(exclude_unset=True)}, on_bytes)
         return self._call(
             Call(
                 "POST",
                 "/api/v1/datasets",
-                content=body,
-                headers=MULTIPART,
+                content=iter(body),
+                headers=body.headers,
                 read=_one(DatasetView),
             )
         )
@@ -225,8 +225,8 @@ class Chat(Namespace):
 class Batches(Namespace):
     def create(self, file: str | Path, metadata: dict[str, str] | None = None) -> dict[str, Any]:
         fields = {"metadata": json.dumps(metadata)} if metadata else {}
-        body = multipart({"file": Path(file)}, fields)
-        return self._call(Call("POST", "/api/v1/batches", content=body, headers=MULTIPART))
+        body = Multipart({"file": Path(file)}, fields)
+        return self._call(Call("POST", "/api/v1/batches", content=iter(body), headers=body.headers))
 
     def list(self) -> Rows:
         return self._call(Call("GET", "/api/v1/batches", read=lambda r: r.json()["items"]))

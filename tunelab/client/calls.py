@@ -5,6 +5,7 @@ endpoint is written once."""
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,37 +76,42 @@ def raise_for(response: httpx.Response) -> None:
     )
 
 
-BOUNDARY = "tunelab-upload-boundary-7d1f"
-
-
-def multipart(
-    files: dict[str, Path],
-    fields: dict[str, str],
-    on_bytes: Callable[[int], None] | None = None,
-    chunk: int = 1 << 18,
-) -> Iterator[bytes]:
+@dataclass
+class Multipart:
     """A multipart/form-data body read from the files as it is sent (each open only
-    while it is), telling `on_bytes` how much of the files went: a progress bar's feed."""
-    for name, value in fields.items():
-        yield (
-            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
-        ).encode()
-    for name, path in files.items():
-        yield (
-            f"--{BOUNDARY}\r\nContent-Disposition: form-data; "
-            f'name="{name}"; filename="{path.name}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n"
-        ).encode()
-        with path.open("rb") as stream:
-            while piece := stream.read(chunk):
-                if on_bytes is not None:
-                    on_bytes(len(piece))
-                yield piece
-        yield b"\r\n"
-    yield f"--{BOUNDARY}--\r\n".encode()
+    while it is), telling `on_bytes` how much of the files went: a progress bar's feed.
+    Its boundary is random, so no file's bytes can hold it but by chance."""
 
+    files: dict[str, Path]
+    fields: dict[str, str]
+    on_bytes: Callable[[int], None] | None = None
+    chunk: int = 1 << 18
+    boundary: str = field(default_factory=lambda: f"tunelab-{secrets.token_hex(16)}")
 
-MULTIPART = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"content-type": f"multipart/form-data; boundary={self.boundary}"}
+
+    def __iter__(self) -> Iterator[bytes]:
+        for name, value in self.fields.items():
+            yield (
+                f"--{self.boundary}\r\nContent-Disposition: form-data; "
+                f'name="{name}"\r\n\r\n{value}\r\n'
+            ).encode()
+        for name, path in self.files.items():
+            filename = path.name.replace("\\", "\\\\").replace('"', '\\"')
+            yield (
+                f"--{self.boundary}\r\nContent-Disposition: form-data; "
+                f'name="{name}"; filename="{filename}"\r\n'
+                "Content-Type: application/octet-stream\r\n\r\n"
+            ).encode()
+            with path.open("rb") as stream:
+                while piece := stream.read(self.chunk):
+                    if self.on_bytes is not None:
+                        self.on_bytes(len(piece))
+                    yield piece
+            yield b"\r\n"
+        yield f"--{self.boundary}--\r\n".encode()
 
 
 @dataclass

@@ -4,6 +4,7 @@ apply a declaration, watch an experiment, chat and compare, list and download.""
 from __future__ import annotations
 
 import argparse
+import getpass
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -32,12 +33,17 @@ def _with_client(run: Run) -> Callable[[argparse.Namespace], None]:
             try:
                 code = run(args, client)
             except ApiError as exc:
-                errors.print(f"[red]tunelab: {exc.message}")
+                errors.print(f"tunelab: {exc.message}", style="red", markup=False)
                 for detail in exc.details[:10]:
-                    errors.print(f"  {detail.get('field')}: {detail.get('message')}")
+                    errors.print(f"  {detail.get('field')}: {detail.get('message')}", markup=False)
+                code = 1
+            except httpx.TimeoutException:
+                errors.print(
+                    f"tunelab: {client.http.base_url} did not answer in time", markup=False
+                )
                 code = 1
             except httpx.TransportError as exc:
-                errors.print(f"[red]tunelab: cannot reach {client.http.base_url}: {exc}")
+                errors.print(f"tunelab: cannot reach {client.http.base_url}: {exc}", markup=False)
                 code = 1
         sys.exit(code)
 
@@ -45,7 +51,11 @@ def _with_client(run: Run) -> Callable[[argparse.Namespace], None]:
 
 
 def _login(args: argparse.Namespace) -> None:
-    profile = profiles.Profile(args.url.rstrip("/"), args.token)
+    token = args.token
+    if token is None or token == "-":
+        # Not on the command line, where `ps` and the shell's history would keep it.
+        token = getpass.getpass("token: ") if sys.stdin.isatty() else sys.stdin.readline()
+    profile = profiles.Profile(args.url.rstrip("/"), token.strip())
     with Client(profile.url, profile.token) as client:
         try:
             workspace = client.workspace()
@@ -146,7 +156,7 @@ def add(commands: Any) -> None:
     commands = _Commands(commands)
     login = commands.add_parser("login", help="store a platform's URL and token (0600)")
     login.add_argument("--url", required=True)
-    login.add_argument("--token", required=True)
+    login.add_argument("--token", help="the token; unset or -: asked for, or read from stdin")
     login.set_defaults(run=_login)
 
     datasets = _group(commands, "datasets", "upload and list datasets")

@@ -35,7 +35,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tunelab.client import ApiError, Client
-from tunelab.commands.show import console, errors, problems
+from tunelab.commands.show import console, errors
 from tunelab.commands.watch import watch
 from tunelab.experiment_rules import ExperimentRequest
 from tunelab.functions.dataset_requests import DatasetMetadata
@@ -220,6 +220,12 @@ def _plan_experiment(client: Client, experiment: ExperimentRequest, found: Plan)
             )
         )
         return
+    for key in ("cluster", "namespace"):
+        if getattr(existing, key, None) != getattr(experiment, key):
+            raise _differs(
+                "experiments", experiment.name, key, getattr(experiment, key),
+                getattr(existing, key, None),
+            )  # fmt: skip
     if existing.evaluation != experiment.evaluation:
         raise _differs(
             "experiments", experiment.name, "evaluation", experiment.evaluation,
@@ -232,7 +238,7 @@ def _plan_experiment(client: Client, experiment: ExperimentRequest, found: Plan)
         other = there.get(task.name)
         if other is None:
             raise _differs("experiments", experiment.name, f"tasks[{i}].name", task.name, None)
-        for key in ("base_model", "dataset", "parameter_group"):
+        for key in ("base_model", "dataset", "validation_dataset", "parameter_group"):
             if getattr(task, key) != getattr(other, key):
                 raise _differs(
                     "experiments", experiment.name, f"tasks[{i}].{key}", getattr(task, key),
@@ -281,9 +287,12 @@ def _model_of(client: Client, of: ModelOf, wait: bool) -> str | None:
 
 
 def _deploy(client: Client, service: DeclaredService) -> None:
-    model = service.model
-    if isinstance(model, ModelOf):
-        model = _model_of(client, model, wait=True) or ""
+    model: str | None = service.model if isinstance(service.model, str) else None
+    if isinstance(service.model, ModelOf):
+        model = _model_of(client, service.model, wait=True)
+        if model is None:
+            raise Refused(f"services/{service.name}: experiment {service.model.experiment} "
+                          "has not ended; apply again once it has")  # fmt: skip
     spec = service.model_dump(mode="json", exclude_unset=True)
     spec["model"] = model
     deployed = client.services.create(spec)
@@ -309,13 +318,17 @@ def apply(client: Client, path: Path) -> int:
             create()
             console.print(f"{name} created")
     except Refused as exc:
-        errors.print(f"[red]tunelab apply: {exc}")
+        errors.print(f"tunelab apply: {exc}", style="red", markup=False)
+        return 1
+    except ValidationError as exc:  # a value the server's models refuse, caught here
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        errors.print(f"tunelab apply: {where}: {first['msg']}", style="red", markup=False)
         return 1
     except ApiError as exc:
-        errors.print(f"[red]tunelab apply: {exc.message}")
+        errors.print(f"tunelab apply: {exc.message}", style="red", markup=False)
         for detail in exc.details[:10]:
-            errors.print(f"  {detail.get('field')}: {detail.get('message')}")
-        problems(None)
+            errors.print(f"  {detail.get('field')}: {detail.get('message')}", markup=False)
         return 1
     outcome: Outcome = "applied" if planned.creates else "no change"
     console.print(f"{outcome}: {len(planned.creates)} created, {len(planned.unchanged)} unchanged")

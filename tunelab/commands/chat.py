@@ -7,10 +7,11 @@ from typing import Any
 
 import httpx
 from rich.table import Table
+from rich.text import Text
 
-from tunelab.client import Client
+from tunelab.client import ApiError, Client
 from tunelab.client.calls import server_events
-from tunelab.commands.show import console
+from tunelab.commands.show import console, errors
 
 HELP = "/system TEXT sets the system prompt, /reset forgets the conversation, /exit leaves."
 
@@ -60,10 +61,17 @@ def repl(client: Client, service: str, max_tokens: int, temperature: float) -> i
             console.print()
             return "".join(answer)
 
-        console.print(f"{service}> ", end="")
-        reply = client.chat.stream(
-            service, messages, read, max_tokens=max_tokens, temperature=temperature
-        )
+        console.print(f"{service}> ", end="", markup=False)
+        try:
+            reply = client.chat.stream(
+                service, messages, read, max_tokens=max_tokens, temperature=temperature
+            )
+        except (ApiError, RuntimeError) as exc:
+            # One failed turn is not the end of the conversation.
+            message = exc.message if isinstance(exc, ApiError) else str(exc)
+            errors.print(f"(no answer: {message})", markup=False)
+            history.pop()
+            continue
         history.append({"role": "assistant", "content": reply})
     return 0
 
@@ -88,11 +96,12 @@ def compare(
         table = Table("SERVICE", "ANSWER", "TOKENS/S", "LATENCY MS")
         for result in body["results"]:
             if "error" in result:
-                table.add_row(result["service"], f"[red]{result['error']['message']}", "-", "-")
+                error = Text(result["error"]["message"], style="red")
+                table.add_row(result["service"], error, "-", "-")
             else:
                 table.add_row(
                     result["service"],
-                    result["content"],
+                    Text(result["content"]),
                     f"{result['tokens_per_second']:.1f}",
                     f"{result['latency_ms']:.0f}",
                 )

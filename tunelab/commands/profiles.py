@@ -43,11 +43,16 @@ def save(name: str, profile: Profile) -> Path:
 
 
 def load(name: str) -> Profile:
-    """The named profile; TUNELAB_URL and TUNELAB_TOKEN win over it. Raises
-    LookupError saying how to log in."""
+    """The named profile; TUNELAB_URL and TUNELAB_TOKEN win over it (a URL from the
+    environment takes its token from there too). Raises LookupError saying how to log
+    in."""
     stored = _read().get(name) or {}
-    url = os.environ.get("TUNELAB_URL") or stored.get("url")
-    token = os.environ.get("TUNELAB_TOKEN") or stored.get("token")
+    url, token = stored.get("url"), stored.get("token")
+    if os.environ.get("TUNELAB_URL"):
+        # The pair from the environment, never a stored token sent to another URL.
+        url, token = os.environ["TUNELAB_URL"], os.environ.get("TUNELAB_TOKEN")
+    elif os.environ.get("TUNELAB_TOKEN"):
+        token = os.environ["TUNELAB_TOKEN"]
     if not url or not token:
         raise LookupError(
             f"no profile {name!r}: run `tunelab login --url URL --token TOKEN"

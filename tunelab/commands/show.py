@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 console = Console()
 errors = Console(stderr=True)
@@ -26,7 +27,7 @@ def listing(
         return
     table = Table(*[c.upper().replace("_", " ") for c in columns])
     for row in plain:
-        table.add_row(*[_cell(row.get(c)) for c in columns])
+        table.add_row(*[Text(_cell(row.get(c))) for c in columns])
     console.print(table)
 
 
@@ -44,9 +45,11 @@ def problems(error: dict[str, Any] | None, limit: int = 10) -> None:
     """A failed dataset's first problems, each with its file, line and field."""
     if not error:
         return
-    errors.print(f"[red]{error.get('message', 'failed')}[/red]")
+    # Messages quote what users sent: printed as they are, never read as markup.
+    errors.print(error.get("message", "failed"), style="red", markup=False)
     for detail in (error.get("details") or [])[:limit]:
         where = [detail.get("file"), f"line {detail['line']}" if detail.get("line") else None]
         where.append(detail.get("field"))
         place = ", ".join(str(w) for w in where if w)
-        errors.print(f"  {place}: {detail.get('message')}" if place else f"  {detail}")
+        line = f"  {place}: {detail.get('message')}" if place else f"  {detail}"
+        errors.print(line, markup=False)

@@ -107,10 +107,11 @@ def outcome(experiment: ExperimentView) -> None:
         best = next((t for t in experiment.tasks if t.name == experiment.best_task), None)
         model = f", model {best.model}" if best and best.model else ""
         console.print(
-            f"experiment {experiment.name} succeeded: best task {experiment.best_task}{model}"
+            f"experiment {experiment.name} succeeded: best task {experiment.best_task}{model}",
+            markup=False,
         )
         return
-    errors.print(f"experiment {experiment.name} {experiment.status}")
+    errors.print(f"experiment {experiment.name} {experiment.status}", markup=False)
     for task in experiment.tasks:
         if task.error:
-            errors.print(f"  {task.name}: {task.error.get('message')}")
+            errors.print(f"  {task.name}: {task.error.get('message')}", markup=False)

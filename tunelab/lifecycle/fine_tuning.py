@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from pydantic import ValidationError
 from sqlalchemy import select
 
 from tunelab.context import Context
@@ -69,7 +70,11 @@ def job_ended(ctx: Context, experiment_id: str) -> None:
                     Service.workspace_id == job.workspace_id, Service.name == service
                 )
             )
-            if taken is None:
+            if taken is not None and taken.model != model:
+                message = f"a service named {service!r} serves another model ({taken.model})"
+                job.spec = {**job.spec, "deploy_error": {"code": "conflict", "message": message}}
+                service = None
+            elif taken is None:
                 try:
                     with session.begin_nested():
                         _, send = request_deploy(
@@ -85,13 +90,12 @@ def job_ended(ctx: Context, experiment_id: str) -> None:
                             ),
                         )
                     sends.append(send)
-                except TunelabError as exc:
+                except (TunelabError, ValidationError) as exc:
                     # The job succeeded; the deployment it asked for did not start.
-                    log.warning("job %s: its model is not deployed: %s", job.id, exc.message)
-                    job.spec = {
-                        **job.spec,
-                        "deploy_error": {"code": exc.code, "message": exc.message},
-                    }
+                    code = getattr(exc, "code", "invalid")
+                    message = getattr(exc, "message", str(exc))
+                    log.warning("job %s: its model is not deployed: %s", job.id, message)
+                    job.spec = {**job.spec, "deploy_error": {"code": code, "message": message}}
                     service = None
         event = EVENT_OF[experiment.status](
             id=derived_id(f"{job.id}/fine_tuning.job.ended"),

@@ -31,9 +31,10 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 NAME = "tunelab_varlen"
 HALF = (torch.float16, torch.bfloat16)
 
-Varlen = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, float], Any]
-"""(q, k, v as (tokens, heads, dim), boundaries, longest sample, scale) → (tokens,
-heads, dim): causal attention within each sample."""
+Varlen = Callable[..., Any]
+"""(q, k, v as (tokens, heads, dim), boundaries, longest sample, scale, window) →
+(tokens, heads, dim): causal attention within each sample, over the last `window`
+tokens when it is set (a sliding-window model's)."""
 
 
 def _flash_attn() -> Varlen | None:
@@ -43,11 +44,12 @@ def _flash_attn() -> Varlen | None:
 
     def run(
         q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, longest: int,
-        scale: float,
+        scale: float, window: int | None,
     ) -> Any:  # fmt: skip
         return flash_attn_varlen_func(
-            q, k, v, cu, cu, longest, longest, softmax_scale=scale, causal=True
-        )
+            q, k, v, cu, cu, longest, longest, softmax_scale=scale, causal=True,
+            window_size=(window - 1, 0) if window else (-1, -1),
+        )  # fmt: skip
 
     return run
 
@@ -60,10 +62,11 @@ def _torch_varlen() -> Varlen | None:
 
     def run(
         q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, longest: int,
-        scale: float,
+        scale: float, window: int | None,
     ) -> Any:  # fmt: skip
         return varlen_attn(
-            q, k, v, cu, cu, longest, longest, scale=scale, window_size=(-1, 0),
+            q, k, v, cu, cu, longest, longest, scale=scale,
+            window_size=(window - 1, 0) if window else (-1, 0),
             enable_gqa=k.shape[1] != q.shape[1],
         )  # fmt: skip
 
@@ -98,6 +101,13 @@ def varlen_sdpa_forward(
     bounds = kwargs.pop("cu_seq_lens_q", None)
     if bounds is None or query.shape[0] != 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if kwargs.get("softcap"):
+        # Neither SDPA nor torch's kernel caps scores: better refused than wrong.
+        raise NotImplementedError(
+            "this model caps its attention scores (softcap); packed training of it "
+            "needs flash-attn's kernels on a GPU"
+        )
+    window = kwargs.get("sliding_window")
     _, run = kernel(query)
     if run is not None:
         # (1, heads, tokens, dim) → (tokens, heads, dim), as varlen kernels take them.
@@ -105,16 +115,26 @@ def varlen_sdpa_forward(
         cu = bounds.to(device=query.device, dtype=torch.int32)
         longest = int(kwargs.get("max_length_q") or (cu[1:] - cu[:-1]).max())
         scale = kwargs.get("scaling") or getattr(module, "scaling", q.shape[-1] ** -0.5)
-        out = run(q, k, v, cu, longest, scale)
+        out = run(q, k, v, cu, longest, scale, window)
         return out.unsqueeze(0), None  # (1, tokens, heads, dim), as transformers wants
     edges = bounds.tolist()
     outputs = [
         sdpa_attention_forward(
-            module, query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], None, **kwargs
+            module, query[:, :, s:e], key[:, :, s:e], value[:, :, s:e],
+            _window_mask(e - s, window, query.device), **kwargs,
         )[0]
         for s, e in itertools.pairwise(edges)
-    ]
+    ]  # fmt: skip
     return torch.cat(outputs, dim=1), None
+
+
+def _window_mask(length: int, window: int | None, device: torch.device) -> torch.Tensor | None:
+    """None (plain causal) or, for a sliding-window model's sample longer than its
+    window, the causal mask over each token's last `window` tokens."""
+    if not window or length <= window:
+        return None
+    ones = torch.ones(length, length, dtype=torch.bool, device=device)
+    return (ones.tril() & ~ones.tril(-window))[None, None]
 
 
 def packed_or_sdpa_mask(batch_size: int, *args: Any, **kwargs: Any) -> torch.Tensor | None:

@@ -59,18 +59,21 @@ def load_model(
             load_in_4bit=params.quantization == "int4",
             bnb_4bit_compute_dtype=compute_dtype(params, device),
         )
-    # A frozen base is kept in the compute dtype (half the memory of fp32, and what
-    # autocast would cast it to anyway); weights that train stay fp32 for the
-    # optimizer, mixed precision coming from autocast.
+    # A frozen base is kept in bf16 on GPUs that compute in it (half the memory of
+    # fp32); weights that train stay fp32 for the optimizer, mixed precision coming
+    # from autocast.
     dtype = frozen_dtype(params, device)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
     return prepare_model(model, params, device, adapter)
 
 
 def frozen_dtype(params: Parameters, device: torch.device) -> torch.dtype:
-    """The dtype of the base's weights: the compute dtype when only an adapter trains."""
-    if params.peft and params.quantization == "none" and device.type == "cuda":
-        return compute_dtype(params, device)
+    """The dtype of the base's weights: bf16 when only an adapter trains and the GPU
+    computes in bf16 (as peft's and TRL's recipes load a base); fp16's narrow range
+    would risk overflow in the residual stream, so an fp16 run keeps an fp32 base."""
+    adapter_only = params.peft and params.quantization == "none"
+    if adapter_only and device.type == "cuda" and compute_dtype(params, device) == torch.bfloat16:
+        return torch.bfloat16
     return torch.float32
 
 
@@ -93,7 +96,11 @@ def prepare_model(
             model.activation_checkpointing_enable({"use_reentrant": False})
         return model.to(device)
     if params.quantization != "none":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
     elif checkpointing:
         model.activation_checkpointing_enable({"use_reentrant": False})
         model.enable_input_require_grads()  # frozen embeddings: checkpoints need a grad
@@ -119,6 +126,8 @@ LARGE_MODEL_PARAMETERS = 1_000_000_000
 def _checkpointing(model: Any, params: Parameters) -> bool:
     if params.gradient_checkpointing is not None:
         return params.gradient_checkpointing
+    if params.quantization != "none":
+        return True  # QLoRA's recipe (and peft's default for it)
     large = sum(p.numel() for p in model.parameters()) > LARGE_MODEL_PARAMETERS
     return not params.peft and large
 

@@ -92,7 +92,11 @@ cost more than it saves."""
 
 def _trunk_and_head(model: torch.nn.Module) -> tuple[Any, torch.nn.Linear] | None:
     """A causal LM's decoder and output head (under a peft wrapper too), when its logits
-    are the head's output and nothing more (no soft-capping or scaling after it)."""
+    are the head's output and nothing more (no soft-capping or scaling after it). None
+    under a DDP or DeepSpeed engine: their forward is what synchronises gradients (and
+    gathers ZeRO-3's partitioned weights), so the model must be called through it."""
+    if hasattr(model, "module"):
+        return None
     base: Any = model
     if hasattr(base, "get_base_model"):
         base = base.get_base_model()
