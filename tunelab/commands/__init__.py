@@ -8,18 +8,19 @@ import getpass
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
-
-from tunelab.client import ApiError, Client
 from tunelab.commands import profiles
-from tunelab.commands.show import errors, listing
 
-Run = Callable[[argparse.Namespace, Client], int]
+if TYPE_CHECKING:  # imported when a command runs: the server's commands never need it
+    from tunelab.client import Client
+
+Run = Callable[[argparse.Namespace, "Client"], int]
 
 
 def _client(args: argparse.Namespace) -> Client:
+    from tunelab.client import Client
+
     try:
         profile = profiles.load(args.profile)
     except LookupError as exc:
@@ -29,6 +30,11 @@ def _client(args: argparse.Namespace) -> Client:
 
 def _with_client(run: Run) -> Callable[[argparse.Namespace], None]:
     def command(args: argparse.Namespace) -> None:
+        import httpx
+
+        from tunelab.client import ApiError
+        from tunelab.commands.show import errors
+
         with _client(args) as client:
             try:
                 code = run(args, client)
@@ -51,6 +57,10 @@ def _with_client(run: Run) -> Callable[[argparse.Namespace], None]:
 
 
 def _login(args: argparse.Namespace) -> None:
+    import httpx
+
+    from tunelab.client import ApiError, Client
+
     token = args.token
     if token is None or token == "-":
         # Not on the command line, where `ps` and the shell's history would keep it.
@@ -86,6 +96,8 @@ def _upload(args: argparse.Namespace, client: Client) -> int:
 
 def _listing(fetch: Callable[[Client], Any], columns: list[str]) -> Run:
     def run(args: argparse.Namespace, client: Client) -> int:
+        from tunelab.commands.show import listing
+
         listing(fetch(client), columns, args.output)
         return 0
 
