@@ -161,21 +161,23 @@ def test_an_api_without_the_gpu_stack_chats_with_a_deployed_model_through_its_se
             0.5,
         )
         assert service["status"] == "ready", service
-        client = openai.OpenAI(base_url=f"{platform.url}/v1", api_key=platform.token, max_retries=0)
-        reply = client.chat.completions.create(
-            model="chat",
-            messages=[{"role": "user", "content": qa_pairs(20, seed=99)[0][0]}],
-            max_tokens=16,
-            temperature=0,
-        )
-        assert reply.choices[0].message.content and reply.usage is not None
-        assert reply.usage.completion_tokens > 0
-        streamed = client.chat.completions.create(
-            model="chat",
-            messages=[{"role": "user", "content": "hello"}],
-            max_tokens=8,
-            stream=True,
-        )
-        assert any(c.choices and c.choices[0].delta.content for c in streamed)
+        with openai.OpenAI(
+            base_url=f"{platform.url}/v1", api_key=platform.token, max_retries=0
+        ) as client:
+            reply = client.chat.completions.create(
+                model="chat",
+                messages=[{"role": "user", "content": qa_pairs(20, seed=99)[0][0]}],
+                max_tokens=16,
+                temperature=0,
+            )
+            assert reply.choices[0].message.content and reply.usage is not None
+            assert reply.usage.completion_tokens > 0
+            streamed = client.chat.completions.create(
+                model="chat",
+                messages=[{"role": "user", "content": "hello"}],
+                max_tokens=8,
+                stream=True,
+            )
+            assert any(c.choices and c.choices[0].delta.content for c in streamed)
     finally:
         pod_processes.stop()

@@ -9,6 +9,7 @@ import os
 import re
 import signal
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -144,16 +145,21 @@ def processes_with(value: str) -> list[psutil.Process]:
     return found
 
 
-def openai_client(platform: Platform) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{platform.url}/v1", api_key=platform.token, max_retries=0)
+@pytest.fixture
+def openai_api(platform: Platform) -> Iterator[openai.OpenAI]:
+    """The official client, closed after each test so no socket is left for the collector."""
+    with openai.OpenAI(
+        base_url=f"{platform.url}/v1", api_key=platform.token, max_retries=0
+    ) as client:
+        yield client
 
 
 @pytest.mark.timeout(900)
 def test_a_vllm_server_killed_mid_stream_comes_back_with_its_adapters(
-    platform: Platform, services: list[str]
+    platform: Platform, services: list[str], openai_api: openai.OpenAI
 ) -> None:
     shared = shared_server(platform)
-    client = openai_client(platform)
+    client = openai_api
     pieces = client.chat.completions.create(
         model="ft-lora",
         messages=CHAT,  # type: ignore[arg-type]
@@ -207,9 +213,9 @@ def test_a_client_that_leaves_a_stream_stops_the_generation(
 
 @pytest.mark.timeout(600)
 def test_the_official_openai_client_talks_to_the_services(
-    platform: Platform, services: list[str]
+    platform: Platform, services: list[str], openai_api: openai.OpenAI
 ) -> None:
-    client = openai.OpenAI(base_url=f"{platform.url}/v1", api_key=platform.token)
+    client = openai_api
     assert {m.id for m in client.models.list()} >= set(services)
     reply = client.chat.completions.create(
         model="ft-lora",
@@ -234,9 +240,9 @@ def test_the_official_openai_client_talks_to_the_services(
 
 @pytest.mark.timeout(600)
 def test_openai_errors_come_in_openais_shape_and_max_tokens_is_checked_first(
-    platform: Platform, services: list[str]
+    platform: Platform, services: list[str], openai_api: openai.OpenAI
 ) -> None:
-    client = openai_client(platform)
+    client = openai_api
     with pytest.raises(openai.UnprocessableEntityError) as too_many:
         client.chat.completions.create(model="base", messages=CHAT, max_tokens=5000)  # type: ignore[arg-type]
     assert too_many.value.param == "max_tokens" and "1024" in too_many.value.message
@@ -244,7 +250,8 @@ def test_openai_errors_come_in_openais_shape_and_max_tokens_is_checked_first(
         client.chat.completions.create(model="base", messages=CHAT, temperature=7)  # type: ignore[arg-type]
     assert bad.value.param == "temperature" and bad.value.type == "invalid_request_error"
     with pytest.raises(openai.AuthenticationError) as refused:
-        openai.OpenAI(base_url=f"{platform.url}/v1", api_key="tl_wrong").models.list()
+        with openai.OpenAI(base_url=f"{platform.url}/v1", api_key="tl_wrong") as wrong:
+            wrong.models.list()
     assert refused.value.type == "authentication_error" and refused.value.code == "unauthorized"
     with pytest.raises(openai.NotFoundError) as unknown:
         client.chat.completions.retrieve("chatcmpl-nothing")
@@ -278,11 +285,11 @@ def usage_of(platform: Platform, service: str) -> dict[str, Any] | None:
 
 @pytest.mark.timeout(600)
 def test_chats_are_stored_only_when_asked_and_metered_as_they_were_answered(
-    platform: Platform, services: list[str]
+    platform: Platform, services: list[str], openai_api: openai.OpenAI
 ) -> None:
     deploy(platform, "metered", "tiny-llama")
     assert wait_for_service(platform, "metered")["status"] == "ready"
-    client = openai_client(platform)
+    client = openai_api
     secret = "zebra-" + os.urandom(6).hex()
     asked = [{"role": "user", "content": f"{QUESTION} {secret}"}]
     usages = []
@@ -723,11 +730,11 @@ def chat_jsonl(pairs: list[tuple[str, str]]) -> bytes:
 
 @pytest.mark.timeout(1800)
 def test_the_openai_client_fine_tunes_a_model_deploys_it_and_chats_with_its_ft_name(
-    platform: Platform, services: list[str]
+    platform: Platform, services: list[str], openai_api: openai.OpenAI
 ) -> None:
     """A team's OpenAI fine-tuning script, on tunelab: only the base URL, the token and
     tunelab's preset (an extension field) differ."""
-    client = openai_client(platform)
+    client = openai_api
     bad = client.files.create(
         file=("bad.jsonl", chat_jsonl(PAIRS[:2]) + b'{"messages": [{"role": "robot"}]}\n'),
         purpose="fine-tune",

@@ -187,10 +187,10 @@ def test_up_fine_tunes_serves_and_leaves_no_process_behind(tmp_path: Path) -> No
                 interval=0.5,
             )
             assert service["status"] == "ready", service["error"]
-            chat = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=token)
-            reply = chat.chat.completions.create(
-                model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=4
-            )
+            with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=token) as chat:
+                reply = chat.chat.completions.create(
+                    model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+                )
             assert reply.usage is not None and reply.usage.completion_tokens > 0
             assert any("vllm" in p for p in processes_of(data))
     finally:
