@@ -20,7 +20,6 @@ from tunelab.db.tables import (
     Experiment,
     FineTuningJob,
     ParameterGroup,
-    Task,
     Workspace,
 )
 from tunelab.errors import BadRequest, Conflict, Invalid, NotFound, TunelabError
@@ -29,17 +28,18 @@ from tunelab.fine_tuning import (
     STATUS,
     TASK,
     JobRequest,
-    ft_model_name,
     group_values,
+    job_model_name,
     job_of_model_name,
+    job_task,
     new_job_id,
     request_field,
+    service_name,
     shown_hyperparameters,
 )
 from tunelab.functions import experiments
 from tunelab.functions.http import cursor_page, parse, read_json, respond, workspace_id
 from tunelab.lifecycle import experiments as lifecycle
-from tunelab.lifecycle.fine_tuning import service_name
 from tunelab.params import errors_of, resolve
 from tunelab.store import ObjectNotFound, keys
 from tunelab.times import epoch
@@ -150,7 +150,7 @@ def _repository_name(session: Session, workspace: str, spec: JobRequest) -> str:
     if job_id is None:
         return spec.model
     job = session.get(FineTuningJob, job_id)
-    task = _task(session, job) if job is not None and job.workspace_id == workspace else None
+    task = job_task(session, job) if job is not None and job.workspace_id == workspace else None
     if task is None or task.model is None:
         raise JobRefused(
             f"model: no fine-tuned model {spec.model!r} (its job has not succeeded).",
@@ -186,34 +186,22 @@ def _find(session: Session, workspace: str, job_id: str) -> FineTuningJob:
     return job
 
 
-def _task(session: Session, job: FineTuningJob) -> Task | None:
-    return session.scalar(
-        select(Task).where(Task.experiment_id == job.experiment_id, Task.name == TASK)
-    )
-
-
 def fine_tuned_model(session: Session, job: FineTuningJob) -> str | None:
     """The job's `ft:` model name once it has a model, else None."""
-    task = _task(session, job)
-    return model_name(session, job) if task is not None and task.model is not None else None
+    task = job_task(session, job)
+    return job_model_name(session, job) if task is not None and task.model is not None else None
 
 
 def repository_model(session: Session, job: FineTuningJob) -> str | None:
     """The name of the job's model in tunelab's repository, once it has one."""
-    task = _task(session, job)
+    task = job_task(session, job)
     return task.model if task is not None else None
-
-
-def model_name(session: Session, job: FineTuningJob) -> str:
-    workspace = session.get(Workspace, job.workspace_id)
-    assert workspace is not None
-    return ft_model_name(job.spec["model"], workspace.name, job.spec["suffix"], job.id)
 
 
 def job_json(session: Session, job: FineTuningJob) -> dict[str, Any]:
     experiment = session.get(Experiment, job.experiment_id)
     assert experiment is not None
-    task = _task(session, job)
+    task = job_task(session, job)
     spec = job.spec
     status = STATUS[experiment.status]  # type: ignore[index]
     if status == "queued" and task is not None and task.status != "queued":
@@ -321,7 +309,7 @@ def _list_events(request: Request) -> dict[str, Any]:
     state = request.app.state
     with state.db.session() as session:
         job = _find(session, workspace_id(request), _job_id(request))
-        task = _task(session, job)
+        task = job_task(session, job)
         records = session.scalars(
             select(EventRecord).where(
                 EventRecord.workspace_id == job.workspace_id,
@@ -396,8 +384,8 @@ def _list_checkpoints(request: Request) -> dict[str, Any]:
     state = request.app.state
     with state.db.session() as session:
         job = _find(session, workspace_id(request), _job_id(request))
-        task = _task(session, job)
-        final, name = fine_tuned_model(session, job), model_name(session, job)
+        task = job_task(session, job)
+        final, name = fine_tuned_model(session, job), job_model_name(session, job)
         finished = task.finished_at if task is not None else None
     if task is None:
         return cursor_page([], request.query_params, default_limit=10)

@@ -8,8 +8,8 @@ import json
 import os
 import re
 import signal
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -249,9 +249,11 @@ def test_openai_errors_come_in_openais_shape_and_max_tokens_is_checked_first(
     with pytest.raises(openai.UnprocessableEntityError) as bad:
         client.chat.completions.create(model="base", messages=CHAT, temperature=7)  # type: ignore[arg-type]
     assert bad.value.param == "temperature" and bad.value.type == "invalid_request_error"
-    with pytest.raises(openai.AuthenticationError) as refused:
-        with openai.OpenAI(base_url=f"{platform.url}/v1", api_key="tl_wrong") as wrong:
-            wrong.models.list()
+    with (
+        openai.OpenAI(base_url=f"{platform.url}/v1", api_key="tl_wrong") as wrong,
+        pytest.raises(openai.AuthenticationError) as refused,
+    ):
+        wrong.models.list()
     assert refused.value.type == "authentication_error" and refused.value.code == "unauthorized"
     with pytest.raises(openai.NotFoundError) as unknown:
         client.chat.completions.retrieve("chatcmpl-nothing")

@@ -21,7 +21,10 @@ from pydantic import (
     StringConstraints,
     model_validator,
 )
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from tunelab.db.tables import FineTuningJob, Task, Workspace
 from tunelab.lifecycle.states import ExperimentState
 from tunelab.names import Name
 from tunelab.params import Parameters, presets
@@ -237,3 +240,25 @@ def job_of_model_name(name: str) -> str | None:
         return None
     job = JOB_PREFIX + parts[4]
     return job if JOB_ID.fullmatch(job) else None
+
+
+def job_task(session: Session, job: FineTuningJob) -> Task | None:
+    """The one task of the job's experiment (None once the experiment is gone)."""
+    return session.scalar(
+        select(Task).where(Task.experiment_id == job.experiment_id, Task.name == TASK)
+    )
+
+
+def job_model_name(session: Session, job: FineTuningJob) -> str:
+    """The job's model as OpenAI names it: `ft:<base>:<workspace>:<suffix>:<id>`."""
+    workspace = session.get(Workspace, job.workspace_id)
+    owner = workspace.name if workspace is not None else job.workspace_id
+    return ft_model_name(job.spec["model"], owner, job.spec.get("suffix"), job.id)
+
+
+def service_name(job: FineTuningJob) -> str | None:
+    """The service the job deploys its model as, if it asked for one."""
+    deploy = job.spec.get("deploy")
+    if not deploy:
+        return None
+    return deploy if isinstance(deploy, str) else job.id

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from tunelab.context import Context
-from tunelab.db.tables import Experiment, FineTuningJob, Service, Task, Workspace
+from tunelab.db.tables import Experiment, FineTuningJob, Service
 from tunelab.errors import TunelabError
 from tunelab.events.envelope import derived_id
 from tunelab.events.fine_tuning import (
@@ -19,7 +19,7 @@ from tunelab.events.fine_tuning import (
     FineTuningJobRef,
     FineTuningJobSucceeded,
 )
-from tunelab.fine_tuning import TASK, ft_model_name
+from tunelab.fine_tuning import job_model_name, job_task, service_name
 from tunelab.lifecycle.services import request_deploy
 from tunelab.lifecycle.specs import ExperimentSpec
 from tunelab.lifecycle.states import ExperimentState
@@ -34,14 +34,6 @@ EVENT_OF: dict[str, type[FineTuningJobSucceeded | FineTuningJobFailed | FineTuni
 }
 
 
-def service_name(job: FineTuningJob) -> str | None:
-    """The service the job deploys its model as, if it asked for one."""
-    deploy = job.spec.get("deploy")
-    if not deploy:
-        return None
-    return deploy if isinstance(deploy, str) else job.id
-
-
 def job_ended(ctx: Context, experiment_id: str) -> None:
     """Announce how the job of this experiment ended (nothing if it is not a job's),
     deploying its model first when it succeeded and asked for it."""
@@ -53,16 +45,9 @@ def job_ended(ctx: Context, experiment_id: str) -> None:
         experiment = session.get(Experiment, experiment_id)
         if job is None or experiment is None or experiment.status not in EVENT_OF:
             return
-        task = session.scalar(
-            select(Task).where(Task.experiment_id == experiment_id, Task.name == TASK)
-        )
+        task = job_task(session, job)
         model = task.model if task is not None and experiment.status == "succeeded" else None
-        workspace = session.get(Workspace, job.workspace_id)
-        fine_tuned = None
-        if model is not None and workspace is not None:
-            fine_tuned = ft_model_name(
-                job.spec["model"], workspace.name, job.spec.get("suffix"), job.id
-            )
+        fine_tuned = job_model_name(session, job) if model is not None else None
         service = service_name(job) if model is not None else None
         if service is not None and model is not None:
             taken = session.scalar(

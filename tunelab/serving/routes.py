@@ -19,8 +19,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tunelab.db import Database
-from tunelab.db.tables import FineTuningJob, Model, ModelServer, Service, Task, Workspace
-from tunelab.fine_tuning import TASK, job_of_model_name
+from tunelab.db.tables import FineTuningJob, Model, ModelServer, Service, Workspace
+from tunelab.fine_tuning import job_of_model_name, job_task, service_name
 from tunelab.lifecycle.specs import ServiceSpec
 from tunelab.serving.served import Served, served
 
@@ -72,14 +72,12 @@ def fine_tuned_services(session: Session, workspace_id: str, names: list[str]) -
         job = session.get(FineTuningJob, job_id) if job_id else None
         if job is None or job.workspace_id != workspace_id:
             continue
-        model = session.scalar(
-            select(Task.model).where(Task.experiment_id == job.experiment_id, Task.name == TASK)
-        )
+        task = job_task(session, job)
+        model = task.model if task is not None else None
         services = session.scalars(
             select(Service).where(Service.workspace_id == workspace_id, Service.model == model)
         ).all()
-        deploy = job.spec.get("deploy")
-        asked = deploy if isinstance(deploy, str) else job.id if deploy else None
+        asked = service_name(job)
         ranked = sorted(services, key=lambda s: (s.name != asked, s.status != "ready", s.name))
         if ranked:
             found[name] = ranked[0].name
