@@ -373,6 +373,15 @@ def _step_event(job: FineTuningJob, point: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _selected_step(state: Any, task_id: str) -> int | None:
+    try:
+        result = json.loads(state.store.read_bytes(keys.task_file(task_id, "result.json")))
+    except ObjectNotFound:
+        return None
+    step = result.get("selection", {}).get("step")
+    return int(step) if step is not None else None
+
+
 async def list_checkpoints(request: Request) -> JSONResponse:
     return respond(await run_in_threadpool(_list_checkpoints, request))
 
@@ -395,7 +404,9 @@ def _list_checkpoints(request: Request) -> dict[str, Any]:
     except ObjectNotFound:
         steps = []
     points = {p["step"]: p for p in _points(state, task.id)}
-    last = max(points, default=None)
+    # The final model holds the weights of the step training selected (`select: best`
+    # may pick an earlier one than the last).
+    last = _selected_step(state, task.id) or max(points, default=None)
     if final is not None and last is not None and last not in steps:
         steps.append(last)
     short = job.id.removeprefix("ftjob-")

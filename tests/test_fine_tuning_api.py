@@ -21,6 +21,7 @@ from tunelab.db.tables import Dataset, EventRecord, Experiment, FineTuningJob, P
 from tunelab.fine_tuning import JobRequest, group_values, job_of_model_name, request_field
 from tunelab.functions.app import create_app
 from tunelab.settings import Settings
+from tunelab.store import keys
 
 CHATS = "".join(
     json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
@@ -153,6 +154,31 @@ def test_a_job_is_a_one_task_experiment_with_its_own_parameter_group(api: Api) -
     events = client.fine_tuning.jobs.list_events(job.id)
     assert [e.message for e in events.data] == ["Created fine-tuning job."]
     assert client.fine_tuning.jobs.checkpoints.list(job.id).data == []
+
+
+def test_the_final_checkpoint_is_the_step_whose_weights_the_model_holds(api: Api) -> None:
+    """With `select: best` the model holds an earlier step's weights than the last: that
+    step is the one listed as the fine-tuned model, the kept ones as checkpoints."""
+    client = sdk(api)
+    job = client.fine_tuning.jobs.create(model="tiny-llama", training_file=uploaded(api))
+    store = api.client.app.state.store  # type: ignore[attr-defined]
+    with api.db.session() as session:
+        task = session.query(Task).one()
+        task.model, task.status = "the-model", "succeeded"
+        session.query(Experiment).one().status = "succeeded"
+        task_id = task.id
+    points = [{"step": s, "loss": 1 / s, "val_loss": 0.5 + abs(s - 2)} for s in (1, 2, 3, 4)]
+    metrics = "".join(json.dumps(p) + "\n" for p in points)
+    store.put_bytes(keys.task_file(task_id, "metrics.jsonl"), metrics.encode())
+    store.put_bytes(keys.task_checkpoints(task_id) + "latest.json", b'{"steps": [3]}')
+    store.put_bytes(keys.task_file(task_id, "result.json"), b'{"selection": {"step": 2}}')
+    final = client.fine_tuning.jobs.retrieve(job.id).fine_tuned_model
+    listed = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert [(c.step_number, c.fine_tuned_model_checkpoint) for c in listed] == [
+        (3, f"{final}:ckpt-step-3"),
+        (2, final),
+    ]
+    assert listed[1].metrics.valid_loss == 0.5
 
 
 def test_a_dpo_job_trains_dpo_with_its_beta(api: Api) -> None:
