@@ -11,7 +11,15 @@ import pytest
 
 from tunelab.context import Context
 from tunelab.db import Database
-from tunelab.db.tables import Experiment, Task, Workspace
+from tunelab.db.tables import (
+    EventRecord,
+    Experiment,
+    FineTuningJob,
+    Model,
+    Service,
+    Task,
+    Workspace,
+)
 from tunelab.events.broker import queue_name
 from tunelab.events.bus import EventBus
 from tunelab.settings import Settings
@@ -233,3 +241,60 @@ def test_a_tpe_search_asks_for_each_next_trial_as_one_ends_and_follows_the_score
         best = session.get(Experiment, experiment).best_task  # type: ignore[union-attr]
         chosen = session.query(Task).filter_by(name=best).one()
         assert chosen.spec["parameters"]["learning_rate"] == good
+
+
+def test_a_job_end_delivered_again_sends_the_deployment_a_crash_left_unsent(
+    ctx: Context, stub_broker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job that asked to be deployed: its end records the job's event and a deploying
+    service in one transaction, then sends both. A worker that dies between the two
+    leaves a service no model server will ever be assigned to, unless the redelivered
+    end sends its deployment again."""
+    from dramatiq import Message
+
+    from tunelab.fine_tuning import TASK
+    from tunelab.lifecycle.fine_tuning import job_ended
+
+    experiment_id = add_experiment(ctx, "ftjob-0123456789abcdef01234567", {"name": TASK})
+    with ctx.db.session() as session:
+        session.query(Experiment).one().status = "succeeded"
+        task = session.query(Task).one()
+        task.status, task.model = "succeeded", "faq-model"
+        session.add(Model(workspace_id=task.workspace_id, name="faq-model", kind="lora", uri="x"))
+        session.add(
+            FineTuningJob(
+                id="ftjob-0123456789abcdef01234567",
+                workspace_id=task.workspace_id,
+                experiment_id=experiment_id,
+                spec={"model": "tiny-llama", "suffix": "faq", "deploy": "faq"},
+            )
+        )
+
+    def sent_types() -> list[str]:
+        types = []
+        for queue in stub_broker.queues.values():
+            while not queue.empty():
+                message = Message.decode(queue.get_nowait())
+                if message.args and isinstance(message.args[0], dict):
+                    types.append(message.args[0].get("type"))
+        return types
+
+    def crash(*_: Any) -> None:
+        raise SystemExit("the worker died after its commit")
+
+    monkeypatch.setattr(EventBus, "_send_all", crash)
+    with pytest.raises(SystemExit):
+        job_ended(ctx, experiment_id)
+    monkeypatch.undo()
+    with ctx.db.session() as session:
+        (service,) = session.query(Service).all()
+        assert (service.name, service.status, service.server_id) == ("faq", "deploying", None)
+    assert sent_types() == []
+
+    job_ended(ctx, experiment_id)  # the redelivery
+    # (The job's own event goes to webhooks only: none are registered here.)
+    assert sent_types() == ["service.deploy_requested"]
+    with ctx.db.session() as session:
+        assert session.query(Service).count() == 1
+        recorded = [r.type for r in session.query(EventRecord)]
+        assert sorted(recorded) == ["fine_tuning.job.succeeded", "service.deploy_requested"]

@@ -20,9 +20,9 @@ from tunelab.events.fine_tuning import (
     FineTuningJobSucceeded,
 )
 from tunelab.fine_tuning import job_model_name, job_task, service_name
-from tunelab.lifecycle.services import request_deploy
+from tunelab.lifecycle.services import request_deploy, stage_deploy
 from tunelab.lifecycle.specs import ExperimentSpec
-from tunelab.lifecycle.states import ExperimentState
+from tunelab.lifecycle.states import ExperimentState, ServiceState
 from tunelab.serving_rules import DeployRequest
 
 log = logging.getLogger("tunelab.fine_tuning")
@@ -55,11 +55,16 @@ def job_ended(ctx: Context, experiment_id: str) -> None:
                     Service.workspace_id == job.workspace_id, Service.name == service
                 )
             )
+            deploy_event = derived_id(f"{job.id}/deploy")
             if taken is not None and taken.model != model:
                 message = f"a service named {service!r} serves another model ({taken.model})"
                 job.spec = {**job.spec, "deploy_error": {"code": "conflict", "message": message}}
                 service = None
-            elif taken is None:
+            elif taken is not None:
+                # A redelivery: this job's deployment was recorded, maybe never sent.
+                if taken.status == ServiceState.DEPLOYING and taken.server_id is None:
+                    sends.append(stage_deploy(ctx.bus, session, taken, deploy_event))
+            else:
                 try:
                     with session.begin_nested():
                         _, send = request_deploy(
@@ -73,6 +78,7 @@ def job_ended(ctx: Context, experiment_id: str) -> None:
                                 cluster=ExperimentSpec.of(experiment).cluster,
                                 namespace=ExperimentSpec.of(experiment).namespace,
                             ),
+                            event_id=deploy_event,
                         )
                     sends.append(send)
                 except (TunelabError, ValidationError) as exc:

@@ -48,10 +48,17 @@ def visible_model(session: Session, workspace: str, name: str) -> Model | None:
 
 
 def request_deploy(
-    settings: Settings, bus: Any, session: Session, workspace: str, spec: DeployRequest
+    settings: Settings,
+    bus: Any,
+    session: Session,
+    workspace: str,
+    spec: DeployRequest,
+    event_id: str | None = None,
 ) -> tuple[Service, Callable[[], None]]:
     """Store a deploying service and its `service.deploy_requested` in the caller's
-    transaction; returns it and what sends the event once that has committed.
+    transaction; returns it and what sends the event once that has committed. A caller
+    that may run again for the same deployment passes a derived `event_id`, so that
+    `deploy_requested` can be sent again (`stage_deploy`).
 
     Raises Invalid for a place, resources or model that cannot be, Conflict for a model
     not ready or a name taken."""
@@ -88,15 +95,25 @@ def request_deploy(
     )
     session.add(service)
     session.flush()
-    send = bus.stage(
+    return service, stage_deploy(bus, session, service, event_id)
+
+
+def stage_deploy(
+    bus: Any, session: Session, service: Service, event_id: str | None = None
+) -> Callable[[], None]:
+    """Record the deploying service's `deploy_requested`; returns what sends it. With a
+    derived `event_id` already recorded it only sends it again: the process that
+    recorded it may have died before sending it, and a service that no model server was
+    assigned to would deploy forever. Assigning is idempotent."""
+    return bus.stage(  # type: ignore[no-any-return]
         session,
         ServiceDeployRequested(
-            workspace=workspace,
-            subject=f"services/{spec.name}",
-            data=ServiceRef(service_id=service.id, name=spec.name, model=model.name),
+            **({"id": event_id} if event_id else {}),
+            workspace=service.workspace_id,
+            subject=f"services/{service.name}",
+            data=ServiceRef(service_id=service.id, name=service.name, model=service.model),
         ),
     )
-    return service, send
 
 
 def assign(ctx: Context, event: ServiceDeployRequested, engine: str) -> None:
