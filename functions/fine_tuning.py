@@ -19,7 +19,9 @@ from tunelab.db.tables import (
     EventRecord,
     Experiment,
     FineTuningJob,
+    Model,
     ParameterGroup,
+    Task,
     Workspace,
 )
 from tunelab.errors import BadRequest, Conflict, Invalid, NotFound, TunelabError
@@ -198,6 +200,12 @@ def repository_model(session: Session, job: FineTuningJob) -> str | None:
     return task.model if task is not None else None
 
 
+def trained_tokens(session: Session, task: Task | None) -> int | None:
+    """The real tokens the job's training steps took in (OpenAI bills by them)."""
+    model = session.get(Model, task.id) if task is not None else None
+    return (model.spec.get("metrics") or {}).get("trained_tokens") if model else None
+
+
 def job_json(session: Session, job: FineTuningJob) -> dict[str, Any]:
     experiment = session.get(Experiment, job.experiment_id)
     assert experiment is not None
@@ -232,7 +240,7 @@ def job_json(session: Session, job: FineTuningJob) -> dict[str, Any]:
         "training_file": spec["training_file"],
         "validation_file": spec["validation_file"],
         "result_files": [],
-        "trained_tokens": None,
+        "trained_tokens": trained_tokens(session, task) if status == "succeeded" else None,
         "seed": spec["seed"],
         "estimated_finish": None,
         "integrations": [],

@@ -778,6 +778,7 @@ def test_the_openai_client_fine_tunes_a_model_deploys_it_and_chats_with_its_ft_n
     done = client.fine_tuning.jobs.retrieve(job.id)
     workspace = platform.client.get("/api/v1/workspace").json()["name"]
     assert done.status == "succeeded" and done.finished_at is not None
+    assert done.trained_tokens is not None and done.trained_tokens > 0
     assert done.fine_tuned_model == f"ft:tiny-llama:{workspace}:facts:{job.id[len('ftjob-') :]}"
     (last, *earlier) = client.fine_tuning.jobs.checkpoints.list(job.id).data
     assert last.fine_tuned_model_checkpoint == done.fine_tuned_model

@@ -152,6 +152,9 @@ def test_a_stopped_run_resumes_from_its_checkpoint_and_ends_like_an_unbroken_one
     assert resumed.resumed_from == 3
     assert [p.step for p in resumed.history] == list(range(1, unbroken.steps + 1))
     assert resumed.final_loss == pytest.approx(unbroken.final_loss, rel=1e-4)
+    # The tokens each step trained on (a job's trained_tokens), those before the stop too.
+    assert [p.tokens for p in resumed.history] == [p.tokens for p in unbroken.history]
+    assert all(p.tokens > 0 for p in unbroken.history)
 
 
 def _torchrun(processes: int, *args: str) -> dict[str, Any]:

@@ -154,7 +154,11 @@ def register_model(ctx: Context, event: TaskScheduled, result: dict[str, Any]) -
             "parameters": task_spec.parameters,
             "chat_template": result.get("chat_template"),
             "stop_tokens": result.get("stop_tokens"),
-            "metrics": {"final_loss": result["final_loss"], "steps": result["steps"]},
+            "metrics": {
+                "final_loss": result["final_loss"],
+                "steps": result["steps"],
+                "trained_tokens": result.get("trained_tokens"),
+            },
             "selection": result.get("selection"),
             "lineage": task_spec.lineage,
             "files": result["files"],

@@ -249,6 +249,8 @@ def run(spec: JobSpec, settings: Settings) -> dict[str, Any]:
             "base_score": base_score,
             "final_loss": trained.final_loss,
             "steps": trained.steps,
+            # Every step's, those before a resume included (the checkpoint's history).
+            "trained_tokens": sum(p.tokens for p in trained.history),
             "resumed_from": trained.resumed_from,
             "truncated_samples": data.truncated,
             "selection": {

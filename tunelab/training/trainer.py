@@ -82,6 +82,8 @@ class Progress:
     loss: float
     learning_rate: float
     tokens_per_second: float
+    tokens: int = 0
+    """Real (not padding) tokens the step trained on, over every rank."""
     val_loss: float | None = None
     """Loss on the validation samples, on the steps where it is measured."""
     rewards: dict[str, float] | None = None
@@ -434,5 +436,6 @@ class Trainer:
             loss=values[0] / max(denominator, 1),
             learning_rate=0.0,
             tokens_per_second=values[1] / elapsed,
+            tokens=round(values[1]),
             rewards=dict(zip(stat_sums, means, strict=True)) if stat_sums else None,
         )
