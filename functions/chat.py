@@ -74,11 +74,11 @@ def _keep(
     return kept
 
 
-def _completion(chat_id: str, created: int, route: Route, answer: Answer) -> dict[str, Any]:
+def _completion(chat_id: str, created: int, model: str, answer: Answer) -> dict[str, Any]:
     return completion(
         chat_id,
         created,
-        route.service,
+        model,
         answer.content,
         answer.finish_reason,
         answer.prompt_tokens,
@@ -122,7 +122,7 @@ async def compare(request: Request) -> Any:
     comparison = spec.comparison_id or f"cmp-{uuid.uuid4().hex}"
 
     def keep(up: Upstream, answer: Answer) -> dict[str, Any]:
-        body = _completion(f"chatcmpl-{uuid.uuid4().hex}", created, up.route, answer)
+        body = _completion(f"chatcmpl-{uuid.uuid4().hex}", created, up.route.service, answer)
         stored = _keep(request, up.route, spec.store, messages, body, {"comparison": comparison})
         result = _result(up.route, answer)
         return {**result, "comparison_id": comparison, "chat_id": body["id"] if stored else None}
@@ -193,7 +193,8 @@ async def chat_completions(request: Request) -> Any:
     answer = await until_disconnected(request, gateway.complete(up))
     if isinstance(answer, Response):
         return answer
-    body = _completion(chat_id, created, route, answer)
+    # The model as asked: a job's `ft:` name stays that, not the service it went to.
+    body = _completion(chat_id, created, spec.model, answer)
     _keep(request, route, spec.store, messages, body, spec.metadata)
     return respond(body)
 
@@ -208,7 +209,7 @@ async def _openai_chunks(
     usage: bool,
 ) -> AsyncIterator[str]:
     head = {"id": chat_id, "object": "chat.completion.chunk", "created": created}
-    head["model"] = up.route.service
+    head["model"] = spec.model
 
     def chunk(delta: dict[str, Any], finish: str | None) -> str:
         choice = {"index": 0, "delta": delta, "finish_reason": finish}
@@ -221,7 +222,7 @@ async def _openai_chunks(
                 yield chunk({"content": piece}, None)
                 continue
             yield chunk({}, piece.finish_reason or "stop")
-            body = _completion(chat_id, created, up.route, piece)
+            body = _completion(chat_id, created, spec.model, piece)
             if usage:
                 yield f"data: {json.dumps({**head, 'choices': [], 'usage': body['usage']})}\n\n"
             _keep(request, up.route, spec.store, messages, body, spec.metadata)

@@ -797,6 +797,7 @@ def test_the_openai_client_fine_tunes_a_model_deploys_it_and_chats_with_its_ft_n
         max_tokens=48,
     )
     assert (reply.choices[0].message.content or "").strip() == ANSWER
+    assert reply.model == done.fine_tuned_model  # as asked, not the service's name
     # Webhooks hear OpenAI's event names too.
     (succeeded,) = platform.events(type="fine_tuning.job.succeeded")
     assert succeeded["data"]["id"] == job.id and succeeded["data"]["service"] == job.id
