@@ -5,6 +5,7 @@ chat in a terminal, compare, download."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import os
@@ -19,6 +20,7 @@ import pytest
 
 from tests.platform import tunelab
 from tests.platform_fixture import Platform
+from tunelab.client import AsyncClient
 from tunelab.synthetic import qa_pairs
 
 PAIRS = qa_pairs(12, seed=31)
@@ -219,3 +221,18 @@ def test_watch_exits_non_zero_when_the_experiment_fails(
     assert watched.returncode == 1, watched.stdout + watched.stderr
     assert "experiment doomed failed" in watched.stderr
     assert "do not fit this model" in watched.stderr
+
+
+@pytest.mark.timeout(900)
+def test_the_async_sdk_watches_an_experiment_to_its_end(platform: Platform, applied: Path) -> None:
+    start(platform, "watched-async", epochs=8)
+
+    async def watched() -> list[dict[str, Any]]:
+        async with AsyncClient(platform.url, platform.token) as client:
+            return [event async for event in client.watch("watched-async")]
+
+    events = asyncio.run(watched())
+    types = [e["type"] for e in events]
+    assert types[-1] == "experiment.succeeded", types
+    assert "task.progress" in types and "task.succeeded" in types
+    assert all(e["subject"].startswith("experiments/watched-async") for e in events)

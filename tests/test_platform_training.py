@@ -198,6 +198,9 @@ def test_a_killed_gpu_worker_has_its_task_resumed_from_the_last_checkpoint(
     points = platform.client.get("/api/v1/experiments/survivor/tasks/only/metrics").json()
     steps = [p["step"] for p in points["points"]]
     assert steps == list(range(1, steps[-1] + 1))  # no gap, no repeat
+    # Every step has a time, those restored from the checkpoint too, in order.
+    times = [p["time"] for p in points["points"]]
+    assert times == sorted(times) and times[0] > 1.7e9
 
 
 @pytest.mark.timeout(300)

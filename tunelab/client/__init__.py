@@ -14,6 +14,7 @@ raise ApiError with the server's code, message and per-field details.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -144,21 +145,18 @@ class AsyncClient(Api):
         finally:
             await response.aclose()
 
-    async def watch(self, experiment: str) -> AsyncIterator[dict[str, Any]]:
-        """As Client.watch."""
-        latest = await self.send(
-            Call("GET", "/api/v1/events", params={"limit": 1}, read=lambda r: r.json()["items"])
-        )
-        view: ExperimentView = await self.send(
+    async def _experiment(self, experiment: str) -> ExperimentView:
+        return await self.send(
             Call(
                 "GET",
                 f"/api/v1/experiments/{experiment}",
                 read=lambda r: ExperimentView.read(r.json()),
             )
         )
-        if view.ended:
-            return
-        params = {"after": latest[0]["id"]} if latest else {}
+
+    async def stream_events(self, after: str | None = None) -> AsyncIterator[ServerEvent]:
+        """As Client.stream_events."""
+        params = {"after": after} if after else {}
         async with self.http.stream(
             "GET",
             "/api/v1/events/stream",
@@ -171,15 +169,34 @@ class AsyncClient(Api):
             lines: list[str] = []
             async for line in response.aiter_lines():
                 lines.append(line)
-                if line:
-                    continue
-                for event in server_events(iter(lines)):
+                if not line:  # a blank line ends an event
+                    for event in server_events(iter(lines)):
+                        yield event
+                    lines = []
+
+    async def watch(self, experiment: str) -> AsyncIterator[dict[str, Any]]:
+        """As Client.watch, reconnecting the same way."""
+        latest = await self.send(
+            Call("GET", "/api/v1/events", params={"limit": 1}, read=lambda r: r.json()["items"])
+        )
+        last = latest[0]["id"] if latest else None
+        if (await self._experiment(experiment)).ended:
+            return
+        while True:
+            try:
+                async for event in self.stream_events(last):
+                    last = event.id or last
                     envelope = event.json()
-                    if _subject_of(experiment, envelope):
-                        yield envelope
-                        if envelope["type"] in ENDS:
-                            return
-                lines = []
+                    if not _subject_of(experiment, envelope):
+                        continue
+                    yield envelope
+                    if envelope["type"] in ENDS:
+                        return
+            except httpx.TransportError:
+                pass
+            if (await self._experiment(experiment)).ended and last is None:
+                return
+            await asyncio.sleep(RECONNECT_S)
 
     async def aclose(self) -> None:
         await self.http.aclose()

@@ -136,7 +136,14 @@ class Run:
                 self.publish_progress()
         elif message.kind == "resumed":
             # The checkpoint's own history: what the killed attempt had not flushed too.
-            self.points = list(fields["history"])
+            # A checkpoint keeps no times: those flushed before keep theirs, the rest
+            # take the last known one (not 0, which would read as 1970).
+            times = {p["step"]: p["time"] for p in self.points if "time" in p}
+            known = min(times.values(), default=time.time())
+            self.points = []
+            for point in fields["history"]:
+                known = times.get(point["step"], known)
+                self.points.append({**point, "time": known})
             self.note(f"resumed from the checkpoint at step {fields['step']}")
         elif message.kind == "phase":
             self.note(f"phase: {fields['phase']}")
