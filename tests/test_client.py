@@ -11,29 +11,18 @@ from pathlib import Path
 import httpx
 import pytest
 from pydantic import ValidationError
-from starlette.testclient import TestClient
 
-from tests.test_http import Api
-from tunelab.auth import create_token
+from tests.test_http import Api, app_api, make_settings
 from tunelab.client import ApiError, AsyncClient, Client
-from tunelab.db import Database
 from tunelab.db.tables import Dataset
-from tunelab.functions.app import create_app
-from tunelab.settings import Settings
 from tunelab.views import DatasetView, GroupView
 
 
 @pytest.fixture
 def api(tmp_path: Path, redis_url: str, queues: dict[str, str]) -> Iterator[Api]:
-    settings = Settings(
-        data_dir=tmp_path, redis_url=redis_url, cpu_queue=queues["cpu"], gpu_queue=queues["gpu"]
-    )
-    db = Database(settings.effective_database_url)
-    db.migrate()
-    with TestClient(create_app(settings, db=db)) as client:
-        client.headers["authorization"] = f"Bearer {create_token(db, 'acme')}"
-        yield Api(client, db, {}, tmp_path / "objects")
-    db.dispose()
+    with app_api(make_settings(tmp_path, redis_url, queues)) as api:
+        api.client.headers["authorization"] = f"Bearer {api.tokens['acme']}"
+        yield api
 
 
 def test_an_upload_streams_its_files_and_tells_how_much_went(api: Api, tmp_path: Path) -> None:

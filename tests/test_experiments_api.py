@@ -8,13 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from starlette.testclient import TestClient
 
-from tests.test_http import Api, assert_error
-from tunelab.auth import create_token
-from tunelab.db import Database
+from tests.test_http import Api, app_api, assert_error
 from tunelab.db.tables import Dataset, EventRecord, Experiment, Model, Task, Workspace
-from tunelab.functions.app import create_app
 from tunelab.settings import Settings
 
 CLUSTERS = """
@@ -36,23 +32,18 @@ def api(tmp_path: Path, redis_url: str, queues: dict[str, str]) -> Iterator[Api]
         gpu_queue=queues["gpu"],
         clusters_file=tmp_path / "clusters.toml",
     )
-    db = Database(settings.effective_database_url)
-    db.migrate()
-    tokens = {name: create_token(db, name) for name in ("acme", "globex")}
-    with TestClient(create_app(settings, db=db)) as client:
-        api = Api(client, db, tokens, tmp_path / "objects")
+    with app_api(settings) as api:
         _ready_dataset(api, "faq", "default")
         _ready_dataset(api, "elsewhere", "research")
         _ready_dataset(api, "pending", "default", status="validating")
         for name, namespace in (("lora", "default"), ("lab", "research")):
-            response = client.post(
+            response = api.client.post(
                 "/api/v1/parameter-groups",
                 json={"name": name, "namespace": namespace},
                 headers=api.auth(),
             )
             assert response.status_code == 201, response.text
         yield api
-    db.dispose()
 
 
 def _ready_dataset(

@@ -12,15 +12,10 @@ from typing import Any
 
 import openai
 import pytest
-from starlette.testclient import TestClient
 
-from tests.test_http import Api
-from tunelab.auth import create_token
-from tunelab.db import Database
+from tests.test_http import Api, app_api, make_settings
 from tunelab.db.tables import Dataset, EventRecord, Experiment, FineTuningJob, ParameterGroup, Task
 from tunelab.fine_tuning import JobRequest, group_values, job_of_model_name, request_field
-from tunelab.functions.app import create_app
-from tunelab.settings import Settings
 from tunelab.store import keys
 
 CHATS = "".join(
@@ -32,15 +27,8 @@ CHATS = "".join(
 
 @pytest.fixture
 def api(tmp_path: Path, redis_url: str, queues: dict[str, str]) -> Iterator[Api]:
-    settings = Settings(
-        data_dir=tmp_path, redis_url=redis_url, cpu_queue=queues["cpu"], gpu_queue=queues["gpu"]
-    )
-    db = Database(settings.effective_database_url)
-    db.migrate()
-    tokens = {name: create_token(db, name) for name in ("acme", "globex")}
-    with TestClient(create_app(settings, db=db)) as client:
-        yield Api(client, db, tokens, tmp_path / "objects")
-    db.dispose()
+    with app_api(make_settings(tmp_path, redis_url, queues)) as api:
+        yield api
 
 
 def sdk(api: Api, workspace: str = "acme") -> openai.OpenAI:

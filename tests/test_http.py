@@ -7,6 +7,7 @@ import io
 import json
 import tarfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,15 +69,24 @@ def make_settings(tmp_path: Path, redis_url: str, queues: dict[str, str]) -> Set
     )
 
 
-@pytest.fixture
-def api(tmp_path: Path, redis_url: str, queues: dict[str, str]) -> Iterator[Api]:
-    settings = make_settings(tmp_path, redis_url, queues)
+@contextmanager
+def app_api(settings: Settings) -> Iterator[Api]:
+    """The API in-process on `settings` (its database migrated), with an admin token of
+    workspaces `acme` and `globex`."""
     db = Database(settings.effective_database_url)
     db.migrate()
     tokens = {name: create_token(db, name) for name in ("acme", "globex")}
-    with TestClient(create_app(settings, db=db)) as client:
-        yield Api(client, db, tokens, tmp_path / "objects")
-    db.dispose()
+    try:
+        with TestClient(create_app(settings, db=db)) as client:
+            yield Api(client, db, tokens, settings.data_dir / "objects")
+    finally:
+        db.dispose()
+
+
+@pytest.fixture
+def api(tmp_path: Path, redis_url: str, queues: dict[str, str]) -> Iterator[Api]:
+    with app_api(make_settings(tmp_path, redis_url, queues)) as api:
+        yield api
 
 
 def assert_error(response: Any, status: int, code: str) -> dict[str, Any]:
