@@ -16,36 +16,20 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tunelab.api_requests import CompareRequest
 from tunelab.db.tables import FineTuningJob, Service
 from tunelab.errors import TunelabError
 from tunelab.functions import fine_tuning
 from tunelab.functions.http import parse, read_json, respond, workspace_id
 from tunelab.serving.gateway import Answer, ChatFailed, Gateway, Upstream
-from tunelab.serving.openai import MAX_TOKENS_LIMIT, ChatRequest, Message, Sampling, completion
+from tunelab.serving.openai import ChatRequest, Message, Sampling, completion
 from tunelab.serving.routes import Route
 from tunelab.streams import EventStream, until_disconnected
 from tunelab.times import epoch
-
-
-class CompareRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    services: list[str] = Field(min_length=1, max_length=3)
-    messages: list[Message] = Field(min_length=1)
-    system: str | None = None
-    temperature: float = Field(default=0.0, ge=0, le=2)
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    max_tokens: int = Field(default=128, ge=1, le=MAX_TOKENS_LIMIT)
-    stream: bool = False
-    store: bool | None = None
-    """Keep each service's chat (as `store` on /v1/chat/completions)."""
-    comparison_id: str | None = Field(default=None, pattern=r"^cmp-[0-9a-f]{32}$")
-    """Group the answers with others asked under the same id (a client asking each
-    service on its own, with its own history, as the console does); default: new."""
 
 
 def _gateway(request: Request) -> Gateway:

@@ -12,6 +12,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from tunelab.dataset_requests import (
+    ChatsSourceSpec,
+    DatasetMetadata,
+    PluginSourceSpec,
+    RemoteDataset,
+    UploadRequest,
+)
 from tunelab.dataset_rules import MAX_DATASET_BYTES, dataset_kind, upload_prefix
 from tunelab.db.tables import Dataset, new_id
 from tunelab.errors import Conflict, Invalid, NotFound
@@ -24,13 +31,6 @@ from tunelab.events.dataset import (
 from tunelab.events.envelope import derived_id
 from tunelab.functions import uploads
 from tunelab.functions.boundary import parse_json
-from tunelab.functions.dataset_requests import (
-    ChatsSourceSpec,
-    DatasetMetadata,
-    PluginSourceSpec,
-    RemoteDataset,
-    UploadRequest,
-)
 from tunelab.functions.http import parse, read_json, respond, workspace_id
 from tunelab.lifecycle.experiments import active_users
 from tunelab.store import ObjectStore, PresignUnsupported, key_from_uri, keys

@@ -12,12 +12,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
+from tunelab.dataset_requests import DatasetMetadata
 from tunelab.dataset_rules import MAX_DATASET_BYTES
 from tunelab.db.tables import Dataset, new_id
 from tunelab.errors import Invalid, NotFound
 from tunelab.fine_tuning import FILE_ID, FILE_PREFIX, new_file_id
 from tunelab.functions import datasets, uploads
-from tunelab.functions.dataset_requests import DatasetMetadata
 from tunelab.functions.http import cursor_page, respond, workspace_id
 from tunelab.store import ObjectNotFound, keys
 from tunelab.times import epoch

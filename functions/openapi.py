@@ -14,15 +14,13 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from tunelab.api_requests import CompareRequest, Feedback, GroupRequest, TokenRequest
+from tunelab.dataset_requests import RemoteDataset, UploadRequest
 from tunelab.experiment_rules import ExperimentRequest
 from tunelab.fine_tuning import JobRequest
-from tunelab.functions.chat import CompareRequest
-from tunelab.functions.dataset_requests import RemoteDataset, UploadRequest
-from tunelab.functions.parameter_groups import GroupRequest
 from tunelab.functions.pings import PingRequest
 from tunelab.functions.repository import MergeRequest, RegisterRequest
-from tunelab.functions.stored_chats import Feedback, MetadataUpdate
-from tunelab.functions.tokens import TokenRequest
+from tunelab.functions.stored_chats import MetadataUpdate
 from tunelab.functions.webhooks import WebhookSpec
 from tunelab.serving.openai import ChatRequest
 from tunelab.serving_rules import DeployRequest

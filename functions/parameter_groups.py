@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -12,34 +12,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from tunelab.api_requests import GroupRequest
 from tunelab.clusters import placement_problems
 from tunelab.db.tables import ParameterGroup
 from tunelab.errors import Conflict, Invalid, NotFound
 from tunelab.functions.http import parse, read_json, respond, workspace_id
 from tunelab.lifecycle.experiments import active_users
-from tunelab.names import Name
 from tunelab.params import Parameters, errors_of, presets, resolve
 from tunelab.times import iso
 from tunelab.views import GroupView
-
-
-class GroupRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: Name
-    cluster: Name = "local"
-    namespace: Name = "default"
-    finetune_type: Literal["SFT", "DPO"] | None = None
-    """SFT or DPO; unset: the preset's (or the parameters') choice, else SFT."""
-    preset: str | None = None
-    """Start from a shipped preset (GET /api/v1/parameter-presets); `parameters` on top."""
-    parameters: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("preset")
-    @classmethod
-    def _known(cls, value: str | None) -> str | None:
-        if value is not None and value not in presets():
-            raise ValueError(f"no preset {value!r}; presets: {sorted(presets())}")
-        return value
 
 
 def to_json(group: ParameterGroup) -> dict[str, Any]:

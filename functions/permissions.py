@@ -5,7 +5,7 @@ models."""
 
 from __future__ import annotations
 
-from tunelab.auth import Role
+from tunelab.api_requests import Role
 
 READS = frozenset({"GET", "HEAD", "OPTIONS"})
 ADMIN_PREFIXES = ("/api/v1/tokens", "/api/v1/webhooks", "/api/v1/audit")

@@ -20,10 +20,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from tunelab.api_requests import Feedback
 from tunelab.db.tables import ChatVote, Service, StoredChat
 from tunelab.errors import Invalid, NotFound
 from tunelab.functions.http import parse, read_json, respond, workspace_id
-from tunelab.names import Name
 
 
 def _visible(workspace: str) -> Select[StoredChat]:
@@ -131,16 +131,6 @@ def delete_chat(request: Request) -> JSONResponse:
         chat = _find(session, workspace_id(request), request.path_params["id"])
         session.delete(chat)
     return respond({"object": "chat.completion.deleted", "id": chat.id, "deleted": True})
-
-
-class Feedback(BaseModel):
-    """A person's (or a script's) vote for the best answer of a comparison."""
-
-    model_config = ConfigDict(extra="forbid")
-    comparison_id: str = Field(pattern=r"^cmp-[0-9a-f]{32}$")
-    """`comparison_id` of a POST /api/v1/chat/compare answer."""
-    best: Name
-    """The service whose answer was best."""
 
 
 async def chat_feedback(request: Request) -> JSONResponse:

@@ -6,24 +6,16 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from tunelab.auth import Role, TokenNameTaken, create_token, list_tokens, revoke_token
+from tunelab.api_requests import TokenRequest
+from tunelab.auth import TokenNameTaken, create_token, list_tokens, revoke_token
 from tunelab.db.tables import ApiToken
 from tunelab.errors import Conflict, NotFound
 from tunelab.functions.http import parse, read_json, respond, workspace_id
-from tunelab.names import Name
 from tunelab.times import iso
-
-
-class TokenRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: Name
-    role: Role = "member"
-    expires_in_days: float | None = Field(default=None, gt=0, le=3650)
 
 
 def to_json(token: ApiToken) -> dict[str, Any]:

@@ -14,18 +14,17 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from tunelab.api_requests import Role
 from tunelab.db import Database
 from tunelab.db.tables import ApiToken, Workspace
 from tunelab.names import check_label
 
 TOKEN_PREFIX = "tl_"
-Role = Literal["viewer", "member", "admin"]
 ROLES: tuple[Role, ...] = ("viewer", "member", "admin")
 """From least to most: each role may do what the ones before it may."""
 

@@ -12,13 +12,10 @@ from typing import Any, TypeVar
 
 import httpx
 
+from tunelab.api_requests import CompareRequest, Feedback, GroupRequest, TokenRequest
 from tunelab.client.calls import Call, Multipart
+from tunelab.dataset_requests import DatasetMetadata, RemoteDataset
 from tunelab.experiment_rules import ExperimentRequest
-from tunelab.functions.chat import CompareRequest
-from tunelab.functions.dataset_requests import DatasetMetadata, RemoteDataset
-from tunelab.functions.parameter_groups import GroupRequest
-from tunelab.functions.stored_chats import Feedback
-from tunelab.functions.tokens import TokenRequest
 from tunelab.serving_rules import DeployRequest
 from tunelab.views import (
     DatasetView,

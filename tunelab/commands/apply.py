@@ -34,12 +34,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tunelab.api_requests import GroupRequest
 from tunelab.client import ApiError, Client
 from tunelab.commands.show import console, errors
 from tunelab.commands.watch import watch
+from tunelab.dataset_requests import DatasetMetadata
 from tunelab.experiment_rules import ExperimentRequest
-from tunelab.functions.dataset_requests import DatasetMetadata
-from tunelab.functions.parameter_groups import GroupRequest
 from tunelab.params import resolve
 from tunelab.serving_rules import DeployRequest
 
