@@ -94,6 +94,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[subproce
              f"--default-artifact-root={tmp}/artifacts"],
             stdout=subprocess.DEVNULL,
             stderr=server_log,
+            start_new_session=True,  # its uvicorn and job runner go with it (killpg)
         )  # fmt: skip
 
     def up() -> bool:
@@ -106,7 +107,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[subproce
     wait_until(up, "the MLflow server to answer", 120, 0.5)
     PLATFORM_ENV["TUNELAB_MLFLOW_URI"] = uri
     yield server
-    server.kill()
+    os.killpg(server.pid, signal.SIGKILL)
     server.wait()
 
 
