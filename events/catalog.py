@@ -98,6 +98,9 @@ class Route:
 # without importing worker code; `workers.registry` refuses an actor that is not listed.
 ROUTES: dict[str, tuple[Route, ...]] = {
     "dataset.uploaded": (Route("ingest_dataset", "cpu"),),
+    # A fine-tuning job asked for before its files were processed starts (or fails).
+    "dataset.validated": (Route("start_jobs_on_validated", "cpu"),),
+    "dataset.failed": (Route("start_jobs_on_failed", "cpu"),),
     # Whenever resources may have freed up or new tasks wait, the scheduler looks again.
     "experiment.created": (Route("schedule_on_created", "cpu"),),
     # On Kubernetes a task is a Job that trains in its own pod; locally a GPU worker

@@ -11,7 +11,8 @@ from tunelab.events.envelope import Event, Payload
 class FineTuningJobRef(Payload):
     id: str
     """The job's id (`ftjob-...`), OpenAI's `data.id`."""
-    experiment_id: str
+    experiment_id: str | None = None
+    """None for a job that ended before its files' checks gave it an experiment."""
     fine_tuned_model: str | None = None
     service: str | None = None
     """The service deploying the model, when the job asked for one."""

@@ -5,6 +5,7 @@ OpenAI's job, event and checkpoint objects."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -42,6 +43,8 @@ from tunelab.fine_tuning import (
 from tunelab.functions import experiments
 from tunelab.functions.http import cursor_page, parse, read_json, respond, workspace_id
 from tunelab.lifecycle import experiments as lifecycle
+from tunelab.lifecycle.creation import create as create_experiment
+from tunelab.lifecycle.fine_tuning import FILE_FIELDS, fail_waiting_job, start_waiting_jobs
 from tunelab.params import errors_of, resolve
 from tunelab.store import ObjectNotFound, keys
 from tunelab.times import epoch
@@ -81,9 +84,12 @@ def _create(request: Request, spec: JobRequest) -> dict[str, Any]:
     state, workspace = request.app.state, workspace_id(request)
     with state.db.session() as session:
         base_model = _repository_name(session, workspace, spec)
-        for field in ("training_file", "validation_file"):
-            if getattr(spec, field) is not None:
-                _check_file(session, workspace, field, getattr(spec, field))
+        checking = [
+            field
+            for field in FILE_FIELDS
+            if getattr(spec, field) is not None
+            and _still_checked(session, workspace, field, getattr(spec, field))
+        ]
     try:
         params = resolve(spec.preset, group_values(spec))
     except ValidationError as exc:
@@ -124,6 +130,22 @@ def _create(request: Request, spec: JobRequest) -> dict[str, Any]:
         "deploy": spec.deploy,
     }
 
+    if checking:
+        # As OpenAI's jobs do, it waits (`validating_files`) and starts when its files
+        # are processed (tunelab.lifecycle.fine_tuning.start_waiting_jobs).
+        waiting = {
+            **shown,
+            "state": "validating_files",
+            "waited_for": checking,
+            "experiment": experiment_request.model_dump(mode="json"),
+        }
+        with state.db.session() as session:
+            session.add(FineTuningJob(id=job_id, workspace_id=workspace, spec=waiting))
+        # Its files' checks may have ended before the job was stored: look once more.
+        start_waiting_jobs(state.context, workspace, getattr(spec, checking[0]))
+        with state.db.session() as session:
+            return job_json(session, _find(session, workspace, job_id))
+
     def along(session: Session, experiment: Experiment) -> None:
         session.add(
             FineTuningJob(
@@ -132,7 +154,7 @@ def _create(request: Request, spec: JobRequest) -> dict[str, Any]:
         )
 
     try:
-        experiments.create(state, workspace, experiment_request, along)
+        create_experiment(state, workspace, experiment_request, along)
     except TunelabError as exc:
         # Refused before anything was stored: the job's group goes with the job that
         # was not made. (A failure to send the event after the commit leaves the job,
@@ -161,22 +183,19 @@ def _repository_name(session: Session, workspace: str, spec: JobRequest) -> str:
     return task.model
 
 
-def _check_file(session: Session, workspace: str, field: str, file_id: str) -> None:
+def _still_checked(session: Session, workspace: str, field: str, file_id: str) -> bool:
+    """Whether the file is still being checked; refused if it is no file or invalid."""
     dataset = session.scalar(
         select(Dataset).where(Dataset.workspace_id == workspace, Dataset.name == file_id)
     )
     message = None
     if dataset is None or (dataset.source or {}).get("purpose") != "fine-tune":
         message = f"no file {file_id!r} (POST /v1/files)"
-    elif dataset.status in ("pending", "validating"):
-        message = (
-            f"file {file_id!r} is still being checked; create the job once its status is "
-            "'processed' (the SDK's files.wait_for_processing waits for that)"
-        )
     elif dataset.status == "failed":
         message = f"file {file_id!r} is invalid: {(dataset.error or {}).get('message')}"
     if message is not None:
         raise JobRefused(f"{field}: {message}", [{"field": field, "message": message}])
+    return dataset is not None and dataset.status in ("pending", "validating")
 
 
 def _find(session: Session, workspace: str, job_id: str) -> FineTuningJob:
@@ -207,28 +226,34 @@ def trained_tokens(session: Session, task: Task | None) -> int | None:
 
 
 def job_json(session: Session, job: FineTuningJob) -> dict[str, Any]:
-    experiment = session.get(Experiment, job.experiment_id)
-    assert experiment is not None
-    task = job_task(session, job)
+    experiment = session.get(Experiment, job.experiment_id) if job.experiment_id else None
+    task = job_task(session, job) if experiment is not None else None
     spec = job.spec
-    status = STATUS[experiment.status]  # type: ignore[index]
-    if status == "queued" and task is not None and task.status != "queued":
-        status = "running"
     error = None
-    if status == "failed":
-        cause = (task.error if task is not None else None) or experiment.error or {}
-        error = {
-            "code": cause.get("code", "failed"),
-            "message": cause.get("message", ""),
-            "param": None,
-        }
+    if experiment is None:  # waiting for its files' checks, or ended while it waited
+        status = spec.get("state", "failed")
+        error = spec.get("error")
+        finished = spec.get("finished_at")
+        finished_at = epoch(datetime.fromisoformat(finished)) if finished else None
+    else:
+        status = STATUS[experiment.status]  # type: ignore[index]
+        if status == "queued" and task is not None and task.status != "queued":
+            status = "running"
+        if status == "failed":
+            cause = (task.error if task is not None else None) or experiment.error or {}
+            error = {
+                "code": cause.get("code", "failed"),
+                "message": cause.get("message", ""),
+                "param": None,
+            }
+        finished_at = epoch(experiment.finished_at) if experiment.finished_at else None
     hyperparameters = spec["hyperparameters"]
     workspace = session.get(Workspace, job.workspace_id)
     return {
         "id": job.id,
         "object": "fine_tuning.job",
         "created_at": epoch(job.created_at),
-        "finished_at": epoch(experiment.finished_at) if experiment.finished_at else None,
+        "finished_at": finished_at,
         "model": spec["model"],
         "fine_tuned_model": fine_tuned_model(session, job) if status == "succeeded" else None,
         "organization_id": workspace.name if workspace else job.workspace_id,
@@ -247,7 +272,7 @@ def job_json(session: Session, job: FineTuningJob) -> dict[str, Any]:
         "metadata": spec["metadata"],
         "user_provided_suffix": spec["suffix"],
         # tunelab's: the experiment behind the job, its task's progress and scores.
-        "experiment": experiment.name,
+        "experiment": experiment.name if experiment is not None else None,
         "progress": task.progress if task is not None else None,
         "score": (task.score or {}).get("score") if task is not None else None,
         "base_score": (task.score or {}).get("base_score") if task is not None else None,
@@ -294,16 +319,27 @@ def cancel_job(request: Request) -> JSONResponse:
     state = request.app.state
     with state.db.session() as session:
         job = _find(session, workspace_id(request), _job_id(request))
-        experiment = session.get(Experiment, job.experiment_id)
-        assert experiment is not None
-        tasks = experiments.tasks_of(session, experiment)
-        try:
-            send = lifecycle.cancel_experiment(state.context, session, experiment, tasks)
-        except lifecycle.AlreadyEnded:
-            raise Conflict(
-                f"Job {job.id} has already {STATUS[experiment.status]}: it cannot be cancelled."
-            ) from None
-    send()
+        experiment = session.get(Experiment, job.experiment_id) if job.experiment_id else None
+        if experiment is None:
+            send = None
+        else:
+            tasks = experiments.tasks_of(session, experiment)
+            try:
+                send = lifecycle.cancel_experiment(state.context, session, experiment, tasks)
+            except lifecycle.AlreadyEnded:
+                raise Conflict(
+                    f"Job {job.id} has already {STATUS[experiment.status]}: it cannot be cancelled."
+                ) from None
+    if send is not None:
+        send()
+    elif not fail_waiting_job(state.context, job.id, "cancelled", "", state="cancelled"):
+        with state.db.session() as session:
+            now = _find(session, job.workspace_id, job.id)
+            if now.experiment_id is None:  # it ended while it waited
+                raise Conflict(
+                    f"Job {job.id} has already {now.spec.get('state')}: it cannot be cancelled."
+                )
+        return cancel_job(request)  # it started meanwhile: cancel its experiment
     with state.db.session() as session:
         return respond(job_json(session, _find(session, workspace_id(request), job.id)))
 
@@ -327,11 +363,41 @@ def _list_events(request: Request) -> dict[str, Any]:
                 EventRecord.type.in_(list(EVENT_MESSAGES)),
             )
         ).all()
-        events = [_state_event(job, r) for r in records]
+        events = [_state_event(job, r) for r in records] + _waiting_events(job)
     if task is not None:
         events += [_step_event(job, p) for p in _points(state, task.id)]
     events.sort(key=lambda e: (e["created_at"], e["id"]), reverse=True)
     return cursor_page(events, request.query_params)
+
+
+def _waiting_events(job: FineTuningJob) -> list[dict[str, Any]]:
+    """A job that waited for its files' checks: what it said while it waited."""
+    if "waited_for" not in job.spec:
+        return []
+    said = [
+        (job.created_at, "info", f"Validating {field.replace('_', ' ')}: {job.spec[field]}")
+        for field in job.spec["waited_for"]
+    ]
+    finished = job.spec.get("finished_at")
+    if finished and job.experiment_id is None:
+        error = job.spec.get("error") or {}
+        said.append(
+            (datetime.fromisoformat(finished), "error", f"The job failed: {error['message']}")
+            if job.spec.get("state") == "failed"
+            else (datetime.fromisoformat(finished), "info", "The job was cancelled.")
+        )
+    return [
+        {
+            "id": f"ftevent-{job.id.removeprefix('ftjob-')}{i}",
+            "object": "fine_tuning.job.event",
+            "created_at": epoch(when),
+            "level": level,
+            "message": message,
+            "data": {},
+            "type": "message",
+        }
+        for i, (when, level, message) in enumerate(said)
+    ]
 
 
 def _state_event(job: FineTuningJob, record: EventRecord) -> dict[str, Any]:

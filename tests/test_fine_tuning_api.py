@@ -16,6 +16,7 @@ import pytest
 from tests.test_http import Api, app_api, make_settings
 from tunelab.db.tables import Dataset, EventRecord, Experiment, FineTuningJob, ParameterGroup, Task
 from tunelab.fine_tuning import JobRequest, group_values, job_of_model_name, request_field
+from tunelab.lifecycle.fine_tuning import start_waiting_jobs
 from tunelab.store import keys
 
 CHATS = "".join(
@@ -219,19 +220,78 @@ def test_a_bad_job_is_refused_in_openais_shape_naming_the_parameter(
     assert api.count(Experiment) == api.count(FineTuningJob) == api.count(ParameterGroup) == 0
 
 
-@pytest.mark.parametrize(
-    ("status", "said"), [("pending", "still being checked"), ("failed", "Line 2")]
-)
-def test_a_job_on_a_file_not_processed_is_refused_saying_why(
-    api: Api, status: str, said: str
-) -> None:
+def test_a_job_on_an_invalid_file_is_refused_saying_why(api: Api) -> None:
     client = sdk(api)
     file = client.files.create(file=("chats.jsonl", CHATS), purpose="fine-tune")
-    if status == "failed":
-        checked(api, file.id, "failed", "The dataset has 1 problem(s); first: Line 2, messages")
+    checked(api, file.id, "failed", "The dataset has 1 problem(s); first: Line 2, messages")
     with pytest.raises(openai.BadRequestError) as refused:
         client.fine_tuning.jobs.create(model="tiny-llama", training_file=file.id)
-    assert refused.value.param == "training_file" and said in refused.value.message
+    assert refused.value.param == "training_file" and "Line 2" in refused.value.message
+
+
+def files_checked(api: Api, file_id: str) -> None:
+    """What the CPU workers do when a file's checks end (dataset.validated or .failed;
+    the actors are run on the platform, tests/test_platform_serving.py)."""
+    state = api.client.app.state  # type: ignore[attr-defined]
+    with api.db.session() as session:
+        workspace = session.query(Dataset).filter_by(name=file_id).one().workspace_id
+    start_waiting_jobs(state.context, workspace, file_id)
+
+
+def test_a_job_asked_for_right_after_the_upload_waits_for_its_files_then_starts(
+    api: Api,
+) -> None:
+    """OpenAI's own examples create the job straight after the upload: the job waits
+    (`validating_files`) and starts once its files are processed."""
+    client = sdk(api)
+    training = client.files.create(file=("chats.jsonl", CHATS), purpose="fine-tune").id
+    validation = client.files.create(file=("held.jsonl", CHATS), purpose="fine-tune").id
+    job = client.fine_tuning.jobs.create(
+        model="tiny-llama", training_file=training, validation_file=validation, suffix="x"
+    )
+    assert job.status == "validating_files" and api.count(Experiment) == 0
+    checked(api, training)
+    files_checked(api, training)  # its validation file is still being checked
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "validating_files"
+    checked(api, validation)
+    files_checked(api, validation)
+    started = client.fine_tuning.jobs.retrieve(job.id)
+    assert started.status == "queued" and started.experiment == job.id  # type: ignore[attr-defined]
+    (task,) = api.client.get(f"/api/v1/experiments/{job.id}", headers=api.auth()).json()["tasks"]
+    assert (task["dataset"], task["validation_dataset"]) == (training, validation)
+    files_checked(api, validation)  # a second delivery starts nothing more
+    assert api.count(Experiment) == 1
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id)]
+    assert f"Validating training file: {training}" in messages
+    assert "Created fine-tuning job." in messages
+
+
+def test_a_waiting_job_fails_naming_its_invalid_file_or_is_cancelled(api: Api) -> None:
+    client = sdk(api)
+    bad = client.files.create(file=("bad.jsonl", CHATS), purpose="fine-tune").id
+    doomed = client.fine_tuning.jobs.create(model="tiny-llama", training_file=bad)
+    checked(api, bad, "failed", "The dataset has 1 problem(s); first: Line 2, messages")
+    files_checked(api, bad)
+    failed = client.fine_tuning.jobs.retrieve(doomed.id)
+    assert failed.status == "failed" and failed.error is not None
+    assert (failed.error.code, failed.error.param) == ("invalid_training_file", "training_file")
+    assert "Line 2" in failed.error.message and failed.finished_at is not None
+    assert "The job failed" in client.fine_tuning.jobs.list_events(doomed.id).data[0].message
+
+    pending = client.files.create(file=("later.jsonl", CHATS), purpose="fine-tune").id
+    unwanted = client.fine_tuning.jobs.create(model="tiny-llama", training_file=pending)
+    with pytest.raises(openai.ConflictError):  # the job would wait for ever
+        client.files.delete(pending)
+    assert client.fine_tuning.jobs.cancel(unwanted.id).status == "cancelled"
+    checked(api, pending)
+    files_checked(api, pending)  # cancelled: its files' end starts nothing
+    assert client.fine_tuning.jobs.retrieve(unwanted.id).status == "cancelled"
+    assert api.count(Experiment) == 0
+    with pytest.raises(openai.ConflictError):
+        client.fine_tuning.jobs.cancel(unwanted.id)
+    with api.db.session() as session:
+        ended = sorted(r.type for r in session.query(EventRecord) if "fine_tuning" in r.type)
+    assert ended == ["fine_tuning.job.cancelled", "fine_tuning.job.failed"]
 
 
 def test_jobs_are_listed_newest_first_by_cursor_and_metadata(api: Api) -> None:

@@ -196,11 +196,15 @@ def request_field(field: str, request: JobRequest) -> str:
         if name == "seed":
             return "seed"
         return f"{request.hyperparameters_field}.{reverse.get(name, name)}"
-    return {
-        "tasks[0].base_model": "model",
-        "tasks[0].dataset": "training_file",
-        "tasks[0].validation_dataset": "validation_file",
-    }.get(field, field)
+    return JOB_FIELD_OF.get(field, field)
+
+
+JOB_FIELD_OF = {
+    "tasks[0].base_model": "model",
+    "tasks[0].dataset": "training_file",
+    "tasks[0].validation_dataset": "validation_file",
+}
+"""The job request's name of a field of its one-task experiment's."""
 
 
 def shown_hyperparameters(parameters: dict[str, Any], request: JobRequest) -> dict[str, Any]:

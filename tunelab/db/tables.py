@@ -139,9 +139,11 @@ class FineTuningJob(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     """`ftjob-` and 24 hex digits; also the experiment's and its parameter group's name."""
     workspace_id: Mapped[str] = _workspace()
-    experiment_id: Mapped[str] = mapped_column(
+    experiment_id: Mapped[str | None] = mapped_column(
         ForeignKey("experiments.id", ondelete="CASCADE"), unique=True
     )
+    """None while the job waits for its files' checks (`spec.state`: validating_files),
+    or when it ended before it had an experiment (failed, cancelled)."""
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, index=True

@@ -1,17 +1,20 @@
-"""A fine-tuning job's end: its OpenAI-named event, and its model deployed when the job
-asked for it (`deploy`), both in one transaction, so a redelivery repeats neither."""
+"""A fine-tuning job's start, when it waited for its files' checks, and its end: its
+OpenAI-named event, and its model deployed when the job asked for it (`deploy`), both
+in one transaction, so a redelivery repeats neither."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from tunelab.context import Context
-from tunelab.db.tables import Experiment, FineTuningJob, Service
-from tunelab.errors import TunelabError
+from tunelab.db.tables import Dataset, Experiment, FineTuningJob, Service, utcnow
+from tunelab.errors import Conflict, Invalid, TunelabError
 from tunelab.events.envelope import derived_id
 from tunelab.events.fine_tuning import (
     FineTuningJobCancelled,
@@ -19,7 +22,9 @@ from tunelab.events.fine_tuning import (
     FineTuningJobRef,
     FineTuningJobSucceeded,
 )
-from tunelab.fine_tuning import job_model_name, job_task, service_name
+from tunelab.experiment_rules import ExperimentRequest
+from tunelab.fine_tuning import JOB_FIELD_OF, job_model_name, job_task, service_name
+from tunelab.lifecycle.creation import create
 from tunelab.lifecycle.services import request_deploy, stage_deploy
 from tunelab.lifecycle.specs import ExperimentSpec
 from tunelab.lifecycle.states import ExperimentState, ServiceState
@@ -102,3 +107,113 @@ def job_ended(ctx: Context, experiment_id: str) -> None:
         sends.insert(0, ctx.bus.stage(session, event))
     for send in sends:
         send()
+
+
+FILE_FIELDS = ("training_file", "validation_file")
+
+
+class _NoLongerWaiting(Exception):
+    """The job was cancelled (or started by another delivery) meanwhile."""
+
+
+def start_waiting_jobs(ctx: Context, workspace: str, file_id: str) -> None:
+    """The file's checks have ended: each job that waited for them (`validating_files`)
+    starts its experiment once all its files are processed, or fails naming the file
+    that is not, as OpenAI's jobs do."""
+    with ctx.db.session() as session:
+        waiting = [
+            job.id
+            for job in session.scalars(
+                select(FineTuningJob).where(
+                    FineTuningJob.workspace_id == workspace,
+                    FineTuningJob.experiment_id.is_(None),
+                )
+            )
+            if job.spec.get("state") == "validating_files"
+            and file_id in (job.spec.get(f) for f in FILE_FIELDS)
+        ]
+    for job_id in waiting:
+        _start(ctx, job_id)
+
+
+def _start(ctx: Context, job_id: str) -> None:
+    with ctx.db.session() as session:
+        job = session.get_one(FineTuningJob, job_id)
+        problem: tuple[str, str] | None = None
+        for field in FILE_FIELDS:
+            file_id = job.spec.get(field)
+            if file_id is None:
+                continue
+            dataset = session.scalar(
+                select(Dataset).where(
+                    Dataset.workspace_id == job.workspace_id, Dataset.name == file_id
+                )
+            )
+            if dataset is None:
+                problem = (field, f"file {file_id!r} was deleted before its checks ended")
+            elif dataset.status == "failed":
+                reason = (dataset.error or {}).get("message", "")
+                problem = (field, f"file {file_id!r} is invalid: {reason}")
+            elif dataset.status != "ready":
+                return  # another of its files is still being checked
+            if problem:
+                break
+        workspace, request = job.workspace_id, job.spec["experiment"]
+    if problem is not None:
+        fail_waiting_job(ctx, job_id, f"invalid_{problem[0]}", problem[1], problem[0])
+        return
+
+    def along(session: Session, experiment: Experiment) -> None:
+        row = session.get(FineTuningJob, job_id, with_for_update=True)
+        if (
+            row is None
+            or row.experiment_id is not None
+            or row.spec.get("state") != "validating_files"
+        ):
+            raise _NoLongerWaiting
+        row.experiment_id = experiment.id
+        row.spec = {k: v for k, v in row.spec.items() if k not in ("state", "experiment")}
+
+    try:
+        create(ctx, workspace, ExperimentRequest.model_validate(request), along)
+    except (_NoLongerWaiting, Conflict):
+        return  # cancelled, or started by the delivery of its other file's checks
+    except Invalid as exc:
+        # Refused as the API refuses it (a file of the wrong kind, say), but only now.
+        field = exc.details[0].get("field", "") if exc.details else ""
+        message = exc.details[0]["message"] if exc.details else exc.message
+        fail_waiting_job(ctx, job_id, "invalid_request", message, JOB_FIELD_OF.get(field))
+
+
+def fail_waiting_job(
+    ctx: Context,
+    job_id: str,
+    code: str,
+    message: str,
+    param: str | None = None,
+    state: str = "failed",
+) -> bool:
+    """End a job that has no experiment yet (failed, or cancelled) and announce it;
+    False if it was no longer waiting."""
+    with ctx.db.session() as session:
+        job = session.get(FineTuningJob, job_id, with_for_update=True)
+        if job is None or job.experiment_id is not None:
+            return False
+        if job.spec.get("state") != "validating_files":
+            return False
+        ended: dict[str, Any] = {"state": state, "finished_at": utcnow().isoformat()}
+        if state == "failed":
+            ended["error"] = {"code": code, "message": message, "param": param}
+        job.spec = {k: v for k, v in job.spec.items() if k != "experiment"} | ended
+        kind = FineTuningJobFailed if state == "failed" else FineTuningJobCancelled
+        send = ctx.bus.stage(
+            session,
+            kind(
+                id=derived_id(f"{job.id}/fine_tuning.job.ended"),
+                workspace=job.workspace_id,
+                subject=f"fine_tuning/jobs/{job.id}",
+                data=FineTuningJobRef(id=job.id),
+            ),
+        )
+    send()
+    return True
