@@ -247,7 +247,10 @@ def job_of_model_name(name: str) -> str | None:
 
 
 def job_task(session: Session, job: FineTuningJob) -> Task | None:
-    """The one task of the job's experiment (None once the experiment is gone)."""
+    """The one task of the job's experiment (None before it has one, or once it is
+    gone)."""
+    if job.experiment_id is None:
+        return None
     return session.scalar(
         select(Task).where(Task.experiment_id == job.experiment_id, Task.name == TASK)
     )
