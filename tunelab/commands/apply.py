@@ -98,7 +98,9 @@ def load(path: Path) -> Declaration:
 def _digest(paths: list[Path]) -> str:
     digest = hashlib.sha256()
     for path in paths:
-        digest.update(path.read_bytes())
+        with path.open("rb") as file:  # a chunk at a time: datasets can be larger than memory
+            while chunk := file.read(1 << 20):
+                digest.update(chunk)
         digest.update(b"\0")
     return digest.hexdigest()
 
