@@ -239,26 +239,43 @@ class DPO:
 
     @torch.no_grad()
     def with_reference(
-        self, model: torch.nn.Module, forward: torch.nn.Module, pairs: Sequence[Pair], size: int
+        self,
+        model: torch.nn.Module,
+        forward: torch.nn.Module,
+        pairs: Sequence[Pair],
+        size: int,
+        rank: int = 0,
+        world: int = 1,
     ) -> list[Pair]:
         """`pairs` with their log-likelihoods under `model` as it is (before the first
         step: the reference). `forward` is what runs the pass (the engine's module, so
-        ZeRO-3 gathers)."""
+        ZeRO-3 gathers). With several ranks each computes every `world`-th batch and
+        they add up what they found (zeros elsewhere), so no rank does the whole pass."""
+        chunks = [pairs[start : start + size] for start in range(0, len(pairs), size)]
+        found = torch.zeros(len(pairs), 2, dtype=torch.float32, device=_device_of(model))
         was_training = model.training
         model.eval()
-        out: list[Pair] = []
         try:
-            for start in range(0, len(pairs), size):
-                chunk = pairs[start : start + size]
+            # Every rank runs as many passes (under ZeRO-3 each one gathers the weights
+            # from all of them): one with no batch of its own left repeats a batch.
+            for turn in range(-(-len(chunks) // world)):
+                index = turn * world + rank
+                chunk = chunks[index] if index < len(chunks) else chunks[0]
                 batch = self.pack(chunk)
                 logps, _ = self.logps(forward_logits(forward, batch), batch)
-                out += [
-                    replace(p, reference=(float(c), float(r)))
-                    for p, (c, r) in zip(chunk, logps.tolist(), strict=True)
-                ]
+                if index < len(chunks):
+                    found[index * size : index * size + len(chunk)] = logps.float()
         finally:
             model.train(was_training)
-        return out
+        if world > 1:
+            torch.distributed.all_reduce(found)
+        return [
+            replace(p, reference=(c, r)) for p, (c, r) in zip(pairs, found.tolist(), strict=True)
+        ]
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def objective_for(params: Parameters) -> SFT | DPO:

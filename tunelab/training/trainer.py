@@ -328,10 +328,13 @@ class Trainer:
                 for p, r in zip(self.validation, validation, strict=True)
             ]
             return
-        size = self.params.batch_size
-        forward = self.engine.module
-        self.data.samples = objective.with_reference(self.model, forward, self.data.samples, size)
-        self.validation = objective.with_reference(self.model, forward, self.validation, size)
+        size, forward, shard = self.params.batch_size, self.engine.module, (self.rank, self.world)
+        self.data.samples = objective.with_reference(
+            self.model, forward, self.data.samples, size, *shard
+        )
+        self.validation = objective.with_reference(
+            self.model, forward, self.validation, size, *shard
+        )
 
     def _select(self, step: int, val_loss: float, result: TrainResult) -> bool:
         """Track the best validation loss (keeping its weights when they are the ones
