@@ -205,10 +205,11 @@ def test_two_processes_train_on_halves_of_each_batch_with_the_same_losses(
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("engine", ["torch", "deepspeed"])
+@pytest.mark.parametrize("engine", ["torch", "deepspeed", "deepspeed-zero3"])
 def test_two_processes_train_dpo_with_the_same_losses_and_rewards_as_one(engine: str) -> None:
-    """DPO is distributed like SFT: the reference pass, the loss over all ranks' pairs
-    and the rewards reduced over them match one process."""
+    """DPO is distributed like SFT: the reference pass (split between the ranks; under
+    ZeRO-3 in as many passes on each), the loss over all ranks' pairs and the rewards
+    reduced over them match one process."""
     one, two = _torchrun(1, "torch-dpo"), _torchrun(2, f"{engine}-dpo")
     assert len(two["losses"]) == 6
     assert two["losses"] == pytest.approx(one["losses"], rel=1e-3)
