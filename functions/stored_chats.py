@@ -122,7 +122,10 @@ async def update_chat(request: Request) -> JSONResponse:
 def _set_metadata(request: Request, metadata: dict[str, str]) -> dict[str, Any]:
     with request.app.state.db.session() as session:
         chat = _find(session, workspace_id(request), request.path_params["id"])
-        chat.metadata_ = metadata
+        # The metadata is replaced, as OpenAI's update does, but an answer of a
+        # comparison stays one: its vote joins it by this key (tunelab.serving.stored_chats).
+        kept = {k: v for k, v in (chat.metadata_ or {}).items() if k == "comparison"}
+        chat.metadata_ = {**metadata, **kept}
         return _to_json(chat)
 
 

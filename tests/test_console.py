@@ -451,6 +451,13 @@ def test_votes_in_compare_chat_become_a_preference_set_that_a_dpo_task_trains_on
         return len(compared) >= 2 * len(questions)
 
     wait_until(stored, "the compared chats to be stored", 60, 0.5)
+    # A person's own metadata on an answer replaces theirs, not the comparison it is in.
+    listed = platform.client.get("/v1/chat/completions", params={"limit": 100}).json()
+    one = next(c for c in listed["data"] if c["metadata"].get("comparison"))
+    updated = platform.client.post(
+        f"/v1/chat/completions/{one['id']}", json={"metadata": {"reviewed": "yes"}}
+    ).json()
+    assert updated["metadata"] == {"reviewed": "yes", "comparison": one["metadata"]["comparison"]}
     made = platform.client.post(
         "/api/v1/datasets",
         json={"name": "voted", "language": "en",
