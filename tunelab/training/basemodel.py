@@ -90,7 +90,22 @@ def ensure_tiny_base(cache_dir: Path, data_dir: Path) -> Path:
     return target
 
 
+BUILD_THREADS = 2
+"""Torch threads the built-in model is built on, wherever it is built: on another count
+a matmul adds its parts in another order, and the model came out otherwise (weights
+0.1 apart) from one machine, or one first user, to the next."""
+
+
 def build_tiny_base(out: Path, data_dir: Path) -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(BUILD_THREADS)
+    try:
+        _build_tiny_base(out, data_dir)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build_tiny_base(out: Path, data_dir: Path) -> None:
     from tunelab.training.trainer import Trainer, TrainingData
 
     torch.manual_seed(PRETRAIN_SEED)
