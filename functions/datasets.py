@@ -33,6 +33,7 @@ from tunelab.functions import uploads
 from tunelab.functions.boundary import parse_json
 from tunelab.functions.http import parse, read_json, respond, workspace_id
 from tunelab.lifecycle.experiments import active_users
+from tunelab.lifecycle.fine_tuning import jobs_waiting_for
 from tunelab.store import ObjectStore, PresignUnsupported, key_from_uri, keys
 from tunelab.times import iso
 from tunelab.views import DatasetView
@@ -319,6 +320,11 @@ def remove(state: Any, workspace: str, name: str) -> None:
             raise Conflict(
                 f"Dataset {name!r} is used by running experiments {users}; "
                 "cancel them or wait until they finish."
+            )
+        waiting = jobs_waiting_for(session, workspace, name)
+        if waiting:  # they would wait for ever: no check of it would end
+            raise Conflict(
+                f"Fine-tuning jobs {waiting} wait for dataset {name!r}; cancel them first."
             )
         # Objects first: if the store fails, the row stays and the DELETE can be retried.
         for prefix in keys.dataset_prefixes(dataset.id):

@@ -45,6 +45,7 @@ from tunelab.functions.http import cursor_page, parse, read_json, respond, works
 from tunelab.lifecycle import experiments as lifecycle
 from tunelab.lifecycle.creation import create as create_experiment
 from tunelab.lifecycle.fine_tuning import FILE_FIELDS, fail_waiting_job, start_waiting_jobs
+from tunelab.lifecycle.services import visible_model
 from tunelab.params import errors_of, resolve
 from tunelab.store import ObjectNotFound, keys
 from tunelab.times import epoch
@@ -84,6 +85,15 @@ def _create(request: Request, spec: JobRequest) -> dict[str, Any]:
     state, workspace = request.app.state, workspace_id(request)
     with state.db.session() as session:
         base_model = _repository_name(session, workspace, spec)
+        model = visible_model(session, workspace, base_model)
+        if model is None or model.status != "ready":
+            # Refused now, even for a job that would wait for its files: OpenAI does.
+            message = (
+                f"no model {spec.model!r} (GET /v1/models)"
+                if model is None
+                else f"model {spec.model!r} is {model.status}, not ready"
+            )
+            raise JobRefused(f"model: {message}", [{"field": "model", "message": message}])
         checking = [
             field
             for field in FILE_FIELDS

@@ -14,8 +14,8 @@ from starlette.responses import JSONResponse, StreamingResponse
 
 from tunelab.dataset_requests import DatasetMetadata
 from tunelab.dataset_rules import MAX_DATASET_BYTES
-from tunelab.db.tables import Dataset, FineTuningJob, new_id
-from tunelab.errors import Conflict, Invalid, NotFound
+from tunelab.db.tables import Dataset, new_id
+from tunelab.errors import Invalid, NotFound
 from tunelab.fine_tuning import FILE_ID, FILE_PREFIX, new_file_id
 from tunelab.functions import datasets, uploads
 from tunelab.functions.http import cursor_page, respond, workspace_id
@@ -132,18 +132,6 @@ def get_file(request: Request) -> JSONResponse:
 def delete_file(request: Request) -> JSONResponse:
     state, workspace = request.app.state, workspace_id(request)
     dataset = find_file(state, workspace, request.path_params["id"])
-    with state.db.session() as session:
-        # A job waiting for the file's checks would wait for ever: no check would end.
-        for job in session.scalars(
-            select(FineTuningJob).where(
-                FineTuningJob.workspace_id == workspace, FineTuningJob.experiment_id.is_(None)
-            )
-        ):
-            if job.spec.get("state") == "validating_files" and dataset.name in (
-                job.spec.get("training_file"),
-                job.spec.get("validation_file"),
-            ):
-                raise Conflict(f"Job {job.id} waits for file {dataset.name}: cancel it first.")
     datasets.remove(state, workspace, dataset.name)
     return respond({"id": dataset.name, "object": "file", "deleted": True})
 

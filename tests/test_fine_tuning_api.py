@@ -15,6 +15,7 @@ import pytest
 
 from tests.test_http import Api, app_api, make_settings
 from tunelab.db.tables import Dataset, EventRecord, Experiment, FineTuningJob, ParameterGroup, Task
+from tunelab.events.bus import EventBus
 from tunelab.fine_tuning import JobRequest, group_values, job_of_model_name, request_field
 from tunelab.lifecycle.fine_tuning import start_waiting_jobs
 from tunelab.store import keys
@@ -266,12 +267,44 @@ def test_a_job_asked_for_right_after_the_upload_waits_for_its_files_then_starts(
     assert "Created fine-tuning job." in messages
 
 
+def test_a_start_a_crash_left_unsent_is_sent_when_the_check_is_delivered_again(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker that started the job died between its commit and sending
+    `experiment.created`: nothing would schedule the job. The check's event, delivered
+    again, sends it again."""
+    client = sdk(api)
+    training = client.files.create(file=("chats.jsonl", CHATS), purpose="fine-tune").id
+    job = client.fine_tuning.jobs.create(model="tiny-llama", training_file=training)
+    checked(api, training)
+    real, sent = EventBus._send_all, []
+
+    def crash(*_: Any) -> None:
+        raise SystemExit("the worker died after its commit")
+
+    def record(bus: EventBus, event: Any, *rest: Any) -> None:
+        sent.append(event.type)
+        real(bus, event, *rest)
+
+    monkeypatch.setattr(EventBus, "_send_all", crash)
+    with pytest.raises(SystemExit):
+        files_checked(api, training)
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "queued"
+    monkeypatch.setattr(EventBus, "_send_all", record)
+    files_checked(api, training)
+    assert sent == ["experiment.created"] and api.count(Experiment) == 1
+
+
 def test_a_waiting_job_fails_naming_its_invalid_file_or_is_cancelled(api: Api) -> None:
     client = sdk(api)
     bad = client.files.create(file=("bad.jsonl", CHATS), purpose="fine-tune").id
+    with pytest.raises(openai.BadRequestError) as refused:  # not worth waiting for
+        client.fine_tuning.jobs.create(model="no-such-model", training_file=bad)
+    assert refused.value.param == "model"
     doomed = client.fine_tuning.jobs.create(model="tiny-llama", training_file=bad)
     checked(api, bad, "failed", "The dataset has 1 problem(s); first: Line 2, messages")
     files_checked(api, bad)
+    files_checked(api, bad)  # delivered again: it ends once
     failed = client.fine_tuning.jobs.retrieve(doomed.id)
     assert failed.status == "failed" and failed.error is not None
     assert (failed.error.code, failed.error.param) == ("invalid_training_file", "training_file")
@@ -282,6 +315,8 @@ def test_a_waiting_job_fails_naming_its_invalid_file_or_is_cancelled(api: Api) -
     unwanted = client.fine_tuning.jobs.create(model="tiny-llama", training_file=pending)
     with pytest.raises(openai.ConflictError):  # the job would wait for ever
         client.files.delete(pending)
+    native = api.client.delete(f"/api/v1/datasets/{pending}", headers=api.auth())
+    assert native.status_code == 409 and unwanted.id in native.json()["error"]["message"]
     assert client.fine_tuning.jobs.cancel(unwanted.id).status == "cancelled"
     checked(api, pending)
     files_checked(api, pending)  # cancelled: its files' end starts nothing
@@ -292,6 +327,8 @@ def test_a_waiting_job_fails_naming_its_invalid_file_or_is_cancelled(api: Api) -
     with api.db.session() as session:
         ended = sorted(r.type for r in session.query(EventRecord) if "fine_tuning" in r.type)
     assert ended == ["fine_tuning.job.cancelled", "fine_tuning.job.failed"]
+    # Their parameter groups went with them, as a refused job's does.
+    assert api.count(ParameterGroup) == 0
 
 
 def test_jobs_are_listed_newest_first_by_cursor_and_metadata(api: Api) -> None:

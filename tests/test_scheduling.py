@@ -275,6 +275,7 @@ def test_a_job_end_delivered_again_sends_the_deployment_a_crash_left_unsent(
         for queue in stub_broker.queues.values():
             while not queue.empty():
                 message = Message.decode(queue.get_nowait())
+                queue.task_done()  # else a later test's broker.join waits for it for ever
                 if message.args and isinstance(message.args[0], dict):
                     types.append(message.args[0].get("type"))
         return types

@@ -300,9 +300,11 @@ def test_a_lora_model_fine_tuned_again_on_a_second_dataset_answers_both(
         params = Parameters.model_validate(
             {
                 "lora_rank": 16,
-                "epochs": 30,
+                # At 30 epochs and 3e-3 a third of the adapter inits tried learned under
+                # half the facts; at 40 and 5e-3 every one learned them all.
+                "epochs": 40,
                 "batch_size": batch_size,
-                "learning_rate": 3e-3,
+                "learning_rate": 5e-3,
                 "seed": 1,
             }
         )
@@ -314,6 +316,9 @@ def test_a_lora_model_fine_tuned_again_on_a_second_dataset_answers_both(
         return float(evaluate(model, tokenizer, chats, "exact-match", 128)["exact_match"])
 
     params = Parameters(lora_rank=16)
+    # The adapter's initial weights come from torch's generator: seeded, so that what it
+    # learns does not depend on what the tests before this one drew.
+    torch.manual_seed(1)
     trained = train(load_model(base, params, cpu), first, 8)
     learned = exact(trained, first)
     assert learned >= 0.5
@@ -429,7 +434,9 @@ def dpo_setup(**kw: Any) -> tuple[Trainer, Any]:
             "finetune_type": "DPO",
             "batch_size": 8,
             "epochs": 5,
-            "learning_rate": 1e-3,
+            # At 1e-3 held-out accuracy ended between 0.56 and 0.81 as the adapter's init
+            # changed; at 2e-3 it was 1.0 for every init tried.
+            "learning_rate": 2e-3,
             "lora_rank": 8,
             "checkpoint_every": 5,
             "seed": 3,
@@ -438,6 +445,7 @@ def dpo_setup(**kw: Any) -> tuple[Trainer, Any]:
     tokenizer = load_tokenizer(base)
     cpu = torch.device("cpu")
     data = TrainingData.from_preferences(tokenizer, _preferences(48, seed=1), 128)
+    torch.manual_seed(params.seed)  # the adapter's init, whatever the tests before drew
     return Trainer(load_model(base, params, cpu), params, data, cpu, **kw), tokenizer
 
 

@@ -114,17 +114,22 @@ def create(
             session.flush()
             if along is not None:
                 along(session, experiment)
-            event = ExperimentCreated(
-                id=derived_id(f"{experiment.id}/experiment.created"),
-                workspace=workspace,
-                subject=f"experiments/{spec.name}",
-                data=ExperimentRef(experiment_id=experiment.id, name=spec.name),
-            )
-            send = state.bus.stage(session, event)
+            send = state.bus.stage(session, experiment_created(experiment))
     except IntegrityError:
         raise Conflict(f"An experiment named {spec.name!r} already exists.") from None
     send()
     return experiment, tasks
+
+
+def experiment_created(experiment: Experiment) -> ExperimentCreated:
+    """The experiment's `experiment.created`, under an id of its own: staged again, it
+    is sent again, not recorded twice."""
+    return ExperimentCreated(
+        id=derived_id(f"{experiment.id}/experiment.created"),
+        workspace=experiment.workspace_id,
+        subject=f"experiments/{experiment.name}",
+        data=ExperimentRef(experiment_id=experiment.id, name=experiment.name),
+    )
 
 
 def _trials(

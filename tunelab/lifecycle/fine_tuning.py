@@ -13,7 +13,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tunelab.context import Context
-from tunelab.db.tables import Dataset, Experiment, FineTuningJob, Service, utcnow
+from tunelab.db.tables import (
+    Dataset,
+    Experiment,
+    FineTuningJob,
+    ParameterGroup,
+    Service,
+    utcnow,
+)
 from tunelab.errors import Conflict, Invalid, TunelabError
 from tunelab.events.envelope import derived_id
 from tunelab.events.fine_tuning import (
@@ -24,7 +31,7 @@ from tunelab.events.fine_tuning import (
 )
 from tunelab.experiment_rules import ExperimentRequest
 from tunelab.fine_tuning import JOB_FIELD_OF, job_model_name, job_task, service_name
-from tunelab.lifecycle.creation import create
+from tunelab.lifecycle.creation import create, experiment_created
 from tunelab.lifecycle.services import request_deploy, stage_deploy
 from tunelab.lifecycle.specs import ExperimentSpec
 from tunelab.lifecycle.states import ExperimentState, ServiceState
@@ -110,36 +117,65 @@ def job_ended(ctx: Context, experiment_id: str) -> None:
 
 
 FILE_FIELDS = ("training_file", "validation_file")
+WAITING = "validating_files"
+"""A job's `spec.state` while it waits for its files' checks, before it has an experiment."""
 
 
 class _NoLongerWaiting(Exception):
     """The job was cancelled (or started by another delivery) meanwhile."""
 
 
+def jobs_waiting_for(session: Session, workspace: str, file_id: str) -> list[str]:
+    """The jobs of the workspace that wait for the file's checks."""
+    return [
+        job.id
+        for job in session.scalars(
+            select(FineTuningJob).where(
+                FineTuningJob.workspace_id == workspace, FineTuningJob.experiment_id.is_(None)
+            )
+        )
+        if job.spec.get("state") == WAITING and file_id in (job.spec.get(f) for f in FILE_FIELDS)
+    ]
+
+
 def start_waiting_jobs(ctx: Context, workspace: str, file_id: str) -> None:
     """The file's checks have ended: each job that waited for them (`validating_files`)
     starts its experiment once all its files are processed, or fails naming the file
-    that is not, as OpenAI's jobs do."""
+    that is not, as OpenAI's jobs do. Delivered again (a worker died after its commit),
+    it sends again what that delivery may not have sent."""
     with ctx.db.session() as session:
-        waiting = [
-            job.id
+        jobs = [
+            job
             for job in session.scalars(
-                select(FineTuningJob).where(
-                    FineTuningJob.workspace_id == workspace,
-                    FineTuningJob.experiment_id.is_(None),
-                )
+                select(FineTuningJob).where(FineTuningJob.workspace_id == workspace)
             )
-            if job.spec.get("state") == "validating_files"
-            and file_id in (job.spec.get(f) for f in FILE_FIELDS)
+            if "waited_for" in job.spec and file_id in (job.spec.get(f) for f in FILE_FIELDS)
         ]
-    for job_id in waiting:
-        _start(ctx, job_id)
+        sends = [_resend(ctx, session, job) for job in jobs if job.spec.get("state") != WAITING]
+    for send in sends:
+        if send is not None:
+            send()
+    for job in jobs:
+        if job.spec.get("state") == WAITING:
+            _start(ctx, job.id)
+
+
+def _resend(ctx: Context, session: Session, job: FineTuningJob) -> Callable[[], None] | None:
+    """What sends a started job's `experiment.created` again while it is queued, or a
+    job's end while it waited; None when there is nothing that could have been lost."""
+    if job.experiment_id is None:
+        return _stage_waiting_end(ctx, session, job)
+    experiment = session.get(Experiment, job.experiment_id)
+    if experiment is None or experiment.status != ExperimentState.QUEUED:
+        return None
+    return ctx.bus.stage(session, experiment_created(experiment))
 
 
 def _start(ctx: Context, job_id: str) -> None:
     with ctx.db.session() as session:
         job = session.get_one(FineTuningJob, job_id)
         problem: tuple[str, str] | None = None
+        checking = False
         for field in FILE_FIELDS:
             file_id = job.spec.get(field)
             if file_id is None:
@@ -150,14 +186,14 @@ def _start(ctx: Context, job_id: str) -> None:
                 )
             )
             if dataset is None:
-                problem = (field, f"file {file_id!r} was deleted before its checks ended")
+                problem = problem or (field, f"file {file_id!r} was deleted")
             elif dataset.status == "failed":
                 reason = (dataset.error or {}).get("message", "")
-                problem = (field, f"file {file_id!r} is invalid: {reason}")
+                problem = problem or (field, f"file {file_id!r} is invalid: {reason}")
             elif dataset.status != "ready":
-                return  # another of its files is still being checked
-            if problem:
-                break
+                checking = True
+        if problem is None and checking:
+            return  # another of its files is still being checked
         workspace, request = job.workspace_id, job.spec["experiment"]
     if problem is not None:
         fail_waiting_job(ctx, job_id, f"invalid_{problem[0]}", problem[1], problem[0])
@@ -165,11 +201,7 @@ def _start(ctx: Context, job_id: str) -> None:
 
     def along(session: Session, experiment: Experiment) -> None:
         row = session.get(FineTuningJob, job_id, with_for_update=True)
-        if (
-            row is None
-            or row.experiment_id is not None
-            or row.spec.get("state") != "validating_files"
-        ):
+        if row is None or row.experiment_id is not None or row.spec.get("state") != WAITING:
             raise _NoLongerWaiting
         row.experiment_id = experiment.id
         row.spec = {k: v for k, v in row.spec.items() if k not in ("state", "experiment")}
@@ -199,21 +231,34 @@ def fail_waiting_job(
         job = session.get(FineTuningJob, job_id, with_for_update=True)
         if job is None or job.experiment_id is not None:
             return False
-        if job.spec.get("state") != "validating_files":
+        if job.spec.get("state") != WAITING:
             return False
         ended: dict[str, Any] = {"state": state, "finished_at": utcnow().isoformat()}
         if state == "failed":
             ended["error"] = {"code": code, "message": message, "param": param}
         job.spec = {k: v for k, v in job.spec.items() if k != "experiment"} | ended
-        kind = FineTuningJobFailed if state == "failed" else FineTuningJobCancelled
-        send = ctx.bus.stage(
-            session,
-            kind(
-                id=derived_id(f"{job.id}/fine_tuning.job.ended"),
-                workspace=job.workspace_id,
-                subject=f"fine_tuning/jobs/{job.id}",
-                data=FineTuningJobRef(id=job.id),
-            ),
-        )
-    send()
+        # Its parameter group goes with it, as with a job refused at once.
+        session.query(ParameterGroup).filter_by(workspace_id=job.workspace_id, name=job.id).delete()
+        send = _stage_waiting_end(ctx, session, job)
+    if send is not None:
+        send()
     return True
+
+
+def _stage_waiting_end(
+    ctx: Context, session: Session, job: FineTuningJob
+) -> Callable[[], None] | None:
+    kind = {"failed": FineTuningJobFailed, "cancelled": FineTuningJobCancelled}.get(
+        job.spec.get("state", "")
+    )
+    if kind is None:
+        return None
+    return ctx.bus.stage(
+        session,
+        kind(
+            id=derived_id(f"{job.id}/fine_tuning.job.ended"),
+            workspace=job.workspace_id,
+            subject=f"fine_tuning/jobs/{job.id}",
+            data=FineTuningJobRef(id=job.id),
+        ),
+    )

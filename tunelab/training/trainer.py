@@ -258,7 +258,8 @@ class Trainer:
             loss_sum = loss_sum + loss.detach().float()
             for name, value in stats.items():
                 stat_sums[name] = stat_sums[name] + value.detach().float()
-            tokens += batch.tokens
+            # A rank's filler sample (a short last batch) trains on nothing: not counted.
+            tokens += batch.tokens if batch.target_tokens else 0
             if not boundary:
                 continue
             engine.step()
