@@ -44,7 +44,12 @@ from tunelab.functions import experiments
 from tunelab.functions.http import cursor_page, parse, read_json, respond, workspace_id
 from tunelab.lifecycle import experiments as lifecycle
 from tunelab.lifecycle.creation import create as create_experiment
-from tunelab.lifecycle.fine_tuning import FILE_FIELDS, fail_waiting_job, start_waiting_jobs
+from tunelab.lifecycle.fine_tuning import (
+    FILE_FIELDS,
+    WAITING,
+    fail_waiting_job,
+    start_waiting_jobs,
+)
 from tunelab.lifecycle.services import visible_model
 from tunelab.params import errors_of, resolve
 from tunelab.store import ObjectNotFound, keys
@@ -145,7 +150,7 @@ def _create(request: Request, spec: JobRequest) -> dict[str, Any]:
         # are processed (tunelab.lifecycle.fine_tuning.start_waiting_jobs).
         waiting = {
             **shown,
-            "state": "validating_files",
+            "state": WAITING,
             "waited_for": checking,
             "experiment": experiment_request.model_dump(mode="json"),
         }

@@ -39,7 +39,9 @@ from tunelab.serving_rules import DeployRequest
 
 log = logging.getLogger("tunelab.fine_tuning")
 
-EVENT_OF: dict[str, type[FineTuningJobSucceeded | FineTuningJobFailed | FineTuningJobCancelled]] = {
+JobEnded = FineTuningJobSucceeded | FineTuningJobFailed | FineTuningJobCancelled
+
+EVENT_OF: dict[str, type[JobEnded]] = {
     ExperimentState.SUCCEEDED: FineTuningJobSucceeded,
     ExperimentState.FAILED: FineTuningJobFailed,
     ExperimentState.CANCELLED: FineTuningJobCancelled,
@@ -100,16 +102,12 @@ def job_ended(ctx: Context, experiment_id: str) -> None:
                     log.warning("job %s: its model is not deployed: %s", job.id, message)
                     job.spec = {**job.spec, "deploy_error": {"code": code, "message": message}}
                     service = None
-        event = EVENT_OF[experiment.status](
-            id=derived_id(f"{job.id}/fine_tuning.job.ended"),
-            workspace=job.workspace_id,
-            subject=f"fine_tuning/jobs/{job.id}",
-            data=FineTuningJobRef(
-                id=job.id,
-                experiment_id=experiment_id,
-                fine_tuned_model=fine_tuned,
-                service=service,
-            ),
+        event = _ended(
+            EVENT_OF[experiment.status],
+            job,
+            experiment_id=experiment_id,
+            fine_tuned_model=fine_tuned,
+            service=service,
         )
         sends.insert(0, ctx.bus.stage(session, event))
     for send in sends:
@@ -127,15 +125,22 @@ class _NoLongerWaiting(Exception):
 
 def jobs_waiting_for(session: Session, workspace: str, file_id: str) -> list[str]:
     """The jobs of the workspace that wait for the file's checks."""
+    return [job.id for job in _waited_on(session, workspace, file_id) if _waiting(job)]
+
+
+def _waited_on(session: Session, workspace: str, file_id: str) -> list[FineTuningJob]:
+    """The workspace's jobs that were asked for while this file was being checked."""
     return [
-        job.id
+        job
         for job in session.scalars(
-            select(FineTuningJob).where(
-                FineTuningJob.workspace_id == workspace, FineTuningJob.experiment_id.is_(None)
-            )
+            select(FineTuningJob).where(FineTuningJob.workspace_id == workspace)
         )
-        if job.spec.get("state") == WAITING and file_id in (job.spec.get(f) for f in FILE_FIELDS)
+        if "waited_for" in job.spec and file_id in (job.spec.get(f) for f in FILE_FIELDS)
     ]
+
+
+def _waiting(job: FineTuningJob) -> bool:
+    return job.experiment_id is None and job.spec.get("state") == WAITING
 
 
 def start_waiting_jobs(ctx: Context, workspace: str, file_id: str) -> None:
@@ -144,19 +149,13 @@ def start_waiting_jobs(ctx: Context, workspace: str, file_id: str) -> None:
     that is not, as OpenAI's jobs do. Delivered again (a worker died after its commit),
     it sends again what that delivery may not have sent."""
     with ctx.db.session() as session:
-        jobs = [
-            job
-            for job in session.scalars(
-                select(FineTuningJob).where(FineTuningJob.workspace_id == workspace)
-            )
-            if "waited_for" in job.spec and file_id in (job.spec.get(f) for f in FILE_FIELDS)
-        ]
-        sends = [_resend(ctx, session, job) for job in jobs if job.spec.get("state") != WAITING]
+        jobs = _waited_on(session, workspace, file_id)
+        sends = [_resend(ctx, session, job) for job in jobs if not _waiting(job)]
     for send in sends:
         if send is not None:
             send()
     for job in jobs:
-        if job.spec.get("state") == WAITING:
+        if _waiting(job):
             _start(ctx, job.id)
 
 
@@ -201,7 +200,7 @@ def _start(ctx: Context, job_id: str) -> None:
 
     def along(session: Session, experiment: Experiment) -> None:
         row = session.get(FineTuningJob, job_id, with_for_update=True)
-        if row is None or row.experiment_id is not None or row.spec.get("state") != WAITING:
+        if row is None or not _waiting(row):
             raise _NoLongerWaiting
         row.experiment_id = experiment.id
         row.spec = {k: v for k, v in row.spec.items() if k not in ("state", "experiment")}
@@ -229,9 +228,7 @@ def fail_waiting_job(
     False if it was no longer waiting."""
     with ctx.db.session() as session:
         job = session.get(FineTuningJob, job_id, with_for_update=True)
-        if job is None or job.experiment_id is not None:
-            return False
-        if job.spec.get("state") != WAITING:
+        if job is None or not _waiting(job):
             return False
         ended: dict[str, Any] = {"state": state, "finished_at": utcnow().isoformat()}
         if state == "failed":
@@ -248,17 +245,20 @@ def fail_waiting_job(
 def _stage_waiting_end(
     ctx: Context, session: Session, job: FineTuningJob
 ) -> Callable[[], None] | None:
-    kind = {"failed": FineTuningJobFailed, "cancelled": FineTuningJobCancelled}.get(
-        job.spec.get("state", "")
-    )
-    if kind is None:
-        return None
-    return ctx.bus.stage(
-        session,
-        kind(
-            id=derived_id(f"{job.id}/fine_tuning.job.ended"),
-            workspace=job.workspace_id,
-            subject=f"fine_tuning/jobs/{job.id}",
-            data=FineTuningJobRef(id=job.id),
-        ),
+    ends: dict[str, type[JobEnded]] = {
+        "failed": FineTuningJobFailed,
+        "cancelled": FineTuningJobCancelled,
+    }
+    kind = ends.get(job.spec.get("state", ""))
+    return ctx.bus.stage(session, _ended(kind, job)) if kind is not None else None
+
+
+def _ended(kind: type[JobEnded], job: FineTuningJob, **data: Any) -> JobEnded:
+    """The job's end under OpenAI's name: one per job (its id derived from the job's),
+    whether it ended with its experiment or while it waited for its files."""
+    return kind(
+        id=derived_id(f"{job.id}/fine_tuning.job.ended"),
+        workspace=job.workspace_id,
+        subject=f"fine_tuning/jobs/{job.id}",
+        data=FineTuningJobRef(id=job.id, **data),
     )
