@@ -234,10 +234,15 @@ def repository_model(session: Session, job: FineTuningJob) -> str | None:
     return task.model if task is not None else None
 
 
+def _registered(session: Session, task: Task | None) -> dict[str, Any]:
+    """The spec of the model the job's task registered (its id is the task's), or {}."""
+    model = session.get(Model, task.id) if task is not None else None
+    return model.spec if model is not None else {}
+
+
 def trained_tokens(session: Session, task: Task | None) -> int | None:
     """The real tokens the job's training steps took in (OpenAI bills by them)."""
-    model = session.get(Model, task.id) if task is not None else None
-    return (model.spec.get("metrics") or {}).get("trained_tokens") if model else None
+    return (_registered(session, task).get("metrics") or {}).get("trained_tokens")
 
 
 def job_json(session: Session, job: FineTuningJob) -> dict[str, Any]:
@@ -462,15 +467,6 @@ def _step_event(job: FineTuningJob, point: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _selected_step(state: Any, task_id: str) -> int | None:
-    try:
-        result = json.loads(state.store.read_bytes(keys.task_file(task_id, "result.json")))
-    except ObjectNotFound:
-        return None
-    step = result.get("selection", {}).get("step")
-    return int(step) if step is not None else None
-
-
 async def list_checkpoints(request: Request) -> JSONResponse:
     return respond(await run_in_threadpool(_list_checkpoints, request))
 
@@ -485,6 +481,9 @@ def _list_checkpoints(request: Request) -> dict[str, Any]:
         task = job_task(session, job)
         final, name = fine_tuned_model(session, job), job_model_name(session, job)
         finished = task.finished_at if task is not None else None
+        # The final model holds the weights of the step training selected (`select:
+        # best` may pick an earlier one than the last).
+        selected = (_registered(session, task).get("selection") or {}).get("step")
     if task is None:
         return cursor_page([], request.query_params, default_limit=10)
     try:
@@ -493,9 +492,7 @@ def _list_checkpoints(request: Request) -> dict[str, Any]:
     except ObjectNotFound:
         steps = []
     points = {p["step"]: p for p in _points(state, task.id)}
-    # The final model holds the weights of the step training selected (`select: best`
-    # may pick an earlier one than the last).
-    last = _selected_step(state, task.id) or max(points, default=None)
+    last = selected or max(points, default=None)
     if final is not None and last is not None and last not in steps:
         steps.append(last)
     short = job.id.removeprefix("ftjob-")

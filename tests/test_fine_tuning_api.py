@@ -14,7 +14,15 @@ import openai
 import pytest
 
 from tests.test_http import Api, app_api, make_settings
-from tunelab.db.tables import Dataset, EventRecord, Experiment, FineTuningJob, ParameterGroup, Task
+from tunelab.db.tables import (
+    Dataset,
+    EventRecord,
+    Experiment,
+    FineTuningJob,
+    Model,
+    ParameterGroup,
+    Task,
+)
 from tunelab.events.bus import EventBus
 from tunelab.fine_tuning import JobRequest, group_values, job_of_model_name, request_field
 from tunelab.lifecycle.fine_tuning import start_waiting_jobs
@@ -157,11 +165,20 @@ def test_the_final_checkpoint_is_the_step_whose_weights_the_model_holds(api: Api
         task.model, task.status = "the-model", "succeeded"
         session.query(Experiment).one().status = "succeeded"
         task_id = task.id
+        session.add(
+            Model(
+                id=task_id,
+                workspace_id=task.workspace_id,
+                name="the-model",
+                kind="finetuned",
+                uri="file:///nowhere/",
+                spec={"selection": {"select": "best", "step": 2}},
+            )
+        )
     points = [{"step": s, "loss": 1 / s, "val_loss": 0.5 + abs(s - 2)} for s in (1, 2, 3, 4)]
     metrics = "".join(json.dumps(p) + "\n" for p in points)
     store.put_bytes(keys.task_file(task_id, "metrics.jsonl"), metrics.encode())
     store.put_bytes(keys.task_checkpoints(task_id) + "latest.json", b'{"steps": [3]}')
-    store.put_bytes(keys.task_file(task_id, "result.json"), b'{"selection": {"step": 2}}')
     final = client.fine_tuning.jobs.retrieve(job.id).fine_tuned_model
     listed = client.fine_tuning.jobs.checkpoints.list(job.id).data
     assert [(c.step_number, c.fine_tuned_model_checkpoint) for c in listed] == [
